@@ -1,0 +1,114 @@
+"""corral: self-hosted sandboxes for AI agents.
+
+    from corral import Sandbox
+
+    with Sandbox.create() as sbx:
+        print(sbx.commands.run("echo hello").stdout)
+
+The SDK's names are loaded on first use, so that importing a corral subpackage
+that needs only the standard library (the in-sandbox agent) does not pull in
+httpx. The error tree is stdlib-only and is imported at once.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from corral.errors import (
+    ERRORS_BY_CODE,
+    AgentUnavailable,
+    AuthenticationError,
+    Conflict,
+    CorralError,
+    ExecTimeout,
+    FileExists_,
+    FileNotFound,
+    ImageNotFound,
+    InternalError,
+    InvalidRequest,
+    IsADirectory_,
+    NotADirectory_,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    ProcessNotFound,
+    RuntimeFailure,
+    SandboxNotFound,
+    SandboxNotRunning,
+)
+
+if TYPE_CHECKING:
+    from corral.sdk import (
+        AsyncCommandHandle,
+        AsyncCommands,
+        AsyncFiles,
+        AsyncSandbox,
+        CommandExitError,
+        CommandHandle,
+        CommandResult,
+        Commands,
+        ConnectionConfig,
+        EntryInfo,
+        Files,
+        OutputChunk,
+        ProcessInfo,
+        Sandbox,
+        SandboxInfo,
+        ServerUnavailable,
+    )
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ERRORS_BY_CODE",
+    "AgentUnavailable",
+    "AsyncCommandHandle",
+    "AsyncCommands",
+    "AsyncFiles",
+    "AsyncSandbox",
+    "AuthenticationError",
+    "CommandExitError",
+    "CommandHandle",
+    "CommandResult",
+    "Commands",
+    "Conflict",
+    "ConnectionConfig",
+    "CorralError",
+    "EntryInfo",
+    "ExecTimeout",
+    "FileExists_",
+    "FileNotFound",
+    "Files",
+    "ImageNotFound",
+    "InternalError",
+    "InvalidRequest",
+    "IsADirectory_",
+    "NotADirectory_",
+    "NotFound",
+    "OutputChunk",
+    "PayloadTooLarge",
+    "PermissionDenied",
+    "ProcessInfo",
+    "ProcessNotFound",
+    "RuntimeFailure",
+    "Sandbox",
+    "SandboxInfo",
+    "SandboxNotFound",
+    "SandboxNotRunning",
+    "ServerUnavailable",
+    "__version__",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # Only the SDK's names are missing from globals() until first asked for.
+    if name not in __all__:
+        raise AttributeError(f"module 'corral' has no attribute {name!r}")
+    value = getattr(importlib.import_module("corral.sdk"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

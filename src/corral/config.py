@@ -1,0 +1,113 @@
+"""Server settings: argument, then ``CORRAL_*`` environment variable, then default.
+
+Every field's docstring is its documentation; ``docs/configuration.md`` is
+checked against this class by a test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PORT = 7423
+
+
+class Settings(BaseSettings):
+    """Everything the server can be told. Read once at start."""
+
+    model_config = SettingsConfigDict(env_prefix="CORRAL_", extra="forbid")
+
+    host: str = "127.0.0.1"
+    """Address the API listens on. Anything but loopback needs an API key."""
+
+    port: int = DEFAULT_PORT
+    """TCP port of the API."""
+
+    data_dir: Path = Path("/var/lib/corral")
+    """Where images, sandboxes' disks, bundles and the database live."""
+
+    database_url: str | None = None
+    """SQLAlchemy URL of the state store; default: SQLite (WAL) in ``data_dir``."""
+
+    api_key: SecretStr | None = None
+    """API key clients must send as ``X-API-Key``. Only its SHA-256 is kept in memory."""
+
+    api_key_sha256: str | None = None
+    """The key's SHA-256 in hex, instead of ``api_key``, so the key itself need not be stored."""
+
+    runtime: Literal["runsc", "runc"] = "runsc"
+    """OCI runtime for sandboxes: ``runsc`` (gVisor, the default) or ``runc`` (trusted code only)."""
+
+    runsc_path: str | None = None
+    """The runsc binary; default: corral's own (``/usr/local/lib/corral/bin/runsc``) or ``runsc`` on PATH."""
+
+    runsc_platform: str = "systrap"
+    """gVisor platform: ``systrap`` (fast, needs runsc >= 2023) or ``ptrace``; older runsc falls back to ptrace."""
+
+    default_image: str = "corral/base"
+    """Image used when a create request names none."""
+
+    default_timeout: int = Field(default=300, ge=0)
+    """Seconds a sandbox lives when a create request gives no timeout (0: until killed)."""
+
+    max_timeout: int = Field(default=86_400, ge=1)
+    """Longest timeout a request may ask for, in seconds."""
+
+    default_vcpus: int = Field(default=1, ge=1)
+    """vCPUs of a sandbox when the request gives none."""
+
+    max_vcpus: int = Field(default=8, ge=1)
+    """Most vCPUs one sandbox may have."""
+
+    default_memory_mb: int = Field(default=512, ge=64)
+    """Memory limit of a sandbox in MiB when the request gives none."""
+
+    max_memory_mb: int = Field(default=16_384, ge=64)
+    """Largest memory limit one sandbox may have, in MiB."""
+
+    pids_limit: int = Field(default=1024, ge=16)
+    """Most processes and threads one sandbox may run at once."""
+
+    exec_timeout: int = Field(default=60, ge=0)
+    """Seconds a command may run when the exec request gives no timeout (0: no limit)."""
+
+    sandbox_subnet: str = "10.88.0.0/16"
+    """Addresses for sandboxes' links to the host; each sandbox takes a /30 from it."""
+
+    max_json_body_kb: int = Field(default=1024, ge=1)
+    """Largest JSON request body, in KiB."""
+
+    max_upload_mb: int = Field(default=4096, ge=1)
+    """Largest file upload, in MiB."""
+
+    start_timeout: float = Field(default=20.0, gt=0)
+    """Seconds a new sandbox's agent has to answer before the create fails."""
+
+    reaper_interval: float = Field(default=1.0, gt=0)
+    """How often, in seconds, expired sandboxes are looked for."""
+
+    log_level: str = "info"
+    """Log level of the server process."""
+
+    @field_validator("sandbox_subnet")
+    @classmethod
+    def _subnet_is_ipv4(cls, value: str) -> str:
+        net = ipaddress.ip_network(value, strict=True)
+        if net.version != 4 or net.prefixlen > 28:
+            raise ValueError("sandbox_subnet must be an IPv4 network of /28 or larger")
+        return value
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'corral.db'}"
+
+    def api_key_digest(self) -> str | None:
+        """SHA-256 (hex) of the API key, if one is configured."""
+        if self.api_key is not None:
+            return hashlib.sha256(self.api_key.get_secret_value().encode()).hexdigest()
+        return self.api_key_sha256.lower() if self.api_key_sha256 else None

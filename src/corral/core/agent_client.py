@@ -1,0 +1,335 @@
+"""The server's client for the agent inside a sandbox: envd's wire protocol.
+
+Connect protocol v1 with the JSON codec: unary calls are plain JSON POSTs;
+server streams are ``application/connect+json`` bodies of envelopes (one flag
+byte, a 4-byte big-endian length, the JSON message), the last one flagged
+``0x02`` with the end-of-stream status. Files move through plain
+``GET/POST /files``. Connect errors become corral's error tree here.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from corral.errors import (
+    AgentUnavailable,
+    Conflict,
+    CorralError,
+    ExecTimeout,
+    FileExists_,
+    FileNotFound,
+    InternalError,
+    InvalidRequest,
+    IsADirectory_,
+    NotADirectory_,
+    NotFound,
+    PermissionDenied,
+    ProcessNotFound,
+)
+
+END_STREAM = 0x02
+_HEADER = struct.Struct(">BI")
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessEvent:
+    """One event of a process's life, as the agent reports it."""
+
+    kind: str  # "start" | "stdout" | "stderr" | "pty" | "end"
+    pid: int = 0
+    data: bytes = b""
+    exit_code: int | None = None
+    error: str | None = None
+
+
+def _user_header(user: str | None) -> dict[str, str]:
+    if not user:
+        return {}
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:".encode()).decode()}
+
+
+def envelope(message: Mapping[str, Any], flags: int = 0) -> bytes:
+    payload = json.dumps(message).encode()
+    return _HEADER.pack(flags, len(payload)) + payload
+
+
+def connect_error(status: int, body: Any, *, missing: type[NotFound] = NotFound) -> CorralError:
+    """A Connect error (``{"code", "message"}``) as one of ours."""
+    code = body.get("code", "") if isinstance(body, dict) else ""
+    message = (body.get("message") if isinstance(body, dict) else None) or f"agent error {status}"
+    lowered = message.lower()
+    cls: type[CorralError]
+    if code == "not_found" or status == 404:
+        cls = missing
+    elif code == "already_exists":
+        cls = FileExists_
+    elif code == "permission_denied":
+        cls = PermissionDenied
+    elif code == "deadline_exceeded":
+        cls = ExecTimeout
+    elif code in ("unavailable", "unknown") and status >= 502:
+        cls = AgentUnavailable
+    elif "is a directory" in lowered:
+        cls = IsADirectory_
+    elif "not a directory" in lowered:
+        cls = NotADirectory_
+    elif code == "failed_precondition":
+        cls = Conflict
+    elif code in ("invalid_argument", "out_of_range") or status == 400:
+        cls = InvalidRequest
+    else:
+        cls = InternalError
+    return cls(message)
+
+
+class AgentClient:
+    """One sandbox's agent at ``base_url``. Cheap; holds a pooled HTTP client."""
+
+    def __init__(self, base_url: str, *, http: httpx.AsyncClient) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.http = http
+
+    # -- plumbing --------------------------------------------------------------
+
+    async def _unary(
+        self,
+        method: str,
+        message: Mapping[str, Any],
+        *,
+        user: str | None = None,
+        missing: type[NotFound] = NotFound,
+    ) -> dict[str, Any]:
+        headers = {
+            "Content-Type": "application/json",
+            "Connect-Protocol-Version": "1",
+            **_user_header(user),
+        }
+        try:
+            resp = await self.http.post(f"{self.base_url}/{method}", json=message, headers=headers)
+        except httpx.TransportError as exc:
+            raise AgentUnavailable(f"the sandbox's agent did not answer: {exc!r}") from exc
+        body = _json_or_none(resp.content)
+        if resp.status_code != 200:
+            raise connect_error(resp.status_code, body, missing=missing)
+        return body if isinstance(body, dict) else {}
+
+    async def _stream(
+        self,
+        method: str,
+        message: Mapping[str, Any],
+        *,
+        user: str | None = None,
+        timeout_ms: int | None = None,
+    ) -> AsyncIterator[ProcessEvent]:
+        headers = {
+            "Content-Type": "application/connect+json",
+            "Connect-Protocol-Version": "1",
+            **_user_header(user),
+        }
+        if timeout_ms:
+            headers["Connect-Timeout-Ms"] = str(timeout_ms)
+        request = self.http.build_request(
+            "POST",
+            f"{self.base_url}/{method}",
+            content=envelope(message),
+            headers=headers,
+            timeout=httpx.Timeout(None, connect=5.0),
+        )
+        try:
+            resp = await self.http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise AgentUnavailable(f"the sandbox's agent did not answer: {exc!r}") from exc
+        try:
+            if resp.status_code != 200:
+                raise connect_error(
+                    resp.status_code, _json_or_none(await resp.aread()), missing=ProcessNotFound
+                )
+            buffer = b""
+            async for chunk in resp.aiter_bytes():
+                buffer += chunk
+                while len(buffer) >= _HEADER.size:
+                    flags, length = _HEADER.unpack_from(buffer)
+                    if len(buffer) < _HEADER.size + length:
+                        break
+                    payload = buffer[_HEADER.size : _HEADER.size + length]
+                    buffer = buffer[_HEADER.size + length :]
+                    body = _json_or_none(payload) or {}
+                    if flags & END_STREAM:
+                        if isinstance(body, dict) and body.get("error"):
+                            raise connect_error(500, body["error"], missing=ProcessNotFound)
+                        return
+                    event = _process_event(body)
+                    if event is not None:
+                        yield event
+        except httpx.TransportError as exc:
+            raise AgentUnavailable(f"lost the sandbox's agent mid-stream: {exc!r}") from exc
+        finally:
+            await resp.aclose()
+
+    # -- process.Process -------------------------------------------------------
+
+    def start(
+        self,
+        argv: list[str],
+        *,
+        envs: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        user: str | None = None,
+        tag: str | None = None,
+        stdin: bool = False,
+        timeout_ms: int | None = None,
+    ) -> AsyncIterator[ProcessEvent]:
+        process: dict[str, Any] = {"cmd": argv[0], "args": argv[1:], "envs": dict(envs or {})}
+        if cwd:
+            process["cwd"] = cwd
+        message: dict[str, Any] = {"process": process, "stdin": stdin}
+        if tag:
+            message["tag"] = tag
+        return self._stream("process.Process/Start", message, user=user, timeout_ms=timeout_ms)
+
+    def connect(self, selector: int | str) -> AsyncIterator[ProcessEvent]:
+        return self._stream("process.Process/Connect", {"process": _selector(selector)})
+
+    async def list_processes(self) -> list[dict[str, Any]]:
+        body = await self._unary("process.Process/List", {})
+        return list(body.get("processes", []))
+
+    async def send_stdin(self, selector: int | str, data: bytes) -> None:
+        await self._unary(
+            "process.Process/SendInput",
+            {"process": _selector(selector), "input": {"stdin": base64.b64encode(data).decode()}},
+            missing=ProcessNotFound,
+        )
+
+    async def close_stdin(self, selector: int | str) -> None:
+        await self._unary(
+            "process.Process/CloseStdin", {"process": _selector(selector)}, missing=ProcessNotFound
+        )
+
+    async def signal(self, selector: int | str, signal: str) -> None:
+        await self._unary(
+            "process.Process/SendSignal",
+            {"process": _selector(selector), "signal": f"SIGNAL_{signal}"},
+            missing=ProcessNotFound,
+        )
+
+    # -- filesystem.Filesystem -------------------------------------------------
+
+    async def stat(self, path: str, *, user: str | None = None) -> dict[str, Any]:
+        body = await self._unary(
+            "filesystem.Filesystem/Stat", {"path": path}, user=user, missing=FileNotFound
+        )
+        return dict(body.get("entry", {}))
+
+    async def list_dir(self, path: str, *, depth: int = 1, user: str | None = None) -> list[dict[str, Any]]:
+        body = await self._unary(
+            "filesystem.Filesystem/ListDir",
+            {"path": path, "depth": depth},
+            user=user,
+            missing=FileNotFound,
+        )
+        return list(body.get("entries", []))
+
+    async def make_dir(self, path: str, *, user: str | None = None) -> dict[str, Any]:
+        body = await self._unary(
+            "filesystem.Filesystem/MakeDir", {"path": path}, user=user, missing=FileNotFound
+        )
+        return dict(body.get("entry", {}))
+
+    async def remove(self, path: str, *, recursive: bool, user: str | None = None) -> None:
+        await self._unary(
+            "filesystem.Filesystem/Remove",
+            {"path": path, "recursive": recursive},
+            user=user,
+            missing=FileNotFound,
+        )
+
+    async def move(self, source: str, destination: str, *, user: str | None = None) -> dict[str, Any]:
+        body = await self._unary(
+            "filesystem.Filesystem/Move",
+            {"source": source, "destination": destination},
+            user=user,
+            missing=FileNotFound,
+        )
+        return dict(body.get("entry", {}))
+
+    async def chmod(self, path: str, mode: int, *, user: str | None = None) -> dict[str, Any]:
+        body = await self._unary(
+            "corral.Agent/Chmod", {"path": path, "mode": mode}, user=user, missing=FileNotFound
+        )
+        return dict(body.get("entry", {}))
+
+    # -- /files ----------------------------------------------------------------
+
+    async def read_file(self, path: str, *, user: str | None = None) -> httpx.Response:
+        """An open streaming response of the file's bytes; the caller closes it."""
+        params = {"path": path, **({"username": user} if user else {})}
+        request = self.http.build_request(
+            "GET", f"{self.base_url}/files", params=params, timeout=httpx.Timeout(None, connect=5.0)
+        )
+        try:
+            resp = await self.http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise AgentUnavailable(f"the sandbox's agent did not answer: {exc!r}") from exc
+        if resp.status_code != 200:
+            body = _json_or_none(await resp.aread())
+            await resp.aclose()
+            raise connect_error(resp.status_code, body, missing=FileNotFound)
+        return resp
+
+    async def write_file(self, path: str, content: AsyncIterator[bytes], *, user: str | None = None) -> None:
+        params = {"path": path, **({"username": user} if user else {})}
+        try:
+            resp = await self.http.post(
+                f"{self.base_url}/files",
+                params=params,
+                content=content,
+                headers={"Content-Type": "application/octet-stream"},
+                timeout=httpx.Timeout(None, connect=5.0),
+            )
+        except httpx.TransportError as exc:
+            raise AgentUnavailable(f"the sandbox's agent did not answer: {exc!r}") from exc
+        if resp.status_code != 200:
+            raise connect_error(resp.status_code, _json_or_none(resp.content), missing=FileNotFound)
+
+    async def health(self) -> bool:
+        try:
+            resp = await self.http.get(f"{self.base_url}/health", timeout=1.0)
+        except httpx.TransportError:
+            return False
+        return resp.status_code in (200, 204)
+
+
+def _selector(selector: int | str) -> dict[str, Any]:
+    return {"pid": selector} if isinstance(selector, int) else {"tag": selector}
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def _process_event(message: Any) -> ProcessEvent | None:
+    event = message.get("event") if isinstance(message, dict) else None
+    if not isinstance(event, dict):
+        return None
+    if "start" in event:
+        return ProcessEvent("start", pid=int(event["start"].get("pid", 0)))
+    if "data" in event:
+        for kind in ("stdout", "stderr", "pty"):
+            if kind in event["data"]:
+                return ProcessEvent(kind, data=base64.b64decode(event["data"][kind]))
+        return None
+    if "end" in event:
+        end = event["end"]
+        return ProcessEvent("end", exit_code=int(end.get("exitCode", 0)), error=end.get("error") or None)
+    return None  # keepalive

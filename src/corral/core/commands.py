@@ -1,0 +1,135 @@
+"""Running commands in a sandbox: one-shot, streamed, or in the background.
+
+Timeouts are kept here, outside the sandbox: past its deadline a command is
+killed with SIGKILL through the agent, whatever it does to its own signals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from corral.core.agent_client import AgentClient, ProcessEvent
+from corral.errors import AgentUnavailable, CorralError, ExecTimeout, InternalError, InvalidRequest
+
+
+@dataclass(slots=True)
+class ExecRequest:
+    cmd: str | None = None
+    argv: list[str] | None = None
+    cwd: str | None = None
+    envs: dict[str, str] = field(default_factory=dict)
+    user: str | None = None
+    timeout: float | None = None
+    stdin: str | None = None
+    tag: str | None = None
+
+    def command_line(self, shell: list[str]) -> list[str]:
+        if (self.cmd is None) == (self.argv is None):
+            raise InvalidRequest("give exactly one of 'cmd' (a shell command line) or 'argv' (a list)")
+        if self.argv is not None:
+            if not self.argv or not self.argv[0]:
+                raise InvalidRequest("'argv' must name a program")
+            return list(self.argv)
+        assert self.cmd is not None
+        return [*shell, self.cmd]
+
+
+@dataclass(slots=True)
+class ExecResult:
+    pid: int = 0
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    error: str | None = None
+
+
+class _Decoders:
+    """UTF-8 per stream, incrementally, so a character split across chunks survives."""
+
+    def __init__(self) -> None:
+        self._by_kind = {
+            k: codecs.getincrementaldecoder("utf-8")("replace") for k in ("stdout", "stderr", "pty")
+        }
+
+    def decode(self, event: ProcessEvent) -> str:
+        return self._by_kind[event.kind].decode(event.data)
+
+
+async def start(
+    agent: AgentClient, request: ExecRequest, shell: list[str], *, background: bool
+) -> tuple[int, AsyncIterator[ProcessEvent]]:
+    """Start the command; return its pid and the rest of its event stream."""
+    events = agent.start(
+        request.command_line(shell),
+        envs=request.envs,
+        cwd=request.cwd,
+        user=request.user,
+        tag=request.tag,
+        stdin=background or request.stdin is not None,
+    ).__aiter__()
+    first = await anext(events, None)
+    if first is None or first.kind != "start":
+        raise InternalError("the agent ended the process stream before the process started")
+    if request.stdin is not None:
+        await agent.send_stdin(first.pid, request.stdin.encode())
+        await agent.close_stdin(first.pid)
+    return first.pid, events
+
+
+async def stream(
+    agent: AgentClient, pid: int, events: AsyncIterator[ProcessEvent], timeout: float | None
+) -> AsyncIterator[dict[str, Any]]:
+    """NDJSON-ready events until the process ends; kills it at its deadline."""
+    decoders = _Decoders()
+    deadline = asyncio.get_running_loop().time() + timeout if timeout else None
+    try:
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    event = await anext(events, None)
+            except TimeoutError:
+                await _kill(agent, pid)
+                yield {"type": "end", "exit_code": -9, "error": "timeout"}
+                return
+            if event is None:
+                raise AgentUnavailable("the process stream ended without an end event")
+            if event.kind == "end":
+                yield {"type": "end", "exit_code": event.exit_code, "error": event.error}
+                return
+            if event.kind in ("stdout", "stderr", "pty"):
+                yield {"type": event.kind, "data": decoders.decode(event)}
+    finally:
+        closer = getattr(events, "aclose", None)
+        if closer is not None:
+            with contextlib.suppress(Exception):
+                await closer()
+
+
+async def run(agent: AgentClient, request: ExecRequest, shell: list[str]) -> ExecResult:
+    """Run to the end and collect the output; past the timeout raise ExecTimeout."""
+    pid, events = await start(agent, request, shell, background=False)
+    result = ExecResult(pid=pid)
+    out: dict[str, list[str]] = {"stdout": [], "stderr": [], "pty": []}
+    async for item in stream(agent, pid, events, request.timeout):
+        if item["type"] == "end":
+            result.exit_code, result.error = item["exit_code"], item["error"]
+        else:
+            out[item["type"]].append(item["data"])
+    result.stdout = "".join(out["stdout"] + out["pty"])
+    result.stderr = "".join(out["stderr"])
+    if result.error == "timeout":
+        raise ExecTimeout(
+            f"the command ran past its timeout of {request.timeout:g}s and was killed",
+            details={"pid": pid, "stdout": result.stdout, "stderr": result.stderr},
+        )
+    return result
+
+
+async def _kill(agent: AgentClient, pid: int) -> None:
+    with contextlib.suppress(CorralError):
+        await agent.signal(pid, "SIGKILL")

@@ -1,0 +1,303 @@
+"""The orchestrator: sandboxes' lifecycle, from create to kill, across restarts.
+
+The store is the source of truth for what *should* exist; the runtime says
+what *does*. On start the manager reconciles the two: sandboxes the runtime
+still runs are taken back as they are (their processes and files untouched),
+those it lost are shown as ``dead``, and creates a crash cut short are undone.
+
+States (``SandboxRow.state``):
+
+- ``starting``: recorded, being built; never handed out.
+- ``running``: its agent answered; usable.
+- ``dead``: the runtime stopped it on its own (crash, host reboot, killed
+  from outside); ``error`` says what was seen. Only ``kill`` applies.
+
+Killing deletes the row: a killed sandbox no longer exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import string
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import httpx
+
+from corral.config import Settings
+from corral.core.agent_client import AgentClient
+from corral.errors import (
+    AgentUnavailable,
+    InvalidRequest,
+    RuntimeFailure,
+    SandboxNotFound,
+    SandboxNotRunning,
+)
+from corral.images.store import ImageStore
+from corral.net import links
+from corral.runtimes.base import Runtime, RuntimeHandle, RuntimeState, SandboxSpec
+from corral.store.db import Store
+from corral.store.models import SandboxRow
+
+log = logging.getLogger(__name__)
+
+STARTING, RUNNING, DEAD = "starting", "running", "dead"
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def new_sandbox_id() -> str:
+    return "sb" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(12))
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """SQLite hands datetimes back naive; they were stored as UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@dataclass(slots=True)
+class CreateRequest:
+    image: str | None = None
+    vcpus: int | None = None
+    memory_mb: int | None = None
+    timeout: int | None = None
+    envs: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+class SandboxManager:
+    def __init__(self, settings: Settings, store: Store, runtime: Runtime, images: ImageStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.runtime = runtime
+        self.images = images
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(30.0, connect=5.0),
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+            trust_env=False,
+        )
+        self._agents: dict[str, AgentClient] = {}
+        self._shells: dict[str, list[str]] = {}
+        self._reaper: asyncio.Task[None] | None = None
+
+    # -- lifecycle of the manager ----------------------------------------------
+
+    async def start(self) -> None:
+        await self.reconcile()
+        self._reaper = asyncio.create_task(self._reap_forever(), name="corral-reaper")
+
+    async def aclose(self) -> None:
+        if self._reaper:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        await self._http.aclose()
+        await self.runtime.aclose()
+
+    async def reconcile(self) -> None:
+        """Match the store to what the runtime really runs (at server start)."""
+        for row in self.store.list_sandboxes():
+            handle = _handle(row)
+            if row.state == STARTING:
+                log.warning("sandbox %s was still starting when the server stopped; removing it", row.id)
+                await self.runtime.destroy(handle)
+                self.store.delete_sandbox(row.id)
+            elif row.state == RUNNING:
+                seen = await self.runtime.state(handle)
+                if seen is not RuntimeState.RUNNING:
+                    self._mark_dead(row.id, f"the runtime reports it {seen.value} (seen at server start)")
+
+    # -- operations --------------------------------------------------------------
+
+    async def create(self, request: CreateRequest) -> SandboxRow:
+        s = self.settings
+        image = self.images.resolve(request.image or s.default_image)
+        vcpus = request.vcpus or s.default_vcpus
+        memory_mb = request.memory_mb or s.default_memory_mb
+        timeout = s.default_timeout if request.timeout is None else request.timeout
+        _check_range("vcpus", vcpus, 1, s.max_vcpus)
+        _check_range("memory_mb", memory_mb, 64, s.max_memory_mb)
+        _check_range("timeout", timeout, 0, s.max_timeout)
+
+        sandbox_id = new_sandbox_id()
+        network = links.network_for_slot(s.sandbox_subnet, self._free_slot())
+        now = utcnow()
+        row = self.store.add_sandbox(
+            SandboxRow(
+                id=sandbox_id,
+                image=image.name,
+                runtime=self.runtime.name,
+                state=STARTING,
+                vcpus=vcpus,
+                memory_mb=memory_mb,
+                envs=dict(request.envs),
+                meta=dict(request.metadata),
+                timeout=timeout,
+                created_at=now,
+                ends_at=now + timedelta(seconds=timeout) if timeout else None,
+                slot=network.slot,
+                address=network.sandbox_address,
+                agent_url="",
+                # Enough for a restarted server to tear down a half-made sandbox.
+                runtime_info={
+                    "slot": network.slot,
+                    "host_address": network.host_address,
+                    "sandbox_address": network.sandbox_address,
+                },
+            )
+        )
+        spec = SandboxSpec(
+            sandbox_id=sandbox_id,
+            image_rootfs=image.rootfs,
+            network=network,
+            vcpus=vcpus,
+            memory_mb=memory_mb,
+            pids_limit=s.pids_limit,
+            envs=dict(request.envs),
+        )
+        try:
+            handle = await self.runtime.create(spec)
+            self.store.update_sandbox(sandbox_id, agent_url=handle.agent_url, runtime_info=handle.info)
+            await self._wait_for_agent(handle)
+        except BaseException:
+            row_now = self.store.get_sandbox(sandbox_id)
+            await self.runtime.destroy(_handle(row_now or row))
+            self.store.delete_sandbox(sandbox_id)
+            raise
+        updated = self.store.update_sandbox(sandbox_id, state=RUNNING)
+        assert updated is not None
+        log.info("sandbox %s running (%s, %d vCPU, %d MiB)", sandbox_id, image.name, vcpus, memory_mb)
+        return updated
+
+    def get(self, sandbox_id: str) -> SandboxRow:
+        row = self.store.get_sandbox(sandbox_id)
+        if row is None:
+            raise SandboxNotFound(f"no sandbox '{sandbox_id}' exists", details={"sandbox_id": sandbox_id})
+        return row
+
+    def list(
+        self, *, states: set[str] | None = None, metadata: Mapping[str, str] | None = None
+    ) -> list[SandboxRow]:
+        return self.store.list_sandboxes(states=states, metadata=metadata)
+
+    async def kill(self, sandbox_id: str) -> None:
+        row = self.get(sandbox_id)
+        await self.runtime.destroy(_handle(row))
+        self.store.delete_sandbox(sandbox_id)
+        self._forget(sandbox_id)
+        log.info("sandbox %s killed", sandbox_id)
+
+    def set_timeout(self, sandbox_id: str, timeout: int) -> SandboxRow:
+        self.get(sandbox_id)
+        _check_range("timeout", timeout, 0, self.settings.max_timeout)
+        ends_at = utcnow() + timedelta(seconds=timeout) if timeout else None
+        row = self.store.update_sandbox(sandbox_id, timeout=timeout, ends_at=ends_at)
+        assert row is not None
+        return row
+
+    async def logs(self, sandbox_id: str, *, tail: int | None = None) -> str:
+        return await self.runtime.logs(_handle(self.get(sandbox_id)), tail=tail)
+
+    def agent(self, sandbox_id: str) -> AgentClient:
+        """The agent of a running sandbox; raises if it is not running."""
+        row = self.get(sandbox_id)
+        if row.state != RUNNING:
+            raise SandboxNotRunning(
+                f"sandbox '{sandbox_id}' is {row.state}" + (f": {row.error}" if row.error else ""),
+                details={"sandbox_id": sandbox_id, "state": row.state},
+            )
+        client = self._agents.get(sandbox_id)
+        if client is None:
+            client = self._agents[sandbox_id] = AgentClient(row.agent_url, http=self._http)
+        return client
+
+    async def shell(self, sandbox_id: str) -> list[str]:
+        """How to run a command line in this sandbox: bash if the image has it, else sh."""
+        shell = self._shells.get(sandbox_id)
+        if shell is None:
+            try:
+                await self.agent(sandbox_id).stat("/bin/bash", user="root")
+                shell = ["/bin/bash", "-c"]
+            except LookupError:
+                shell = ["/bin/sh", "-c"]
+            self._shells[sandbox_id] = shell
+        return shell
+
+    async def agent_failed(self, sandbox_id: str, exc: AgentUnavailable) -> None:
+        """An agent stopped answering: find out whether its sandbox is gone."""
+        row = self.store.get_sandbox(sandbox_id)
+        if row is None or row.state != RUNNING:
+            return
+        seen = await self.runtime.state(_handle(row))
+        if seen is not RuntimeState.RUNNING:
+            self._mark_dead(sandbox_id, f"the runtime reports it {seen.value} ({exc.message})")
+
+    # -- internals ---------------------------------------------------------------
+
+    def _free_slot(self) -> int:
+        used = self.store.used_slots()
+        for slot in range(links.slot_count(self.settings.sandbox_subnet)):
+            if slot not in used:
+                return slot
+        raise RuntimeFailure(f"no free addresses left in {self.settings.sandbox_subnet}")
+
+    async def _wait_for_agent(self, handle: RuntimeHandle) -> None:
+        agent = AgentClient(handle.agent_url, http=self._http)
+        deadline = time.monotonic() + self.settings.start_timeout
+        delay = 0.002
+        while time.monotonic() < deadline:
+            if await agent.health():
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.05)
+        console = await self.runtime.logs(handle, tail=20)
+        raise RuntimeFailure(
+            f"sandbox {handle.sandbox_id}'s agent did not answer within {self.settings.start_timeout:g}s",
+            details={"console": console},
+        )
+
+    def _mark_dead(self, sandbox_id: str, error: str) -> None:
+        log.warning("sandbox %s is dead: %s", sandbox_id, error)
+        self.store.update_sandbox(sandbox_id, state=DEAD, error=error)
+        self._forget(sandbox_id)
+
+    def _forget(self, sandbox_id: str) -> None:
+        self._agents.pop(sandbox_id, None)
+        self._shells.pop(sandbox_id, None)
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reaper_interval)
+            try:
+                await self.reap()
+            except Exception:
+                log.exception("reaper round failed")
+
+    async def reap(self) -> None:
+        """Kill every sandbox whose time is up."""
+        now = utcnow()
+        for row in self.store.list_sandboxes(states={RUNNING, DEAD}):
+            if row.ends_at is not None and as_utc(row.ends_at) <= now:
+                log.info("sandbox %s reached its timeout", row.id)
+                with contextlib.suppress(SandboxNotFound):
+                    await self.kill(row.id)
+
+
+def _handle(row: SandboxRow) -> RuntimeHandle:
+    return RuntimeHandle(sandbox_id=row.id, agent_url=row.agent_url, info=dict(row.runtime_info or {}))
+
+
+def _check_range(name: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise InvalidRequest(
+            f"{name} must be between {low} and {high}, got {value}",
+            details={"field": name, "value": value},
+        )

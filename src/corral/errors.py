@@ -1,0 +1,180 @@
+"""corral's one error tree, shared by the server and the SDK.
+
+Every error has a stable ``code`` (what the API puts in its JSON envelope) and
+an HTTP ``status``. The SDK turns an envelope back into the same class through
+:data:`ERRORS_BY_CODE`, a fixed table: it never imports a name sent by a server.
+
+    CorralError
+    ├── InvalidRequest (ValueError)            422 invalid_request
+    │   └── PayloadTooLarge                    413 payload_too_large
+    ├── AuthenticationError (PermissionError)  401 unauthorized
+    ├── NotFound (LookupError)                 404 not_found
+    │   ├── SandboxNotFound                    404 sandbox_not_found
+    │   ├── ImageNotFound                      404 image_not_found
+    │   ├── ProcessNotFound                    404 process_not_found
+    │   └── FileNotFound (FileNotFoundError)   404 file_not_found
+    ├── Conflict                               409 conflict
+    │   ├── SandboxNotRunning                  409 sandbox_not_running
+    │   ├── FileExists_ (FileExistsError)      409 file_exists
+    │   ├── IsADirectory_ (IsADirectoryError)  409 is_a_directory
+    │   └── NotADirectory_ (NotADirectoryError) 409 not_a_directory
+    ├── PermissionDenied (PermissionError)     403 permission_denied
+    ├── ExecTimeout (TimeoutError)             504 exec_timeout
+    ├── AgentUnavailable (ConnectionError)     502 agent_unavailable
+    ├── RuntimeFailure                         500 runtime_error
+    └── InternalError                          500 internal
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "ERRORS_BY_CODE",
+    "AgentUnavailable",
+    "AuthenticationError",
+    "Conflict",
+    "CorralError",
+    "ExecTimeout",
+    "FileExists_",
+    "FileNotFound",
+    "ImageNotFound",
+    "InternalError",
+    "InvalidRequest",
+    "IsADirectory_",
+    "NotADirectory_",
+    "NotFound",
+    "PayloadTooLarge",
+    "PermissionDenied",
+    "ProcessNotFound",
+    "RuntimeFailure",
+    "SandboxNotFound",
+    "SandboxNotRunning",
+    "error_from_envelope",
+]
+
+
+class CorralError(Exception):
+    """The root of every error corral raises on purpose."""
+
+    code: ClassVar[str] = "internal"
+    status: ClassVar[int] = 500
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, Any] = details or {}
+
+    def envelope(self) -> dict[str, Any]:
+        """The JSON body the API sends for this error."""
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details:
+            error["details"] = self.details
+        return {"error": error}
+
+
+class InvalidRequest(CorralError, ValueError):
+    code = "invalid_request"
+    status = 422
+
+
+class PayloadTooLarge(InvalidRequest):
+    code = "payload_too_large"
+    status = 413
+
+
+class AuthenticationError(CorralError, PermissionError):
+    code = "unauthorized"
+    status = 401
+
+
+class NotFound(CorralError, LookupError):
+    code = "not_found"
+    status = 404
+
+
+class SandboxNotFound(NotFound):
+    code = "sandbox_not_found"
+
+
+class ImageNotFound(NotFound):
+    code = "image_not_found"
+
+
+class ProcessNotFound(NotFound):
+    code = "process_not_found"
+
+
+class FileNotFound(NotFound, FileNotFoundError):
+    code = "file_not_found"
+
+
+class Conflict(CorralError):
+    code = "conflict"
+    status = 409
+
+
+class SandboxNotRunning(Conflict):
+    code = "sandbox_not_running"
+
+
+class FileExists_(Conflict, FileExistsError):
+    code = "file_exists"
+
+
+class IsADirectory_(Conflict, IsADirectoryError):
+    code = "is_a_directory"
+
+
+class NotADirectory_(Conflict, NotADirectoryError):
+    code = "not_a_directory"
+
+
+class PermissionDenied(CorralError, PermissionError):
+    code = "permission_denied"
+    status = 403
+
+
+class ExecTimeout(CorralError, TimeoutError):
+    code = "exec_timeout"
+    status = 504
+
+
+class AgentUnavailable(CorralError, ConnectionError):
+    code = "agent_unavailable"
+    status = 502
+
+
+class RuntimeFailure(CorralError):
+    code = "runtime_error"
+    status = 500
+
+
+class InternalError(CorralError):
+    code = "internal"
+    status = 500
+
+
+def _all_subclasses(cls: type[CorralError]) -> list[type[CorralError]]:
+    found: list[type[CorralError]] = [cls]
+    for sub in cls.__subclasses__():
+        found.extend(_all_subclasses(sub))
+    return found
+
+
+ERRORS_BY_CODE: dict[str, type[CorralError]] = {c.code: c for c in _all_subclasses(CorralError)}
+"""Every stable error code and the class it stands for."""
+
+
+def error_from_envelope(status: int, body: Any) -> CorralError:
+    """Rebuild the error a server sent; unknown codes fall back by HTTP status."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return InternalError(f"unexpected response (HTTP {status}): {str(body)[:500]}")
+    code = str(error.get("code", ""))
+    message = str(error.get("message", "")) or f"HTTP {status}"
+    details = error.get("details") if isinstance(error.get("details"), dict) else None
+    cls = ERRORS_BY_CODE.get(code)
+    if cls is None:
+        cls = next((c for c in ERRORS_BY_CODE.values() if c.status == status), InternalError)
+    return cls(message, details=details)

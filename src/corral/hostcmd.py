@@ -1,0 +1,65 @@
+"""Running host commands (``ip``, ``mount``, ``runsc``...) from async code."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from corral.errors import RuntimeFailure
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def run(
+    argv: Sequence[str],
+    *,
+    input: bytes | None = None,
+    check: bool = True,
+    timeout: float = 60.0,
+    env: dict[str, str] | None = None,
+) -> Completed:
+    """Run ``argv`` to completion; with ``check``, a non-zero exit raises RuntimeFailure."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **env} if env else None,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(input), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise RuntimeFailure(
+            f"{argv[0]} did not finish within {timeout:g}s", details={"argv": list(argv)}
+        ) from None
+    done = Completed(
+        tuple(argv),
+        proc.returncode or 0,
+        out.decode(errors="replace"),
+        err.decode(errors="replace"),
+    )
+    if check and done.returncode != 0:
+        message = (done.stderr or done.stdout).strip().splitlines()
+        raise RuntimeFailure(
+            f"{' '.join(argv[:3])} failed: {message[-1] if message else f'exit {done.returncode}'}",
+            details={
+                "argv": list(argv),
+                "exit_code": done.returncode,
+                "stderr": done.stderr[-2000:],
+            },
+        )
+    log.debug("ran %s -> %s", argv, done.returncode)
+    return done

@@ -1,0 +1,86 @@
+"""A network namespace and a veth pair per sandbox: the host's link to it.
+
+The host side of the pair is ``crl<slot>`` in the host's namespace; the sandbox
+side is ``eth0`` inside ``corral-<sandbox id>``. Each link is a /30 taken from
+``Settings.sandbox_subnet`` by slot number, so an address is a pure function
+of the slot and needs no allocator state beyond the slot itself.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from corral import hostcmd
+from corral.runtimes.base import NetworkSpec
+
+NETNS_DIR = Path("/var/run/netns")
+HOST_IFACE_PREFIX = "crl"
+
+
+def netns_name(sandbox_id: str) -> str:
+    return f"corral-{sandbox_id}"
+
+
+def netns_path(sandbox_id: str) -> Path:
+    return NETNS_DIR / netns_name(sandbox_id)
+
+
+def host_iface(slot: int) -> str:
+    return f"{HOST_IFACE_PREFIX}{slot}"
+
+
+def slot_count(subnet: str) -> int:
+    return int(ipaddress.ip_network(subnet).num_addresses // 4)
+
+
+def network_for_slot(subnet: str, slot: int) -> NetworkSpec:
+    net = ipaddress.ip_network(subnet)
+    if not 0 <= slot < slot_count(subnet):
+        raise ValueError(f"slot {slot} is outside {subnet}")
+    base = net.network_address + 4 * slot
+    return NetworkSpec(slot=slot, host_address=str(base + 1), sandbox_address=str(base + 2))
+
+
+def network_from_info(info: dict[str, object]) -> NetworkSpec:
+    """The link recorded in a runtime handle's ``info``."""
+    return NetworkSpec(
+        slot=int(str(info["slot"])),
+        host_address=str(info["host_address"]),
+        sandbox_address=str(info["sandbox_address"]),
+    )
+
+
+async def create_link(sandbox_id: str, spec: NetworkSpec) -> None:
+    """Make the namespace and the veth pair, addressed and up. Undone by :func:`delete_link`."""
+    ns, iface = netns_name(sandbox_id), host_iface(spec.slot)
+    await delete_link(sandbox_id, spec)  # a leftover of a crash must not block the slot
+    await hostcmd.run(["ip", "netns", "add", ns])
+    try:
+        await hostcmd.run(
+            ["ip", "-batch", "-"],
+            input=(
+                f"link add {iface} type veth peer name eth0 netns {ns}\n"
+                f"addr add {spec.host_address}/{spec.prefix_len} dev {iface}\n"
+                f"link set {iface} up\n"
+            ).encode(),
+        )
+        await hostcmd.run(
+            ["ip", "-n", ns, "-batch", "-"],
+            input=(
+                "link set lo up\n"
+                f"addr add {spec.sandbox_address}/{spec.prefix_len} dev eth0\n"
+                "link set eth0 up\n"
+                f"route add default via {spec.host_address}\n"
+            ).encode(),
+        )
+    except BaseException:
+        await delete_link(sandbox_id, spec)
+        raise
+
+
+async def delete_link(sandbox_id: str, spec: NetworkSpec) -> None:
+    """Remove the namespace and both ends of the pair; missing pieces are fine."""
+    await hostcmd.run(["ip", "link", "del", host_iface(spec.slot)], check=False)
+    if netns_path(sandbox_id).exists():
+        await hostcmd.run(["ip", "netns", "del", netns_name(sandbox_id)], check=False)

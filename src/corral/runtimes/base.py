@@ -1,0 +1,88 @@
+"""The seam between corral's orchestrator and whatever actually runs sandboxes.
+
+A runtime turns a :class:`SandboxSpec` into a running machine whose agent
+answers on :attr:`RuntimeHandle.agent_url`, and later reports on it and tears
+it down. Everything a runtime needs to find a sandbox again after the server
+restarts is in :attr:`RuntimeHandle.info`, which the store persists.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+AGENT_PORT = 49983
+"""The agent's port inside every sandbox (envd's, so E2B tooling finds it)."""
+
+
+class RuntimeState(enum.StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"  # the runtime knows it, but nothing runs any more
+    MISSING = "missing"  # the runtime has no record of it at all
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkSpec:
+    """The point-to-point link between the host and one sandbox."""
+
+    slot: int
+    host_address: str
+    sandbox_address: str
+    prefix_len: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxSpec:
+    sandbox_id: str
+    image_rootfs: Path
+    """The image's read-only unpacked rootfs (the overlay's lower dir)."""
+    network: NetworkSpec
+    vcpus: int = 1
+    memory_mb: int = 512
+    pids_limit: int = 1024
+    envs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class RuntimeHandle:
+    sandbox_id: str
+    agent_url: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Runtime(abc.ABC):
+    """Creates, inspects and destroys sandboxes. Use as ``async with`` or call :meth:`aclose`."""
+
+    name: str
+
+    @abc.abstractmethod
+    async def create(self, spec: SandboxSpec) -> RuntimeHandle:
+        """Build and start a sandbox; return once its init (the agent) was started.
+
+        On failure nothing of it is left behind.
+        """
+
+    @abc.abstractmethod
+    async def state(self, handle: RuntimeHandle) -> RuntimeState:
+        """What the runtime sees of the sandbox right now."""
+
+    @abc.abstractmethod
+    async def destroy(self, handle: RuntimeHandle) -> None:
+        """Stop the sandbox and remove everything it had. Idempotent."""
+
+    @abc.abstractmethod
+    async def logs(self, handle: RuntimeHandle, *, tail: int | None = None) -> str:
+        """The sandbox's console: its agent's output and the runtime's own messages."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release what the runtime holds in this process (not the sandboxes: they outlive us)."""
+
+    async def __aenter__(self) -> Runtime:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,340 @@
+"""The OCI runtime backend: gVisor's ``runsc`` (the default) or ``runc``.
+
+Each sandbox gets, under ``<data_dir>/sandboxes/<id>/``:
+
+- ``rootfs/``: an overlayfs mount whose lower dir is the image's shared
+  read-only rootfs and whose upper dir (``upper/``) holds everything the
+  sandbox writes, ``/tmp`` included (bind-mounted from the overlay so that
+  it is part of the sandbox's disk, not a tmpfs in its memory);
+- ``bundle/config.json``: the OCI spec, whose init is corral's agent, shipped
+  read-only at ``/.corral``;
+- ``console.log``: the agent's stdout and stderr.
+
+and its own network namespace (see :mod:`corral.net.links`). The runtime's
+own state lives under ``/run/corral/<runtime>``, so a sandbox keeps running
+when the server stops, and a restarted server finds it again by its id.
+
+gVisor and network namespaces: runsc (at least up to 2024 releases) refuses to
+start its own netstack when it believes it runs in the host's namespace, which
+it decides by whether ``/proc/sys/net/core/rmem_default`` exists; on kernels
+6.x that file exists in every namespace. So runsc is started in a private
+mount namespace where ``/proc/sys/net`` is hidden under an empty tmpfs, and
+the sandbox's namespace is named by path in the spec. runsc then runs in the
+host's network namespace, where its control socket lives: every later runsc
+command for the sandbox runs from there too (the server's own namespace).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from corral import hostcmd
+from corral.errors import RuntimeFailure
+from corral.images.agent_bundle import agent_command, agent_env, build_agent_bundle
+from corral.net import links
+from corral.runtimes.base import (
+    AGENT_PORT,
+    Runtime,
+    RuntimeHandle,
+    RuntimeState,
+    SandboxSpec,
+)
+
+log = logging.getLogger(__name__)
+
+OWN_RUNSC = Path("/usr/local/lib/corral/bin/runsc")
+"""Where ``scripts/setup`` installs a current runsc (Debian 12's is from 2022)."""
+
+STATE_ROOT = Path("/run/corral")
+
+CAPABILITIES = [
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
+    "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+]  # fmt: skip
+"""Root inside a sandbox gets Docker's default set, no more."""
+
+CPU_PERIOD_US = 100_000
+
+
+def find_runsc(configured: str | None = None) -> str:
+    """The runsc to use: the configured one, corral's own, or the one on PATH."""
+    if configured:
+        return configured
+    if OWN_RUNSC.exists():
+        return str(OWN_RUNSC)
+    found = shutil.which("runsc")
+    if not found:
+        raise RuntimeFailure("runsc is not installed: run scripts/setup (or apt-get install runsc)")
+    return found
+
+
+async def runsc_release(binary: str) -> int:
+    """The release date of a runsc as YYYYMMDD (0 if it cannot be told)."""
+    out = await hostcmd.run([binary, "--version"], check=False)
+    match = re.search(r"(20\d{6})", out.stdout)
+    return int(match.group(1)) if match else 0
+
+
+class OciRuntime(Runtime):
+    """Sandboxes as OCI containers under ``runsc`` or ``runc``."""
+
+    def __init__(
+        self,
+        *,
+        kind: Literal["runsc", "runc"],
+        data_dir: Path,
+        binary: str | None = None,
+        platform: str = "systrap",
+    ) -> None:
+        self.name = kind
+        self.kind = kind
+        self.data_dir = data_dir
+        self.binary = binary or (find_runsc() if kind == "runsc" else shutil.which("runc") or "runc")
+        self.platform = platform
+        self.state_root = STATE_ROOT / kind
+        self._bundle: Path | None = None
+        self._ready = asyncio.Lock()
+
+    # -- set-up ----------------------------------------------------------------
+
+    async def _prepare(self) -> Path:
+        """Once per process: the agent bundle, and a platform this runsc has."""
+        async with self._ready:
+            if self._bundle is None:
+                if self.kind == "runsc" and await runsc_release(self.binary) < 20230101:
+                    self.platform = "ptrace"  # systrap arrived in 2023
+                self.state_root.mkdir(parents=True, exist_ok=True)
+                self._bundle = await asyncio.to_thread(build_agent_bundle, self.data_dir / "agent")
+            return self._bundle
+
+    def sandbox_dir(self, sandbox_id: str) -> Path:
+        return self.data_dir / "sandboxes" / sandbox_id
+
+    def _runtime_argv(self, *args: str) -> list[str]:
+        argv = [self.binary, "--root", str(self.state_root)]
+        if self.kind == "runsc":
+            argv += ["--network=sandbox", "--overlay2=none", f"--platform={self.platform}"]
+        return argv + list(args)
+
+    # -- Runtime ---------------------------------------------------------------
+
+    async def create(self, spec: SandboxSpec) -> RuntimeHandle:
+        bundle_dir = await self._prepare()
+        if not spec.image_rootfs.is_dir():
+            raise RuntimeFailure(f"image rootfs {spec.image_rootfs} is missing")
+        sdir = self.sandbox_dir(spec.sandbox_id)
+        handle = RuntimeHandle(
+            sandbox_id=spec.sandbox_id,
+            agent_url=f"http://{spec.network.sandbox_address}:{AGENT_PORT}",
+            info={
+                "runtime": self.kind,
+                "dir": str(sdir),
+                "slot": spec.network.slot,
+                "host_address": spec.network.host_address,
+                "sandbox_address": spec.network.sandbox_address,
+            },
+        )
+        try:
+            rootfs = await self._mount_rootfs(sdir, spec)
+            await links.create_link(spec.sandbox_id, spec.network)
+            config = self._oci_config(spec, rootfs, bundle_dir)
+            (sdir / "bundle").mkdir(exist_ok=True)
+            (sdir / "bundle" / "config.json").write_text(json.dumps(config, indent=1))
+            await self._start(spec.sandbox_id, sdir)
+        except BaseException:
+            await self.destroy(handle)
+            raise
+        return handle
+
+    async def state(self, handle: RuntimeHandle) -> RuntimeState:
+        out = await hostcmd.run(self._runtime_argv("state", handle.sandbox_id), check=False)
+        if out.returncode != 0:
+            return RuntimeState.MISSING
+        try:
+            status = json.loads(out.stdout).get("status", "")
+        except json.JSONDecodeError:
+            return RuntimeState.MISSING
+        return {
+            "running": RuntimeState.RUNNING,
+            "created": RuntimeState.RUNNING,
+            "paused": RuntimeState.PAUSED,
+        }.get(status, RuntimeState.STOPPED)
+
+    async def destroy(self, handle: RuntimeHandle) -> None:
+        sid = handle.sandbox_id
+        await hostcmd.run(self._runtime_argv("delete", "--force", sid), check=False, timeout=30)
+        sdir = Path(handle.info.get("dir") or self.sandbox_dir(sid))
+        rootfs = sdir / "rootfs"
+        for target in (rootfs / "tmp", rootfs):
+            if os.path.ismount(target):
+                done = await hostcmd.run(["umount", str(target)], check=False)
+                if done.returncode != 0:
+                    await hostcmd.run(["umount", "-l", str(target)], check=False)
+        if "slot" in handle.info:
+            await links.delete_link(sid, links.network_from_info(handle.info))
+        await asyncio.to_thread(shutil.rmtree, sdir, True)
+
+    async def logs(self, handle: RuntimeHandle, *, tail: int | None = None) -> str:
+        path = Path(handle.info.get("dir") or self.sandbox_dir(handle.sandbox_id)) / "console.log"
+        try:
+            text = await asyncio.to_thread(path.read_text, errors="replace")
+        except FileNotFoundError:
+            return ""
+        if tail is not None:
+            text = "".join(text.splitlines(keepends=True)[-tail:]) if tail > 0 else ""
+        return text
+
+    # -- pieces ----------------------------------------------------------------
+
+    async def _mount_rootfs(self, sdir: Path, spec: SandboxSpec) -> Path:
+        upper, work, rootfs = sdir / "upper", sdir / "work", sdir / "rootfs"
+        for d in (upper, work, rootfs):
+            d.mkdir(parents=True, exist_ok=True)
+        await hostcmd.run(
+            [
+                "mount", "-t", "overlay", "overlay", "-o",
+                f"lowerdir={spec.image_rootfs},upperdir={upper},workdir={work}",
+                str(rootfs),
+            ]
+        )  # fmt: skip
+        tmp = rootfs / "tmp"
+        tmp.mkdir(exist_ok=True)
+        tmp.chmod(0o1777)
+        etc = rootfs / "etc"
+        etc.mkdir(exist_ok=True)
+        (etc / "hostname").write_text(f"{spec.sandbox_id}\n")
+        (etc / "hosts").write_text(
+            f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n"
+            f"{spec.network.sandbox_address}\t{spec.sandbox_id}\n"
+        )
+        return rootfs
+
+    def _oci_config(self, spec: SandboxSpec, rootfs: Path, agent_bundle: Path) -> dict[str, Any]:
+        env = {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            **spec.envs,
+            **agent_env(),
+        }
+        memory = spec.memory_mb * 1024 * 1024
+        return {
+            "ociVersion": "1.0.2",
+            "hostname": spec.sandbox_id,
+            "root": {"path": str(rootfs), "readonly": False},
+            "process": {
+                "terminal": False,
+                "user": {"uid": 0, "gid": 0},
+                "args": agent_command(AGENT_PORT),
+                "env": [f"{k}={v}" for k, v in env.items()],
+                "cwd": "/",
+                "capabilities": {k: CAPABILITIES for k in ("bounding", "effective", "permitted")},
+                "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1048576, "soft": 1048576}],
+                "noNewPrivileges": False,
+            },
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {
+                    "destination": "/dev",
+                    "type": "tmpfs",
+                    "source": "tmpfs",
+                    "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+                },
+                {
+                    "destination": "/dev/pts",
+                    "type": "devpts",
+                    "source": "devpts",
+                    "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
+                },
+                {
+                    "destination": "/dev/shm",
+                    "type": "tmpfs",
+                    "source": "shm",
+                    "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+                },
+                {
+                    "destination": "/sys",
+                    "type": "sysfs",
+                    "source": "sysfs",
+                    "options": ["nosuid", "noexec", "nodev", "ro"],
+                },
+                {
+                    "destination": "/tmp",
+                    "type": "bind",
+                    "source": str(rootfs / "tmp"),
+                    "options": ["rbind", "rw"],
+                },
+                {
+                    "destination": "/.corral",
+                    "type": "bind",
+                    "source": str(agent_bundle),
+                    "options": ["rbind", "ro"],
+                },
+            ],
+            "linux": {
+                "cgroupsPath": f"/corral/{spec.sandbox_id}",
+                "resources": {
+                    "memory": {"limit": memory, "swap": memory},
+                    "cpu": {"quota": spec.vcpus * CPU_PERIOD_US, "period": CPU_PERIOD_US},
+                    "pids": {"limit": spec.pids_limit},
+                },
+                "namespaces": [
+                    {"type": "pid"},
+                    {"type": "ipc"},
+                    {"type": "uts"},
+                    {"type": "mount"},
+                    {"type": "network", "path": str(links.netns_path(spec.sandbox_id))},
+                ],
+                "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
+                "readonlyPaths": ["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus"],
+            },
+        }
+
+    async def _start(self, sandbox_id: str, sdir: Path) -> None:
+        argv: Sequence[str] = self._runtime_argv(
+            "run",
+            "--detach" if self.kind == "runc" else "-detach",
+            "--bundle",
+            str(sdir / "bundle"),
+            sandbox_id,
+        )
+        if self.kind == "runsc":
+            argv = [
+                "unshare",
+                "-m",
+                "sh",
+                "-c",
+                'mount -t tmpfs none /proc/sys/net && exec "$0" "$@"',
+                *argv,
+            ]
+        console = sdir / "console.log"
+        # A detached runtime keeps the stdio it is given for the sandbox's init:
+        # a file, never a pipe we would wait on.
+        with console.open("ab") as out:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
+            try:
+                code = await asyncio.wait_for(proc.wait(), 60)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                raise RuntimeFailure(f"{self.kind} run did not return within 60s") from None
+        if code != 0:
+            lines = console.read_text(errors="replace").strip().splitlines()
+            raise RuntimeFailure(
+                f"{self.kind} could not start sandbox {sandbox_id}: {lines[-1] if lines else f'exit {code}'}",
+                details={"console": "\n".join(lines[-20:])},
+            )

@@ -1,0 +1,166 @@
+"""Request and response bodies of the HTTP API (see docs/api.md)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from corral.core.sandboxes import as_utc
+from corral.store.models import SandboxRow
+
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CreateSandbox(Strict):
+    image: str | None = Field(default=None, max_length=255, description="Image name; default corral/base.")
+    vcpus: int | None = Field(default=None, ge=1, description="vCPUs.")
+    memory_mb: int | None = Field(default=None, ge=64, description="Memory limit in MiB.")
+    timeout: int | None = Field(
+        default=None, ge=0, description="Seconds until the sandbox is killed; 0 = never."
+    )
+    envs: dict[str, str] = Field(default_factory=dict, description="Environment of every process.")
+    metadata: dict[str, str] = Field(default_factory=dict, description="Your labels; filter lists by them.")
+
+
+class Sandbox(BaseModel):
+    id: str
+    image: str
+    runtime: str
+    state: Literal["starting", "running", "dead"]
+    vcpus: int
+    memory_mb: int
+    metadata: dict[str, str]
+    envs: dict[str, str]
+    created_at: datetime
+    ends_at: datetime | None
+    timeout: int
+    address: str
+    error: str | None
+
+    @classmethod
+    def from_row(cls, row: SandboxRow) -> Sandbox:
+        return cls(
+            id=row.id,
+            image=row.image,
+            runtime=row.runtime,
+            state=row.state,  # type: ignore[arg-type]
+            vcpus=row.vcpus,
+            memory_mb=row.memory_mb,
+            metadata=row.meta,
+            envs=row.envs,
+            created_at=as_utc(row.created_at),
+            ends_at=as_utc(row.ends_at) if row.ends_at else None,
+            timeout=row.timeout,
+            address=row.address,
+            error=row.error,
+        )
+
+
+class SandboxList(BaseModel):
+    sandboxes: list[Sandbox]
+
+
+class SetTimeout(Strict):
+    timeout: int = Field(ge=0, description="Seconds from now; 0 = never.")
+
+
+class Exec(Strict):
+    cmd: str | None = Field(default=None, description="A shell command line (bash -c, or sh -c).")
+    argv: list[str] | None = Field(default=None, description="A program and its arguments, no shell.")
+    cwd: str | None = None
+    envs: dict[str, str] = Field(default_factory=dict)
+    user: str | None = Field(default=None, max_length=64, description="Default: 'user' if the image has it.")
+    timeout: float | None = Field(default=None, ge=0, description="Seconds; 0 = none; default 60.")
+    stdin: str | None = Field(default=None, description="Text written to stdin, which is then closed.")
+    background: bool = False
+    stream: bool = False
+    tag: str | None = Field(default=None, max_length=128)
+
+
+class ExecResult(BaseModel):
+    pid: int
+    exit_code: int | None
+    stdout: str
+    stderr: str
+
+
+class Started(BaseModel):
+    pid: int
+
+
+class ProcessInfo(BaseModel):
+    pid: int
+    tag: str | None
+    cmd: str
+    args: list[str]
+    cwd: str | None
+
+
+class ProcessList(BaseModel):
+    processes: list[ProcessInfo]
+
+
+class StdinData(Strict):
+    data: str
+
+
+class SignalBody(Strict):
+    signal: str | int = "SIGTERM"
+
+
+class Entry(BaseModel):
+    name: str
+    path: str
+    type: Literal["file", "dir", "symlink"]
+    size: int
+    mode: int
+    permissions: str
+    owner: str
+    group: str
+    modified_at: datetime | None
+    symlink_target: str | None
+
+
+class EntryList(BaseModel):
+    entries: list[Entry]
+
+
+class Exists(BaseModel):
+    exists: bool
+
+
+class MakeDir(Strict):
+    path: str = Field(min_length=1)
+    user: str | None = None
+
+
+class Move(Strict):
+    source: str = Field(min_length=1)
+    destination: str = Field(min_length=1)
+    user: str | None = None
+
+
+class Chmod(Strict):
+    path: str = Field(min_length=1)
+    mode: str | int
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any] | None = None
+
+
+class ErrorEnvelope(BaseModel):
+    error: ErrorBody
+
+
+class Health(BaseModel):
+    status: str
+    version: str

@@ -1,0 +1,61 @@
+"""``corral serve``: the API server process."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from pathlib import Path
+
+from corral.config import Settings
+from corral.errors import InvalidRequest
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(settings: Settings) -> None:
+    """Refuse to listen beyond loopback without an API key."""
+    if not is_loopback(settings.host) and not settings.api_key_digest():
+        raise InvalidRequest(
+            f"refusing to listen on {settings.host} without an API key: "
+            "set CORRAL_API_KEY (or CORRAL_API_KEY_SHA256), or bind 127.0.0.1"
+        )
+
+
+def run_server(
+    *, host: str | None = None, port: int | None = None, data_dir: Path | str | None = None
+) -> None:
+    import uvicorn
+
+    overrides: dict[str, object] = {}
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    if data_dir is not None:
+        overrides["data_dir"] = Path(data_dir)
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    check_bind(settings)
+    if os.geteuid() != 0 and settings.runtime in ("runsc", "runc"):
+        raise InvalidRequest("corral serve needs root: it makes network namespaces, mounts and sandboxes")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    from corral.server.app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )

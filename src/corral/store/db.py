@@ -1,0 +1,97 @@
+"""The state store: SQLAlchemy over SQLite (WAL) by default, PostgreSQL by URL.
+
+Calls are short and synchronous; the server makes them from its event loop,
+which serializes writes (what SQLite wants) without a lock of our own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from corral.store.models import SandboxRow
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.close()
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.engine: Engine = create_engine(url)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.migrate()
+
+    def migrate(self) -> None:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions.begin() as session:
+            yield session
+
+    # -- sandboxes -------------------------------------------------------------
+
+    def add_sandbox(self, row: SandboxRow) -> SandboxRow:
+        with self.session() as s:
+            s.add(row)
+        return row
+
+    def get_sandbox(self, sandbox_id: str) -> SandboxRow | None:
+        with self.session() as s:
+            return s.get(SandboxRow, sandbox_id)
+
+    def list_sandboxes(
+        self, *, states: set[str] | None = None, metadata: Mapping[str, str] | None = None
+    ) -> list[SandboxRow]:
+        query = select(SandboxRow).order_by(SandboxRow.created_at)
+        if states:
+            query = query.where(SandboxRow.state.in_(states))
+        with self.session() as s:
+            rows = list(s.scalars(query))
+        if metadata:
+            rows = [r for r in rows if all(r.meta.get(k) == v for k, v in metadata.items())]
+        return rows
+
+    def update_sandbox(self, sandbox_id: str, **fields: Any) -> SandboxRow | None:
+        with self.session() as s:
+            row = s.get(SandboxRow, sandbox_id)
+            if row is None:
+                return None
+            for key, value in fields.items():
+                setattr(row, key, value)
+        return row
+
+    def delete_sandbox(self, sandbox_id: str) -> None:
+        with self.session() as s:
+            row = s.get(SandboxRow, sandbox_id)
+            if row is not None:
+                s.delete(row)
+
+    def used_slots(self) -> set[int]:
+        with self.session() as s:
+            return set(s.scalars(select(SandboxRow.slot)))

@@ -1,0 +1,36 @@
+"""Tables of the state store. Schema changes go through Alembic migrations."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SandboxRow(Base):
+    """One sandbox that exists (killed sandboxes are deleted)."""
+
+    __tablename__ = "sandboxes"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    image: Mapped[str] = mapped_column(String(255))
+    runtime: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    vcpus: Mapped[int] = mapped_column(Integer)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    envs: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    meta: Mapped[dict[str, str]] = mapped_column("metadata", JSON, default=dict)
+    timeout: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ends_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)
+    slot: Mapped[int] = mapped_column(Integer, unique=True)
+    address: Mapped[str] = mapped_column(String(64))
+    agent_url: Mapped[str] = mapped_column(String(255))
+    runtime_info: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
