@@ -1,6 +1,6 @@
 """A network namespace and a veth pair per sandbox: the host's link to it.
 
-The host side of the pair is ``crl<slot>`` in the host's namespace; the sandbox
+The host side of the pair is ``crl<host address in hex>`` in the host's namespace; the sandbox
 side is ``eth0`` inside ``corral-<sandbox id>``. Each link is a /30 taken from
 ``Settings.sandbox_subnet`` by slot number, so an address is a pure function
 of the slot and needs no allocator state beyond the slot itself.
@@ -26,8 +26,9 @@ def netns_path(sandbox_id: str) -> Path:
     return NETNS_DIR / netns_name(sandbox_id)
 
 
-def host_iface(slot: int) -> str:
-    return f"{HOST_IFACE_PREFIX}{slot}"
+def host_iface(spec: NetworkSpec) -> str:
+    """Named after the host address, so servers with different subnets never clash."""
+    return f"{HOST_IFACE_PREFIX}{int(ipaddress.ip_address(spec.host_address)):08x}"
 
 
 def slot_count(subnet: str) -> int:
@@ -53,7 +54,7 @@ def network_from_info(info: dict[str, object]) -> NetworkSpec:
 
 async def create_link(sandbox_id: str, spec: NetworkSpec) -> None:
     """Make the namespace and the veth pair, addressed and up. Undone by :func:`delete_link`."""
-    ns, iface = netns_name(sandbox_id), host_iface(spec.slot)
+    ns, iface = netns_name(sandbox_id), host_iface(spec)
     await delete_link(sandbox_id, spec)  # a leftover of a crash must not block the slot
     await hostcmd.run(["ip", "netns", "add", ns])
     try:
@@ -81,6 +82,6 @@ async def create_link(sandbox_id: str, spec: NetworkSpec) -> None:
 
 async def delete_link(sandbox_id: str, spec: NetworkSpec) -> None:
     """Remove the namespace and both ends of the pair; missing pieces are fine."""
-    await hostcmd.run(["ip", "link", "del", host_iface(spec.slot)], check=False)
+    await hostcmd.run(["ip", "link", "del", host_iface(spec)], check=False)
     if netns_path(sandbox_id).exists():
         await hostcmd.run(["ip", "netns", "del", netns_name(sandbox_id)], check=False)

@@ -85,6 +85,21 @@ async def runsc_release(binary: str) -> int:
     return int(match.group(1)) if match else 0
 
 
+def host_limits(spec: SandboxSpec) -> tuple[int, int]:
+    """The host cgroup's memory (bytes) and pids limits for a gVisor sandbox.
+
+    Under gVisor the sandbox's processes live inside one host process (the
+    sentry) plus helper processes: when the host cgroup's memory or pids limit
+    is hit, the host kills or starves the sentry and the whole sandbox dies.
+    So the limits a user asks for are enforced *inside* by the agent (an OOM
+    killer that ends the largest process; RLIMIT_NPROC, which gVisor applies
+    on fork), and the host cgroup sits above them with headroom, as the wall
+    that protects the host should the inner limit be outrun.
+    """
+    memory_mb = spec.memory_mb + max(256, spec.memory_mb // 4)
+    return memory_mb << 20, spec.pids_limit * 4 + 512
+
+
 class OciRuntime(Runtime):
     """Sandboxes as OCI containers under ``runsc`` or ``runc``."""
 
@@ -224,8 +239,11 @@ class OciRuntime(Runtime):
             "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             **spec.envs,
             **agent_env(),
+            # The agent enforces these inside: see host_limits() for why.
+            "CORRAL_MEMORY_LIMIT_MB": str(spec.memory_mb),
+            "CORRAL_PIDS_LIMIT": str(spec.pids_limit),
         }
-        memory = spec.memory_mb * 1024 * 1024
+        memory, pids = host_limits(spec) if self.kind == "runsc" else (spec.memory_mb << 20, spec.pids_limit)
         return {
             "ociVersion": "1.0.2",
             "hostname": spec.sandbox_id,
@@ -284,7 +302,7 @@ class OciRuntime(Runtime):
                 "resources": {
                     "memory": {"limit": memory, "swap": memory},
                     "cpu": {"quota": spec.vcpus * CPU_PERIOD_US, "period": CPU_PERIOD_US},
-                    "pids": {"limit": spec.pids_limit},
+                    "pids": {"limit": pids},
                 },
                 "namespaces": [
                     {"type": "pid"},

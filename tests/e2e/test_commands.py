@@ -1,0 +1,93 @@
+"""Commands in a real sandbox: modes, users, env, stdin, streaming, timeouts, background."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from corral import CommandExitError, Sandbox
+from corral.errors import ExecTimeout
+
+
+def test_shell_and_argv_modes(sandbox: Sandbox) -> None:
+    assert sandbox.commands.run("echo $((6*7)) | tr 4 x").stdout == "x2\n"
+    r = sandbox.commands.run(["python3", "-c", "import sys; print(sys.argv[1:])", "a b", "$HOME"])
+    assert r.stdout == "['a b', '$HOME']\n"
+
+
+def test_exit_code_and_stderr(sandbox: Sandbox) -> None:
+    with pytest.raises(CommandExitError) as info:
+        sandbox.commands.run("echo out; echo err >&2; exit 3")
+    assert info.value.exit_code == 3
+    assert info.value.stdout == "out\n"
+    assert info.value.stderr == "err\n"
+
+
+def test_default_user_home_and_root(sandbox: Sandbox) -> None:
+    assert sandbox.commands.run("whoami; pwd; echo $HOME").stdout == "user\n/home/user\n/home/user\n"
+    assert sandbox.commands.run("id -u", user="root").stdout == "0\n"
+
+
+def test_cwd_and_envs(sandbox_factory) -> None:
+    sbx = sandbox_factory(envs={"SANDBOX_WIDE": "yes"})
+    r = sbx.commands.run("pwd; echo $SANDBOX_WIDE $ONE", cwd="/tmp", envs={"ONE": "1"})
+    assert r.stdout == "/tmp\nyes 1\n"
+    # corral's own variables never leak into user processes
+    env = sbx.commands.run("env").stdout
+    assert "PYTHONHOME" not in env and "CORRAL_" not in env
+
+
+def test_stdin(sandbox: Sandbox) -> None:
+    r = sandbox.commands.run("tr a-z A-Z", stdin="hello\n")
+    assert r.stdout == "HELLO\n"
+
+
+def test_streamed_output_arrives_in_order(sandbox: Sandbox) -> None:
+    chunks: list[str] = []
+    errs: list[str] = []
+    r = sandbox.commands.run(
+        "for i in 1 2 3; do echo $i; sleep 0.2; done; echo bad >&2",
+        on_stdout=chunks.append,
+        on_stderr=errs.append,
+    )
+    assert "".join(chunks) == "1\n2\n3\n"
+    assert len(chunks) >= 3  # it came in pieces, as printed
+    assert "".join(errs) == "bad\n"
+    assert r.stdout == "1\n2\n3\n"
+
+
+def test_timeout_kills_the_process(sandbox: Sandbox) -> None:
+    started = time.monotonic()
+    with pytest.raises(ExecTimeout) as info:
+        sandbox.commands.run("echo begun; sleep 30", timeout=1)
+    assert time.monotonic() - started < 10
+    assert "begun" in info.value.details.get("stdout", "")
+    left = sandbox.commands.run("ps -eo args | grep -c '^sleep 30' || true").stdout.strip()
+    assert left == "0"
+
+
+def test_background_process_lifecycle(sandbox: Sandbox) -> None:
+    handle = sandbox.commands.run("cat; echo done", background=True)
+    assert handle.pid > 0
+    assert handle.pid in [p.pid for p in sandbox.commands.list()]
+    handle.send_stdin("ping\n")
+    handle.close_stdin()
+    result = handle.wait()
+    assert result.stdout == "ping\ndone\n"
+    assert result.exit_code == 0
+
+
+def test_background_kill(sandbox: Sandbox) -> None:
+    handle = sandbox.commands.run("sleep 300", background=True)
+    handle.kill()
+    with pytest.raises(CommandExitError):
+        handle.wait()
+    assert handle.pid not in [p.pid for p in sandbox.commands.list()]
+
+
+def test_unicode_and_binary_output(sandbox: Sandbox) -> None:
+    r = sandbox.commands.run("printf 'h\\303\\251llo \\342\\234\\223\\n'")
+    assert r.stdout == "héllo ✓\n"
+    r = sandbox.commands.run("head -c 100000 /dev/zero | tr '\\0' x")
+    assert r.stdout == "x" * 100000

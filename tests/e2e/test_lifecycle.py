@@ -1,0 +1,73 @@
+"""Sandboxes' lifecycle on a real server: list, filter, info, timeouts, the reaper, logs."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from corral import Sandbox
+from corral.errors import SandboxNotFound
+
+
+def test_list_filters_by_metadata_and_state(sandbox_factory) -> None:
+    a = sandbox_factory(metadata={"team": "red"})
+    b = sandbox_factory(metadata={"team": "blue"})
+    red = {s.id for s in Sandbox.list(metadata={"team": "red"})}
+    assert a.id in red and b.id not in red
+    running = {s.id for s in Sandbox.list(state="running")}
+    assert {a.id, b.id} <= running
+    info = a.get_info()
+    assert info.state == "running" and info.metadata["team"] == "red"
+    assert info.vcpus == 1 and info.memory_mb == 512
+
+
+def test_connect_and_kill(sandbox_factory) -> None:
+    sbx = sandbox_factory()
+    again = Sandbox.connect(sbx.id)
+    assert again.commands.run("echo same").stdout == "same\n"
+    again.kill()
+    with pytest.raises(SandboxNotFound):
+        Sandbox.connect(sbx.id)
+    with pytest.raises(SandboxNotFound):
+        sbx.commands.run("true")
+
+
+def test_timeout_reaps_the_sandbox(sandbox_factory) -> None:
+    sbx = sandbox_factory(timeout=2)
+    assert sbx.get_info().ends_at is not None
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if sbx.id not in {s.id for s in Sandbox.list()}:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("the reaper did not kill an expired sandbox")
+
+
+def test_set_timeout_extends_life(sandbox_factory) -> None:
+    sbx = sandbox_factory(timeout=3)
+    sbx.set_timeout(120)
+    time.sleep(4)
+    assert sbx.commands.run("echo alive").stdout == "alive\n"
+    sbx.set_timeout(0)
+    assert sbx.get_info().ends_at is None
+
+
+def test_logs_show_the_agent(sandbox) -> None:
+    sandbox.commands.run("true")
+    assert "agent" in sandbox.logs().lower()
+
+
+def test_create_answers_with_a_ready_sandbox(corral_url: str, sandbox_factory) -> None:
+    # No polling needed: the first exec right after create works.
+    for _ in range(3):
+        sbx = sandbox_factory()
+        assert sbx.commands.run("echo ready").stdout == "ready\n"
+
+
+def test_openapi_is_published(corral_url: str) -> None:
+    doc = httpx.get(f"{corral_url}/openapi.json").json()
+    assert "/v1/sandboxes" in doc["paths"]
+    assert "/v1/sandboxes/{sandbox_id}/exec" in doc["paths"]
