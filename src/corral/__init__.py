@@ -58,7 +58,7 @@ if TYPE_CHECKING:
         ServerUnavailable,
     )
 
-__version__ = "0.1.0"
+from corral._version import __version__
 
 __all__ = [
     "ERRORS_BY_CODE",

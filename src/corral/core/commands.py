@@ -82,28 +82,43 @@ async def start(
 
 
 async def stream(
-    agent: AgentClient, pid: int, events: AsyncIterator[ProcessEvent], timeout: float | None
+    agent: AgentClient,
+    pid: int,
+    events: AsyncIterator[ProcessEvent],
+    timeout: float | None,
+    *,
+    kill_on_abandon: bool = True,
 ) -> AsyncIterator[dict[str, Any]]:
-    """NDJSON-ready events until the process ends; kills it at its deadline."""
+    """NDJSON-ready events until the process ends; kills it at its deadline.
+
+    With ``kill_on_abandon``, a consumer that stops listening before the end
+    (a client that hung up) takes the process down with it: nobody would see
+    its output. Background processes pass False and live on.
+    """
     decoders = _Decoders()
     deadline = asyncio.get_running_loop().time() + timeout if timeout else None
+    ended = False
     try:
         while True:
             try:
                 async with asyncio.timeout_at(deadline):
                     event = await anext(events, None)
             except TimeoutError:
+                ended = True
                 await _kill(agent, pid)
                 yield {"type": "end", "exit_code": -9, "error": "timeout"}
                 return
             if event is None:
                 raise AgentUnavailable("the process stream ended without an end event")
             if event.kind == "end":
+                ended = True
                 yield {"type": "end", "exit_code": event.exit_code, "error": event.error}
                 return
             if event.kind in ("stdout", "stderr", "pty"):
                 yield {"type": event.kind, "data": decoders.decode(event)}
     finally:
+        if not ended and kill_on_abandon:
+            await asyncio.shield(_kill(agent, pid))
         closer = getattr(events, "aclose", None)
         if closer is not None:
             with contextlib.suppress(Exception):

@@ -59,19 +59,17 @@ async def exec_command(sandbox_id: str, body: Exec, manager: Manager) -> Respons
         tag=body.tag,
     )
     shell = await manager.shell(sandbox_id)
+    if body.stream:
+        # With ``background`` the process outlives this stream; without, it dies with it.
+        pid, events = await commands.start(agent, request, shell, background=body.background)
+        items = commands.stream(
+            agent, pid, events, None if body.background else request.timeout, kill_on_abandon=not body.background
+        )
+        return StreamingResponse(_ndjson(items, {"type": "start", "pid": pid}), media_type=NDJSON)
     if body.background:
-        if body.stream:
-            raise InvalidRequest(
-                "'background' and 'stream' exclude each other: "
-                "follow a background process with GET /processes/{pid}/stream"
-            )
         pid, events = await commands.start(agent, request, shell, background=True)
         await events.aclose()  # type: ignore[attr-defined]
         return JSONResponse(Started(pid=pid).model_dump(), status_code=201)
-    if body.stream:
-        pid, events = await commands.start(agent, request, shell, background=False)
-        items = commands.stream(agent, pid, events, request.timeout)
-        return StreamingResponse(_ndjson(items, {"type": "start", "pid": pid}), media_type=NDJSON)
     result = await commands.run(agent, request, shell)
     return JSONResponse(
         ExecResult(
@@ -107,7 +105,10 @@ async def stream_process(sandbox_id: str, pid: str, manager: Manager) -> Streami
     if first is None or first.kind != "start":
         raise InvalidRequest("the agent did not confirm the process")
     return StreamingResponse(
-        _ndjson(commands.stream(agent, first.pid, events, None), {"type": "start", "pid": first.pid}),
+        _ndjson(
+            commands.stream(agent, first.pid, events, None, kill_on_abandon=False),
+            {"type": "start", "pid": first.pid},
+        ),
         media_type=NDJSON,
     )
 

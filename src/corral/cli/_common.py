@@ -1,0 +1,83 @@
+"""What every ``corral`` command shares: connection options, output, and errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from corral.errors import CorralError
+from corral.sdk import Sandbox
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the API's JSON instead of text.")]
+
+
+@dataclass(frozen=True)
+class Connection:
+    """The global ``--url`` / ``--api-key``; ``None`` lets the SDK read the environment."""
+
+    url: str | None = None
+    api_key: str | None = None
+
+    def sandbox(self, sandbox_id: str) -> closing[Sandbox]:
+        """Attach to a sandbox for the length of a ``with`` (which closes, not kills, it)."""
+        return closing(Sandbox.connect(sandbox_id, url=self.url, api_key=self.api_key))
+
+
+def connection(ctx: typer.Context) -> Connection:
+    obj = ctx.find_root().obj
+    return obj if isinstance(obj, Connection) else Connection()
+
+
+def fail(code: str, message: str, exit_code: int = 1) -> NoReturn:
+    """Print one ``error: <code>: <message>`` line to stderr and exit."""
+    typer.echo(f"error: {code}: {message}", err=True)
+    raise typer.Exit(exit_code)
+
+
+@contextmanager
+def cli_errors() -> Iterator[None]:
+    """Turn corral's errors (and local I/O errors) into one line on stderr and exit 1."""
+    try:
+        yield
+    except CorralError as exc:
+        fail(exc.code, exc.message)
+    except OSError as exc:
+        fail("local_io", str(exc))
+
+
+def parse_pairs(values: Sequence[str] | None, option: str) -> dict[str, str]:
+    """``["K=V", ...]`` as a dict; a value may itself hold ``=``."""
+    pairs: dict[str, str] = {}
+    for item in values or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=option)
+        pairs[key] = value
+    return pairs
+
+
+def print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def console() -> Console:
+    """A rich console on the current stdout (so tests capture it).
+
+    Piped into another program, tables keep their natural width instead of
+    being squeezed into 80 columns.
+    """
+    out = Console(file=sys.stdout, highlight=False)
+    if not out.is_terminal:
+        out = Console(file=sys.stdout, highlight=False, width=max(out.width, 250))
+    return out
+
+
+def format_pairs(values: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in values.items())

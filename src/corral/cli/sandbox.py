@@ -1,0 +1,146 @@
+"""``corral sandbox ...``: create, list, inspect, kill and read the logs of sandboxes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from corral.cli._common import (
+    JsonOption,
+    cli_errors,
+    connection,
+    console,
+    format_pairs,
+    parse_pairs,
+    print_json,
+)
+from corral.sdk import Sandbox, SandboxInfo
+
+app = typer.Typer(help="Create, list, inspect and kill sandboxes.", no_args_is_help=True)
+
+PairsOption = Annotated[list[str] | None, typer.Option(metavar="KEY=VALUE", help="Repeatable.")]
+IdArgument = Annotated[str, typer.Argument(help="The sandbox's id.")]
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+@app.command()
+def create(
+    ctx: typer.Context,
+    image: Annotated[str | None, typer.Option(help="Image; default: the server's (corral/base).")] = None,
+    vcpus: Annotated[int | None, typer.Option(help="Virtual CPUs.")] = None,
+    memory_mb: Annotated[int | None, typer.Option(help="Memory limit in MiB.")] = None,
+    timeout: Annotated[
+        int | None, typer.Option(help="Seconds until it is killed (0: never); default: the server's.")
+    ] = None,
+    env: PairsOption = None,
+    metadata: PairsOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Create a sandbox and print its id."""
+    conn = connection(ctx)
+    envs, labels = parse_pairs(env, "--env"), parse_pairs(metadata, "--metadata")
+    with cli_errors():
+        sbx = Sandbox.create(
+            image,
+            vcpus=vcpus,
+            memory_mb=memory_mb,
+            envs=envs or None,
+            metadata=labels or None,
+            timeout=timeout,
+            url=conn.url,
+            api_key=conn.api_key,
+        )
+        try:
+            info = sbx.info() if json else None
+        finally:
+            sbx.close()
+    if info is not None:
+        print_json(info.to_json())
+    else:
+        typer.echo(sbx.id)
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    state: Annotated[str | None, typer.Option(help="Only those in this state (e.g. running).")] = None,
+    metadata: PairsOption = None,
+    json: JsonOption = False,
+) -> None:
+    """List sandboxes, filtered by state and metadata (every pair must match)."""
+    conn = connection(ctx)
+    labels = parse_pairs(metadata, "--metadata")
+    with cli_errors():
+        found = Sandbox.list(state=state, metadata=labels or None, url=conn.url, api_key=conn.api_key)
+    if json:
+        print_json({"sandboxes": [s.to_json() for s in found]})
+        return
+    table = Table(box=None)
+    for column in ("ID", "IMAGE", "STATE", "VCPUS", "MEMORY", "CREATED", "ENDS"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("METADATA", overflow="fold")
+    for s in found:
+        table.add_row(
+            s.id,
+            s.image,
+            s.state,
+            str(s.vcpus),
+            f"{s.memory_mb} MiB",
+            _when(s.created_at),
+            _when(s.ends_at),
+            format_pairs(s.metadata),
+        )
+    console().print(table)
+
+
+def _show(info: SandboxInfo) -> None:
+    grid = Table.grid(padding=(0, 2))
+    for key, value in info.to_json().items():
+        if isinstance(value, dict):
+            value = format_pairs(value)
+        grid.add_row(key, "-" if value is None or value == "" else str(value))
+    console().print(grid)
+
+
+@app.command()
+def info(ctx: typer.Context, sandbox_id: IdArgument, json: JsonOption = False) -> None:
+    """Show a sandbox."""
+    with cli_errors(), connection(ctx).sandbox(sandbox_id) as sbx:
+        found = sbx.info()
+    if json:
+        print_json(found.to_json())
+    else:
+        _show(found)
+
+
+@app.command()
+def kill(ctx: typer.Context, sandbox_id: IdArgument, json: JsonOption = False) -> None:
+    """Kill a sandbox."""
+    with cli_errors(), connection(ctx).sandbox(sandbox_id) as sbx:
+        sbx.kill()
+    if json:
+        print_json({"id": sandbox_id, "killed": True})
+    else:
+        typer.echo(f"killed {sandbox_id}")
+
+
+@app.command()
+def logs(
+    ctx: typer.Context,
+    sandbox_id: IdArgument,
+    tail: Annotated[int | None, typer.Option(help="Only the last N lines.")] = None,
+    json: JsonOption = False,
+) -> None:
+    """Print a sandbox's console: its agent's and the runtime's log."""
+    with cli_errors(), connection(ctx).sandbox(sandbox_id) as sbx:
+        text = sbx.logs(tail=tail)
+    if json:
+        print_json({"id": sandbox_id, "logs": text})
+    else:
+        typer.echo(text, nl=not text.endswith("\n"))

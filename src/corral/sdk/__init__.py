@@ -1,0 +1,38 @@
+"""corral's Python SDK: sync (:class:`Sandbox`) and async (:class:`AsyncSandbox`) twins.
+
+The public names are re-exported from the top-level ``corral`` package.
+"""
+
+from __future__ import annotations
+
+from corral.sdk.commands import CommandHandle, Commands
+from corral.sdk.commands_async import AsyncCommandHandle, AsyncCommands
+from corral.sdk.config import DEFAULT_REQUEST_TIMEOUT, DEFAULT_URL, ConnectionConfig
+from corral.sdk.exceptions import CommandExitError, ServerUnavailable
+from corral.sdk.files import Files, ReadFormat
+from corral.sdk.files_async import AsyncFiles
+from corral.sdk.models import CommandResult, EntryInfo, OutputChunk, ProcessInfo, SandboxInfo
+from corral.sdk.sandbox import Sandbox
+from corral.sdk.sandbox_async import AsyncSandbox
+
+__all__ = [
+    "DEFAULT_REQUEST_TIMEOUT",
+    "DEFAULT_URL",
+    "AsyncCommandHandle",
+    "AsyncCommands",
+    "AsyncFiles",
+    "AsyncSandbox",
+    "CommandExitError",
+    "CommandHandle",
+    "CommandResult",
+    "Commands",
+    "ConnectionConfig",
+    "EntryInfo",
+    "Files",
+    "OutputChunk",
+    "ProcessInfo",
+    "ReadFormat",
+    "Sandbox",
+    "SandboxInfo",
+    "ServerUnavailable",
+]

@@ -1,0 +1,208 @@
+"""The SDK's one door to the server: a sync and an async client over httpx.
+
+Both twins send the same :class:`Call` (built by :mod:`corral.sdk._routes`),
+turn an error envelope into its :mod:`corral.errors` class, and a transport
+failure into :class:`ServerUnavailable`. Only the I/O differs between them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import httpx
+
+from corral.errors import error_from_envelope
+from corral.sdk.config import ConnectionConfig
+from corral.sdk.exceptions import ServerUnavailable
+
+__all__ = ["AsyncHTTP", "Call", "SyncHTTP", "async_transport", "sync_transport"]
+
+T = TypeVar("T")
+
+sync_transport: httpx.BaseTransport | None = None
+"""When set, every sync client sends through it instead of the network (a test seam)."""
+
+async_transport: httpx.AsyncBaseTransport | None = None
+"""When set, every async client sends through it instead of the network (a test seam)."""
+
+Content = bytes | Iterable[bytes] | AsyncIterable[bytes]
+
+
+def _raw(response: httpx.Response) -> httpx.Response:
+    return response
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One API request, and how to read its answer: what both twins send."""
+
+    method: str
+    path: str
+    params: tuple[tuple[str, str], ...] = ()
+    json: Any = None
+    content: Content | None = None
+    extra_time: float | None = 0.0
+    """Seconds the answer may take beyond the request timeout; ``None``: no read limit."""
+    parse: Callable[[httpx.Response], T] = _raw  # type: ignore[assignment]
+
+
+def _timeout(config: ConnectionConfig, extra_time: float | None) -> httpx.Timeout:
+    base = config.request_timeout
+    read = None if base is None or extra_time is None else base + extra_time
+    return httpx.Timeout(base, read=read)
+
+
+def _build(
+    client: httpx.Client | httpx.AsyncClient, config: ConnectionConfig, call: Call[T]
+) -> httpx.Request:
+    return client.build_request(
+        call.method,
+        call.path,
+        params=list(call.params) or None,
+        json=call.json,
+        content=call.content,
+        timeout=_timeout(config, call.extra_time),
+    )
+
+
+def _check(response: httpx.Response) -> None:
+    """Raise the error a (fully read) response carries, if any."""
+    if response.is_success:
+        return
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = response.text
+    raise error_from_envelope(response.status_code, body)
+
+
+def _unavailable(config: ConnectionConfig, exc: httpx.TransportError) -> ServerUnavailable:
+    return ServerUnavailable(
+        f"cannot reach the corral server at {config.url}: {type(exc).__name__}: {exc}",
+        details={"url": config.url},
+    )
+
+
+class SyncHTTP:
+    """A blocking client for one server; close it when done."""
+
+    def __init__(self, config: ConnectionConfig) -> None:
+        self.config = config
+        self._client = httpx.Client(
+            base_url=config.url,
+            headers=config.headers,
+            timeout=config.request_timeout,
+            transport=sync_transport,
+        )
+
+    def call(self, call: Call[T]) -> T:
+        """Send ``call``, read the whole answer, and parse it."""
+        response = self.open(call)
+        try:
+            response.read()
+        except httpx.TransportError as exc:
+            raise _unavailable(self.config, exc) from exc
+        finally:
+            response.close()
+        return call.parse(response)
+
+    def open(self, call: Call[Any]) -> httpx.Response:
+        """Send ``call`` and answer the response with its body still unread; close it."""
+        try:
+            response = self._client.send(_build(self._client, self.config, call), stream=True)
+            if not response.is_success:
+                try:
+                    response.read()
+                finally:
+                    response.close()
+                _check(response)
+        except httpx.TransportError as exc:
+            raise _unavailable(self.config, exc) from exc
+        return response
+
+    @contextmanager
+    def stream(self, call: Call[Any]) -> Iterator[httpx.Response]:
+        """``open`` as a context manager; a transport failure inside it is mapped too."""
+        response = self.open(call)
+        with self.stream_of(response):
+            yield response
+
+    def iter_bytes(self, response: httpx.Response) -> Iterator[bytes]:
+        """The body of an ``open`` response, chunk by chunk; closes it at the end."""
+        with self.stream_of(response):
+            yield from response.iter_bytes()
+
+    @contextmanager
+    def stream_of(self, response: httpx.Response) -> Iterator[None]:
+        """Close ``response`` at the end; map a transport failure while reading it."""
+        try:
+            yield
+        except httpx.TransportError as exc:
+            raise _unavailable(self.config, exc) from exc
+        finally:
+            response.close()
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class AsyncHTTP:
+    """The async twin of :class:`SyncHTTP`."""
+
+    def __init__(self, config: ConnectionConfig) -> None:
+        self.config = config
+        self._client = httpx.AsyncClient(
+            base_url=config.url,
+            headers=config.headers,
+            timeout=config.request_timeout,
+            transport=async_transport,
+        )
+
+    async def call(self, call: Call[T]) -> T:
+        response = await self.open(call)
+        try:
+            await response.aread()
+        except httpx.TransportError as exc:
+            raise _unavailable(self.config, exc) from exc
+        finally:
+            await response.aclose()
+        return call.parse(response)
+
+    async def open(self, call: Call[Any]) -> httpx.Response:
+        try:
+            response = await self._client.send(_build(self._client, self.config, call), stream=True)
+            if not response.is_success:
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
+                _check(response)
+        except httpx.TransportError as exc:
+            raise _unavailable(self.config, exc) from exc
+        return response
+
+    @asynccontextmanager
+    async def stream(self, call: Call[Any]) -> AsyncIterator[httpx.Response]:
+        response = await self.open(call)
+        async with self.stream_of(response):
+            yield response
+
+    async def iter_bytes(self, response: httpx.Response) -> AsyncIterator[bytes]:
+        async with self.stream_of(response):
+            async for chunk in response.aiter_bytes():
+                yield chunk
+
+    @asynccontextmanager
+    async def stream_of(self, response: httpx.Response) -> AsyncIterator[None]:
+        try:
+            yield
+        except httpx.TransportError as exc:
+            raise _unavailable(self.config, exc) from exc
+        finally:
+            await response.aclose()
+
+    async def close(self) -> None:
+        await self._client.aclose()

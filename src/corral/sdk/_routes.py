@@ -1,0 +1,300 @@
+"""Every API route as a :class:`Call`: what to send and how to read the answer.
+
+Shared by the sync and the async SDK, so the two differ only in how they do I/O.
+Paths and bodies follow docs/api.md.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from corral.errors import InvalidRequest
+from corral.sdk._http import Call, Content
+from corral.sdk.models import CommandResult, EntryInfo, ProcessInfo, SandboxInfo
+
+CREATE_EXTRA_TIME = 120.0
+"""Creating a sandbox may unpack an image first: it gets this long beyond the request timeout."""
+
+
+def _seg(value: str | int) -> str:
+    return quote(str(value), safe="")
+
+
+def seconds(value: float | None) -> float | int:
+    """A command's timeout for the API: ``None`` is 0 (no limit); whole numbers go as ints."""
+    if value is None:
+        return 0
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def whole_seconds(value: float | None) -> int:
+    """A sandbox's lifetime for the API, in whole seconds (rounded up): ``None`` is 0 (no limit)."""
+    return 0 if value is None else math.ceil(value)
+
+
+def _drop_none(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def _nothing(response: httpx.Response) -> None:
+    return None
+
+
+def _sandbox(response: httpx.Response) -> SandboxInfo:
+    return SandboxInfo.from_json(response.json())
+
+
+def _sandboxes(response: httpx.Response) -> list[SandboxInfo]:
+    return [SandboxInfo.from_json(s) for s in response.json()["sandboxes"]]
+
+
+def _entry(response: httpx.Response) -> EntryInfo:
+    return EntryInfo.from_json(response.json())
+
+
+def _entries(response: httpx.Response) -> list[EntryInfo]:
+    return [EntryInfo.from_json(e) for e in response.json()["entries"]]
+
+
+def _processes(response: httpx.Response) -> list[ProcessInfo]:
+    return [ProcessInfo.from_json(p) for p in response.json()["processes"]]
+
+
+def _pid(response: httpx.Response) -> int:
+    return int(response.json()["pid"])
+
+
+def _result(response: httpx.Response) -> CommandResult:
+    data = response.json()
+    code = data.get("exit_code")
+    return CommandResult(
+        exit_code=int(code) if code is not None else -1,
+        stdout=str(data.get("stdout") or ""),
+        stderr=str(data.get("stderr") or ""),
+        pid=data.get("pid"),
+    )
+
+
+def _exists(response: httpx.Response) -> bool:
+    return bool(response.json()["exists"])
+
+
+def _created(response: httpx.Response) -> bool:
+    return response.status_code == 201
+
+
+def _text(response: httpx.Response) -> str:
+    return response.text
+
+
+def _bytes(response: httpx.Response) -> bytes:
+    return response.content
+
+
+def _pairs(values: Mapping[str, str] | None) -> list[str]:
+    return [f"{k}={v}" for k, v in (values or {}).items()]
+
+
+# Sandboxes
+
+
+def create_sandbox(
+    image: str | None,
+    *,
+    vcpus: int | None,
+    memory_mb: int | None,
+    envs: Mapping[str, str] | None,
+    metadata: Mapping[str, str] | None,
+    timeout: float | None,
+) -> Call[SandboxInfo]:
+    body = _drop_none(
+        {
+            "image": image,
+            "vcpus": vcpus,
+            "memory_mb": memory_mb,
+            "envs": dict(envs) if envs is not None else None,
+            "metadata": dict(metadata) if metadata is not None else None,
+            "timeout": whole_seconds(timeout) if timeout is not None else None,
+        }
+    )
+    return Call("POST", "/v1/sandboxes", json=body, extra_time=CREATE_EXTRA_TIME, parse=_sandbox)
+
+
+def list_sandboxes(*, state: str | None, metadata: Mapping[str, str] | None) -> Call[list[SandboxInfo]]:
+    params = [("state", state)] if state else []
+    params += [("metadata", pair) for pair in _pairs(metadata)]
+    return Call("GET", "/v1/sandboxes", params=tuple(params), parse=_sandboxes)
+
+
+def get_sandbox(sandbox_id: str) -> Call[SandboxInfo]:
+    return Call("GET", f"/v1/sandboxes/{_seg(sandbox_id)}", parse=_sandbox)
+
+
+def kill_sandbox(sandbox_id: str) -> Call[None]:
+    return Call("DELETE", f"/v1/sandboxes/{_seg(sandbox_id)}", parse=_nothing)
+
+
+def set_timeout(sandbox_id: str, timeout: float | None) -> Call[SandboxInfo]:
+    path = f"/v1/sandboxes/{_seg(sandbox_id)}/timeout"
+    return Call("POST", path, json={"timeout": whole_seconds(timeout)}, parse=_sandbox)
+
+
+def logs(sandbox_id: str, *, tail: int | None) -> Call[str]:
+    params = (("tail", str(tail)),) if tail is not None else ()
+    return Call("GET", f"/v1/sandboxes/{_seg(sandbox_id)}/logs", params=params, parse=_text)
+
+
+# Commands
+
+
+def exec_body(
+    cmd: str | Sequence[str],
+    *,
+    timeout: float | None,
+    envs: Mapping[str, str] | None,
+    cwd: str | None,
+    user: str | None,
+    stdin: str | None,
+    tag: str | None,
+) -> dict[str, Any]:
+    """The exec body both modes share: ``cmd`` (a shell line) or ``argv`` (a list)."""
+    body: dict[str, Any] = {"cmd": cmd} if isinstance(cmd, str) else {"argv": [str(a) for a in cmd]}
+    body.update(
+        _drop_none(
+            {
+                "cwd": cwd,
+                "envs": dict(envs) if envs is not None else None,
+                "user": user,
+                "timeout": seconds(timeout),
+                "stdin": stdin,
+                "tag": tag,
+            }
+        )
+    )
+    return body
+
+
+def _exec_path(sandbox_id: str) -> str:
+    return f"/v1/sandboxes/{_seg(sandbox_id)}/exec"
+
+
+def exec_plain(sandbox_id: str, body: dict[str, Any]) -> Call[CommandResult]:
+    """Run and wait: the answer comes when the command ends, so no read limit but its own."""
+    timeout = body.get("timeout") or None
+    json = {**body, "background": False, "stream": False}
+    return Call("POST", _exec_path(sandbox_id), json=json, extra_time=timeout, parse=_result)
+
+
+def exec_stream(sandbox_id: str, body: dict[str, Any]) -> Call[httpx.Response]:
+    json = {**body, "background": False, "stream": True}
+    return Call("POST", _exec_path(sandbox_id), json=json, extra_time=None)
+
+
+def exec_background(sandbox_id: str, body: dict[str, Any]) -> Call[httpx.Response]:
+    """Start in the background and follow it on the same stream, so no output is missed."""
+    json = {**body, "background": True, "stream": True}
+    return Call("POST", _exec_path(sandbox_id), json=json, extra_time=None)
+
+
+def _process_path(sandbox_id: str, pid: int | str) -> str:
+    return f"/v1/sandboxes/{_seg(sandbox_id)}/processes/{_seg(pid)}"
+
+
+def list_processes(sandbox_id: str) -> Call[list[ProcessInfo]]:
+    return Call("GET", f"/v1/sandboxes/{_seg(sandbox_id)}/processes", parse=_processes)
+
+
+def process_stream(sandbox_id: str, pid: int | str) -> Call[httpx.Response]:
+    return Call("GET", f"{_process_path(sandbox_id, pid)}/stream", extra_time=None)
+
+
+def send_stdin(sandbox_id: str, pid: int | str, data: str) -> Call[None]:
+    path = f"{_process_path(sandbox_id, pid)}/stdin"
+    return Call("POST", path, json={"data": data}, parse=_nothing)
+
+
+def close_stdin(sandbox_id: str, pid: int | str) -> Call[None]:
+    return Call("POST", f"{_process_path(sandbox_id, pid)}/stdin/close", parse=_nothing)
+
+
+def signal(sandbox_id: str, pid: int | str, signal: str | int) -> Call[None]:
+    path = f"{_process_path(sandbox_id, pid)}/signal"
+    return Call("POST", path, json={"signal": signal}, parse=_nothing)
+
+
+# Files
+
+
+def _files_path(sandbox_id: str, suffix: str = "") -> str:
+    return f"/v1/sandboxes/{_seg(sandbox_id)}/files{suffix}"
+
+
+def _query(path: str, user: str | None, *more: tuple[str, str]) -> tuple[tuple[str, str], ...]:
+    return (("path", path), *more) + ((("user", user),) if user else ())
+
+
+def read_file(sandbox_id: str, path: str, *, user: str | None) -> Call[httpx.Response]:
+    return Call("GET", _files_path(sandbox_id), params=_query(path, user))
+
+
+def read_text(sandbox_id: str, path: str, *, user: str | None) -> Call[str]:
+    return Call("GET", _files_path(sandbox_id), params=_query(path, user), parse=_text)
+
+
+def read_bytes(sandbox_id: str, path: str, *, user: str | None) -> Call[bytes]:
+    return Call("GET", _files_path(sandbox_id), params=_query(path, user), parse=_bytes)
+
+
+def write_file(sandbox_id: str, path: str, content: Content, *, user: str | None) -> Call[EntryInfo]:
+    params = _query(path, user)
+    return Call("PUT", _files_path(sandbox_id), params=params, content=content, parse=_entry)
+
+
+def list_dir(sandbox_id: str, path: str, *, depth: int, user: str | None) -> Call[list[EntryInfo]]:
+    params = _query(path, user, ("depth", str(depth)))
+    return Call("GET", _files_path(sandbox_id, "/list"), params=params, parse=_entries)
+
+
+def stat(sandbox_id: str, path: str, *, user: str | None) -> Call[EntryInfo]:
+    return Call("GET", _files_path(sandbox_id, "/stat"), params=_query(path, user), parse=_entry)
+
+
+def exists(sandbox_id: str, path: str, *, user: str | None) -> Call[bool]:
+    return Call("GET", _files_path(sandbox_id, "/exists"), params=_query(path, user), parse=_exists)
+
+
+def make_dir(sandbox_id: str, path: str, *, user: str | None) -> Call[bool]:
+    body = _drop_none({"path": path, "user": user})
+    return Call("POST", _files_path(sandbox_id, "/mkdir"), json=body, parse=_created)
+
+
+def remove(sandbox_id: str, path: str, *, recursive: bool, user: str | None) -> Call[None]:
+    params = _query(path, user, ("recursive", "true" if recursive else "false"))
+    return Call("DELETE", _files_path(sandbox_id), params=params, parse=_nothing)
+
+
+def move(sandbox_id: str, source: str, destination: str, *, user: str | None) -> Call[EntryInfo]:
+    body = _drop_none({"source": source, "destination": destination, "user": user})
+    return Call("POST", _files_path(sandbox_id, "/move"), json=body, parse=_entry)
+
+
+def chmod(sandbox_id: str, path: str, mode: int | str) -> Call[EntryInfo]:
+    body = {"path": path, "mode": octal_mode(mode)}
+    return Call("POST", _files_path(sandbox_id, "/chmod"), json=body, parse=_entry)
+
+
+def octal_mode(mode: int | str) -> str:
+    """A mode as the octal string the API takes: ``0o755`` and ``"755"`` both give ``"755"``."""
+    if isinstance(mode, int):
+        if not 0 <= mode <= 0o7777:
+            raise InvalidRequest(f"mode out of range: {mode:o}")
+        return format(mode, "o")
+    text = mode.removeprefix("0o")
+    if not text or any(c not in "01234567" for c in text) or int(text, 8) > 0o7777:
+        raise InvalidRequest(f"not an octal mode: {mode!r}")
+    return text

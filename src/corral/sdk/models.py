@@ -1,0 +1,156 @@
+"""The typed objects the SDK returns, one per API object (see docs/api.md).
+
+Each is a plain dataclass built from the server's JSON with ``from_json`` and
+turned back into it with ``to_json``; fields a newer server adds are ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import Any, Literal
+
+__all__ = [
+    "CommandResult",
+    "EntryInfo",
+    "OutputChunk",
+    "ProcessInfo",
+    "SandboxInfo",
+]
+
+
+def _time(value: Any) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) and value else None
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    return value
+
+
+class _JsonModel:
+    """``to_json`` for the dataclasses below: their fields, as the API spells them."""
+
+    def to_json(self) -> dict[str, Any]:
+        """This object as the API's JSON object."""
+        return {f.name: _json_value(getattr(self, f.name)) for f in fields(self)}  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class SandboxInfo(_JsonModel):
+    """A sandbox as the server sees it."""
+
+    id: str
+    image: str
+    state: str
+    """``starting``, ``running``, ``dead`` (stopped on its own; see ``error``) or ``killed``."""
+    runtime: str = ""
+    vcpus: int = 0
+    memory_mb: int = 0
+    metadata: dict[str, str] = field(default_factory=dict)
+    envs: dict[str, str] = field(default_factory=dict)
+    created_at: datetime | None = None
+    ends_at: datetime | None = None
+    """When the reaper kills it; ``None`` for no timeout."""
+    timeout: int = 0
+    address: str | None = None
+    error: str | None = None
+
+    @property
+    def sandbox_id(self) -> str:
+        """The E2B name of ``id``."""
+        return self.id
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SandboxInfo:
+        return cls(
+            id=str(data["id"]),
+            image=str(data.get("image", "")),
+            state=str(data.get("state", "")),
+            runtime=str(data.get("runtime", "")),
+            vcpus=int(data.get("vcpus") or 0),
+            memory_mb=int(data.get("memory_mb") or 0),
+            metadata=dict(data.get("metadata") or {}),
+            envs=dict(data.get("envs") or {}),
+            created_at=_time(data.get("created_at")),
+            ends_at=_time(data.get("ends_at")),
+            timeout=int(data.get("timeout") or 0),
+            address=data.get("address"),
+            error=data.get("error"),
+        )
+
+
+@dataclass(frozen=True)
+class EntryInfo(_JsonModel):
+    """A file, directory or symlink inside a sandbox."""
+
+    name: str
+    path: str
+    type: str
+    """``file``, ``dir`` or ``symlink``."""
+    size: int = 0
+    mode: int = 0
+    permissions: str = ""
+    owner: str = ""
+    group: str = ""
+    modified_at: datetime | None = None
+    symlink_target: str | None = None
+
+    @property
+    def is_dir(self) -> bool:
+        return self.type == "dir"
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EntryInfo:
+        return cls(
+            name=str(data.get("name", "")),
+            path=str(data["path"]),
+            type=str(data.get("type", "file")),
+            size=int(data.get("size") or 0),
+            mode=int(data.get("mode") or 0),
+            permissions=str(data.get("permissions", "")),
+            owner=str(data.get("owner", "")),
+            group=str(data.get("group", "")),
+            modified_at=_time(data.get("modified_at")),
+            symlink_target=data.get("symlink_target"),
+        )
+
+
+@dataclass(frozen=True)
+class ProcessInfo(_JsonModel):
+    """A background process running in a sandbox."""
+
+    pid: int
+    tag: str | None = None
+    cmd: str = ""
+    args: list[str] = field(default_factory=list)
+    cwd: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ProcessInfo:
+        return cls(
+            pid=int(data["pid"]),
+            tag=data.get("tag"),
+            cmd=str(data.get("cmd", "")),
+            args=[str(a) for a in data.get("args") or []],
+            cwd=data.get("cwd"),
+        )
+
+
+@dataclass(frozen=True)
+class CommandResult(_JsonModel):
+    """How a finished command ended, and all it printed."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    pid: int | None = None
+
+
+@dataclass(frozen=True)
+class OutputChunk:
+    """One piece of a running command's output, as it arrived."""
+
+    stream: Literal["stdout", "stderr"]
+    data: str

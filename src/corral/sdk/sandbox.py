@@ -1,0 +1,142 @@
+"""A sandbox, from the client's side: ``Sandbox`` (sync)."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Mapping
+from types import TracebackType
+
+from corral.errors import SandboxNotFound
+from corral.sdk import _routes as routes
+from corral.sdk._base import SandboxBase
+from corral.sdk._http import Call, SyncHTTP
+from corral.sdk.commands import Commands
+from corral.sdk.config import DEFAULT_REQUEST_TIMEOUT, ConnectionConfig
+from corral.sdk.files import Files
+from corral.sdk.models import SandboxInfo
+
+__all__ = ["Sandbox"]
+
+
+class Sandbox(SandboxBase[Commands, Files]):
+    """One sandbox on a corral server.
+
+    Make one with :meth:`create` or :meth:`connect`; ``with Sandbox.create() as sbx:``
+    kills it on the way out. ``close()`` (or leaving the ``with``) frees the
+    HTTP connections; ``kill()`` ends the sandbox itself.
+    """
+
+    def __init__(self, info: SandboxInfo, http: SyncHTTP) -> None:
+        super().__init__(info, http.config, Commands(http, info.id), Files(http, info.id))
+        self._http = http
+
+    @classmethod
+    def create(
+        cls,
+        image: str | None = None,
+        *,
+        vcpus: int | None = None,
+        memory_mb: int | None = None,
+        envs: Mapping[str, str] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        url: str | None = None,
+        api_key: str | None = None,
+        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+    ) -> Sandbox:
+        """Start a new sandbox; ``timeout`` is its lifetime in seconds (0: none)."""
+        call = routes.create_sandbox(
+            image, vcpus=vcpus, memory_mb=memory_mb, envs=envs, metadata=metadata, timeout=timeout
+        )
+        return cls._open(call, url, api_key, request_timeout)
+
+    @classmethod
+    def connect(
+        cls,
+        sandbox_id: str,
+        *,
+        url: str | None = None,
+        api_key: str | None = None,
+        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+    ) -> Sandbox:
+        """Attach to an existing sandbox; raises ``SandboxNotFound`` if there is none."""
+        return cls._open(routes.get_sandbox(sandbox_id), url, api_key, request_timeout)
+
+    @classmethod
+    def _open(
+        cls,
+        call: Call[SandboxInfo],
+        url: str | None,
+        api_key: str | None,
+        request_timeout: float | None,
+    ) -> Sandbox:
+        http = SyncHTTP(ConnectionConfig(url, api_key=api_key, request_timeout=request_timeout))
+        try:
+            return cls(http.call(call), http)
+        except BaseException:
+            http.close()
+            raise
+
+    @staticmethod
+    def list(
+        *,
+        state: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        url: str | None = None,
+        api_key: str | None = None,
+        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+    ) -> builtins.list[SandboxInfo]:
+        """The server's sandboxes, filtered by state and by metadata (all pairs must match)."""
+        http = SyncHTTP(ConnectionConfig(url, api_key=api_key, request_timeout=request_timeout))
+        try:
+            return http.call(routes.list_sandboxes(state=state, metadata=metadata))
+        finally:
+            http.close()
+
+    def info(self) -> SandboxInfo:
+        """The sandbox as the server sees it now."""
+        self._info = self._http.call(routes.get_sandbox(self.id))
+        return self._info
+
+    get_info = info
+
+    def is_running(self) -> bool:
+        try:
+            return self.info().state == "running"
+        except SandboxNotFound:
+            return False
+
+    def set_timeout(self, timeout: float | None) -> SandboxInfo:
+        """Kill it ``timeout`` seconds from now (``None`` or 0: never)."""
+        self._info = self._http.call(routes.set_timeout(self.id, timeout))
+        return self._info
+
+    def logs(self, *, tail: int | None = None) -> str:
+        """Its console: its agent's and the runtime's log (the last ``tail`` lines)."""
+        return self._http.call(routes.logs(self.id, tail=tail))
+
+    def kill(self) -> bool:
+        """Kill it; ``False`` if it was already gone."""
+        try:
+            self._http.call(routes.kill_sandbox(self.id))
+        except SandboxNotFound:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Free the HTTP connections (the sandbox keeps running)."""
+        self._http.close()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.kill()
+        finally:
+            self.close()

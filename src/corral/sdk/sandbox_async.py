@@ -1,0 +1,143 @@
+"""A sandbox, from the client's side: ``AsyncSandbox``, the twin of :mod:`corral.sdk.sandbox`."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Mapping
+from types import TracebackType
+
+from corral.errors import SandboxNotFound
+from corral.sdk import _routes as routes
+from corral.sdk._base import SandboxBase
+from corral.sdk._http import AsyncHTTP, Call
+from corral.sdk.commands_async import AsyncCommands
+from corral.sdk.config import DEFAULT_REQUEST_TIMEOUT, ConnectionConfig
+from corral.sdk.files_async import AsyncFiles
+from corral.sdk.models import SandboxInfo
+
+__all__ = ["AsyncSandbox"]
+
+
+class AsyncSandbox(SandboxBase[AsyncCommands, AsyncFiles]):
+    """One sandbox on a corral server.
+
+    Make one with :meth:`create` or :meth:`connect`;
+    ``async with await AsyncSandbox.create() as sbx:`` kills it on the way out.
+    ``close()`` (or leaving the ``with``) frees the HTTP connections; ``kill()``
+    ends the sandbox itself.
+    """
+
+    def __init__(self, info: SandboxInfo, http: AsyncHTTP) -> None:
+        super().__init__(info, http.config, AsyncCommands(http, info.id), AsyncFiles(http, info.id))
+        self._http = http
+
+    @classmethod
+    async def create(
+        cls,
+        image: str | None = None,
+        *,
+        vcpus: int | None = None,
+        memory_mb: int | None = None,
+        envs: Mapping[str, str] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        url: str | None = None,
+        api_key: str | None = None,
+        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+    ) -> AsyncSandbox:
+        """Start a new sandbox; ``timeout`` is its lifetime in seconds (0: none)."""
+        call = routes.create_sandbox(
+            image, vcpus=vcpus, memory_mb=memory_mb, envs=envs, metadata=metadata, timeout=timeout
+        )
+        return await cls._open(call, url, api_key, request_timeout)
+
+    @classmethod
+    async def connect(
+        cls,
+        sandbox_id: str,
+        *,
+        url: str | None = None,
+        api_key: str | None = None,
+        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+    ) -> AsyncSandbox:
+        """Attach to an existing sandbox; raises ``SandboxNotFound`` if there is none."""
+        return await cls._open(routes.get_sandbox(sandbox_id), url, api_key, request_timeout)
+
+    @classmethod
+    async def _open(
+        cls,
+        call: Call[SandboxInfo],
+        url: str | None,
+        api_key: str | None,
+        request_timeout: float | None,
+    ) -> AsyncSandbox:
+        http = AsyncHTTP(ConnectionConfig(url, api_key=api_key, request_timeout=request_timeout))
+        try:
+            return cls(await http.call(call), http)
+        except BaseException:
+            await http.close()
+            raise
+
+    @staticmethod
+    async def list(
+        *,
+        state: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        url: str | None = None,
+        api_key: str | None = None,
+        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+    ) -> builtins.list[SandboxInfo]:
+        """The server's sandboxes, filtered by state and by metadata (all pairs must match)."""
+        http = AsyncHTTP(ConnectionConfig(url, api_key=api_key, request_timeout=request_timeout))
+        try:
+            return await http.call(routes.list_sandboxes(state=state, metadata=metadata))
+        finally:
+            await http.close()
+
+    async def info(self) -> SandboxInfo:
+        """The sandbox as the server sees it now."""
+        self._info = await self._http.call(routes.get_sandbox(self.id))
+        return self._info
+
+    get_info = info
+
+    async def is_running(self) -> bool:
+        try:
+            return (await self.info()).state == "running"
+        except SandboxNotFound:
+            return False
+
+    async def set_timeout(self, timeout: float | None) -> SandboxInfo:
+        """Kill it ``timeout`` seconds from now (``None`` or 0: never)."""
+        self._info = await self._http.call(routes.set_timeout(self.id, timeout))
+        return self._info
+
+    async def logs(self, *, tail: int | None = None) -> str:
+        """Its console: its agent's and the runtime's log (the last ``tail`` lines)."""
+        return await self._http.call(routes.logs(self.id, tail=tail))
+
+    async def kill(self) -> bool:
+        """Kill it; ``False`` if it was already gone."""
+        try:
+            await self._http.call(routes.kill_sandbox(self.id))
+        except SandboxNotFound:
+            return False
+        return True
+
+    async def close(self) -> None:
+        """Free the HTTP connections (the sandbox keeps running)."""
+        await self._http.close()
+
+    async def __aenter__(self) -> AsyncSandbox:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            await self.kill()
+        finally:
+            await self.close()
