@@ -42,9 +42,7 @@ async def run(
     except TimeoutError:
         proc.kill()
         await proc.wait()
-        raise RuntimeFailure(
-            f"{argv[0]} did not finish within {timeout:g}s", details={"argv": list(argv)}
-        ) from None
+        raise RuntimeFailure(f"{argv[0]} did not finish within {timeout:g}s", details={"argv": list(argv)}) from None
     done = Completed(
         tuple(argv),
         proc.returncode or 0,

@@ -293,8 +293,7 @@ class FakeCorral:
         found = [
             s.info
             for s in self.sandboxes.values()
-            if (state is None or s.info["state"] == state)
-            and all(s.info["metadata"].get(k) == v for k, v in wanted)
+            if (state is None or s.info["state"] == state) and all(s.info["metadata"].get(k) == v for k, v in wanted)
         ]
         return httpx.Response(200, json={"sandboxes": found})
 
@@ -341,9 +340,7 @@ class FakeCorral:
             raise InvalidRequest("fake: a plain run must end at once; drive it with stream or background")
         if end["error"] == "timeout":
             return _error(504, "exec_timeout", "timed out", {"stdout": out, "stderr": err})
-        return httpx.Response(
-            200, json={"pid": proc.pid, "exit_code": end["exit_code"], "stdout": out, "stderr": err}
-        )
+        return httpx.Response(200, json={"pid": proc.pid, "exit_code": end["exit_code"], "stdout": out, "stderr": err})
 
     def processes(self, request: httpx.Request, body: Any, sid: str) -> httpx.Response:
         found = [
@@ -407,9 +404,7 @@ class FakeCorral:
             raise FileNotFound(f"no such file: {path}", details={"path": path})
         data = box.files[path]
         chunks = [data[i : i + 4] for i in range(0, len(data), 4)]
-        return httpx.Response(
-            200, stream=_Chunks(chunks), headers={"content-type": "application/octet-stream"}
-        )
+        return httpx.Response(200, stream=_Chunks(chunks), headers={"content-type": "application/octet-stream"})
 
     def write(self, request: httpx.Request, body: Any, sid: str) -> httpx.Response:
         box, path = self.sandbox(sid), self._path(request)

@@ -36,9 +36,7 @@ def _answer(monkeypatch: pytest.MonkeyPatch, response: httpx.Response) -> None:
 
 def _envelope(code: str, status: int) -> httpx.Response:
     details = {"sandbox_id": "sbx-1", "hint": [1, 2]}
-    return httpx.Response(
-        status, json={"error": {"code": code, "message": f"it was {code}", "details": details}}
-    )
+    return httpx.Response(status, json={"error": {"code": code, "message": f"it was {code}", "details": details}})
 
 
 @pytest.mark.parametrize("code", sorted(ERRORS_BY_CODE))

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from corral.agent.process import SIGNAL_TEXT
 from corral.errors import (
     AgentUnavailable,
     Conflict,
@@ -35,6 +36,7 @@ from corral.errors import (
 )
 
 END_STREAM = 0x02
+_SIGNAL_NUMBERS = {text: number for number, text in SIGNAL_TEXT.items()}
 _HEADER = struct.Struct(">BI")
 
 
@@ -148,9 +150,7 @@ class AgentClient:
             raise AgentUnavailable(f"the sandbox's agent did not answer: {exc!r}") from exc
         try:
             if resp.status_code != 200:
-                raise connect_error(
-                    resp.status_code, _json_or_none(await resp.aread()), missing=ProcessNotFound
-                )
+                raise connect_error(resp.status_code, _json_or_none(await resp.aread()), missing=ProcessNotFound)
             buffer = b""
             async for chunk in resp.aiter_bytes():
                 buffer += chunk
@@ -209,9 +209,7 @@ class AgentClient:
         )
 
     async def close_stdin(self, selector: int | str) -> None:
-        await self._unary(
-            "process.Process/CloseStdin", {"process": _selector(selector)}, missing=ProcessNotFound
-        )
+        await self._unary("process.Process/CloseStdin", {"process": _selector(selector)}, missing=ProcessNotFound)
 
     async def signal(self, selector: int | str, signal: str) -> None:
         await self._unary(
@@ -223,9 +221,7 @@ class AgentClient:
     # -- filesystem.Filesystem -------------------------------------------------
 
     async def stat(self, path: str, *, user: str | None = None) -> dict[str, Any]:
-        body = await self._unary(
-            "filesystem.Filesystem/Stat", {"path": path}, user=user, missing=FileNotFound
-        )
+        body = await self._unary("filesystem.Filesystem/Stat", {"path": path}, user=user, missing=FileNotFound)
         return dict(body.get("entry", {}))
 
     async def list_dir(self, path: str, *, depth: int = 1, user: str | None = None) -> list[dict[str, Any]]:
@@ -238,9 +234,7 @@ class AgentClient:
         return list(body.get("entries", []))
 
     async def make_dir(self, path: str, *, user: str | None = None) -> dict[str, Any]:
-        body = await self._unary(
-            "filesystem.Filesystem/MakeDir", {"path": path}, user=user, missing=FileNotFound
-        )
+        body = await self._unary("filesystem.Filesystem/MakeDir", {"path": path}, user=user, missing=FileNotFound)
         return dict(body.get("entry", {}))
 
     async def remove(self, path: str, *, recursive: bool, user: str | None = None) -> None:
@@ -261,9 +255,7 @@ class AgentClient:
         return dict(body.get("entry", {}))
 
     async def chmod(self, path: str, mode: int, *, user: str | None = None) -> dict[str, Any]:
-        body = await self._unary(
-            "corral.Agent/Chmod", {"path": path, "mode": mode}, user=user, missing=FileNotFound
-        )
+        body = await self._unary("corral.Agent/Chmod", {"path": path, "mode": mode}, user=user, missing=FileNotFound)
         return dict(body.get("entry", {}))
 
     # -- /files ----------------------------------------------------------------
@@ -331,5 +323,11 @@ def _process_event(message: Any) -> ProcessEvent | None:
         return None
     if "end" in event:
         end = event["end"]
-        return ProcessEvent("end", exit_code=int(end.get("exitCode", 0)), error=end.get("error") or None)
+        code = int(end.get("exitCode", 0))
+        status = str(end.get("status", ""))
+        if not end.get("exited", True) and status.startswith("signal: "):
+            # envd says -1 for a signalled process; shells say 128 + the signal's number.
+            code = 128 + _SIGNAL_NUMBERS.get(status.removeprefix("signal: "), 0)
+        error = end.get("error") or None
+        return ProcessEvent("end", exit_code=code, error=None if error == status else error)
     return None  # keepalive

@@ -52,9 +52,7 @@ class _Decoders:
     """UTF-8 per stream, incrementally, so a character split across chunks survives."""
 
     def __init__(self) -> None:
-        self._by_kind = {
-            k: codecs.getincrementaldecoder("utf-8")("replace") for k in ("stdout", "stderr", "pty")
-        }
+        self._by_kind = {k: codecs.getincrementaldecoder("utf-8")("replace") for k in ("stdout", "stderr", "pty")}
 
     def decode(self, event: ProcessEvent) -> str:
         return self._by_kind[event.kind].decode(event.data)

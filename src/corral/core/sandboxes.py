@@ -87,6 +87,8 @@ class SandboxManager:
         self._agents: dict[str, AgentClient] = {}
         self._shells: dict[str, list[str]] = {}
         self._reaper: asyncio.Task[None] | None = None
+        self._teardowns: set[asyncio.Task[None]] = set()
+        self._releasing_slots: set[int] = set()
 
     # -- lifecycle of the manager ----------------------------------------------
 
@@ -99,12 +101,19 @@ class SandboxManager:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
+        if self._teardowns:
+            await asyncio.wait(self._teardowns, timeout=30)
         await self._http.aclose()
         await self.runtime.aclose()
 
     async def reconcile(self) -> None:
         """Match the store to what the runtime really runs (at server start)."""
-        for row in self.store.list_sandboxes():
+        rows = self.store.list_sandboxes()
+        for orphan in await self.runtime.leftovers({row.id for row in rows}):
+            # Killed (or never acknowledged) before a crash cut its teardown short.
+            log.info("removing leftovers of sandbox %s", orphan.sandbox_id)
+            await self.runtime.destroy(orphan)
+        for row in rows:
             handle = _handle(row)
             if row.state == STARTING:
                 log.warning("sandbox %s was still starting when the server stopped; removing it", row.id)
@@ -183,17 +192,36 @@ class SandboxManager:
             raise SandboxNotFound(f"no sandbox '{sandbox_id}' exists", details={"sandbox_id": sandbox_id})
         return row
 
-    def list(
+    def list_sandboxes(
         self, *, states: set[str] | None = None, metadata: Mapping[str, str] | None = None
     ) -> list[SandboxRow]:
         return self.store.list_sandboxes(states=states, metadata=metadata)
 
     async def kill(self, sandbox_id: str) -> None:
+        """Stop it now; its disk and namespaces are removed in the background.
+
+        The slot stays reserved until then, so no new sandbox gets its address
+        while the old link still exists. Should the server die meanwhile, the
+        leftovers are found and removed at the next start (:meth:`reconcile`).
+        """
         row = self.get(sandbox_id)
-        await self.runtime.destroy(_handle(row))
+        handle = _handle(row)
+        await self.runtime.stop(handle)
+        self._releasing_slots.add(row.slot)
         self.store.delete_sandbox(sandbox_id)
         self._forget(sandbox_id)
+        task = asyncio.create_task(self._teardown(handle, row.slot), name=f"corral-teardown-{sandbox_id}")
+        self._teardowns.add(task)
+        task.add_done_callback(self._teardowns.discard)
         log.info("sandbox %s killed", sandbox_id)
+
+    async def _teardown(self, handle: RuntimeHandle, slot: int) -> None:
+        try:
+            await self.runtime.destroy(handle)
+        except Exception:
+            log.exception("teardown of sandbox %s failed; it is retried at the next start", handle.sandbox_id)
+        finally:
+            self._releasing_slots.discard(slot)
 
     def set_timeout(self, sandbox_id: str, timeout: int) -> SandboxRow:
         self.get(sandbox_id)
@@ -243,7 +271,7 @@ class SandboxManager:
     # -- internals ---------------------------------------------------------------
 
     def _free_slot(self) -> int:
-        used = self.store.used_slots()
+        used = self.store.used_slots() | self._releasing_slots
         for slot in range(links.slot_count(self.settings.sandbox_subnet)):
             if slot not in used:
                 return slot

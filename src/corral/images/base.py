@@ -24,9 +24,7 @@ PACKAGES = ["python3", "git", "curl", "ca-certificates", "procps", "less"]
 MIRROR = os.environ.get("CORRAL_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 
 
-def build_base_image(
-    data_dir: Path, *, force: bool = False, on_line: Callable[[str], None] | None = None
-) -> Path:
+def build_base_image(data_dir: Path, *, force: bool = False, on_line: Callable[[str], None] | None = None) -> Path:
     """Build ``corral/base`` unless it is there; return its rootfs."""
     store = ImageStore(data_dir)
     final = store.image_dir(BASE_IMAGE)
@@ -72,6 +70,4 @@ def _stream(argv: list[str], on_line: Callable[[str], None] | None) -> None:
         if on_line:
             on_line(line.rstrip())
     if proc.wait() != 0:
-        raise RuntimeFailure(
-            f"{argv[0]} failed (exit {proc.returncode})", details={"output": "\n".join(tail)}
-        )
+        raise RuntimeFailure(f"{argv[0]} failed (exit {proc.returncode})", details={"output": "\n".join(tail)})

@@ -71,8 +71,16 @@ class Runtime(abc.ABC):
         """What the runtime sees of the sandbox right now."""
 
     @abc.abstractmethod
+    async def stop(self, handle: RuntimeHandle) -> None:
+        """Kill everything running in the sandbox, now. Quick; :meth:`destroy` still owed."""
+
+    @abc.abstractmethod
     async def destroy(self, handle: RuntimeHandle) -> None:
         """Stop the sandbox and remove everything it had. Idempotent."""
+
+    @abc.abstractmethod
+    async def leftovers(self, known: set[str]) -> list[RuntimeHandle]:
+        """Sandboxes this runtime still has pieces of that are not in ``known``."""
 
     @abc.abstractmethod
     async def logs(self, handle: RuntimeHandle, *, tail: int | None = None) -> str:

@@ -138,7 +138,12 @@ class OciRuntime(Runtime):
     def _runtime_argv(self, *args: str) -> list[str]:
         argv = [self.binary, "--root", str(self.state_root)]
         if self.kind == "runsc":
-            argv += ["--network=sandbox", "--overlay2=none", f"--platform={self.platform}"]
+            argv += [
+                "--network=sandbox",
+                "--overlay2=none",
+                "--cpu-num-from-quota",
+                f"--platform={self.platform}",
+            ]
         return argv + list(args)
 
     # -- Runtime ---------------------------------------------------------------
@@ -160,6 +165,8 @@ class OciRuntime(Runtime):
             },
         )
         try:
+            sdir.mkdir(parents=True, exist_ok=True)
+            (sdir / "handle.json").write_text(json.dumps({"agent_url": handle.agent_url, "info": handle.info}))
             rootfs = await self._mount_rootfs(sdir, spec)
             await links.create_link(spec.sandbox_id, spec.network)
             config = self._oci_config(spec, rootfs, bundle_dir)
@@ -185,8 +192,26 @@ class OciRuntime(Runtime):
             "paused": RuntimeState.PAUSED,
         }.get(status, RuntimeState.STOPPED)
 
+    async def stop(self, handle: RuntimeHandle) -> None:
+        await hostcmd.run(self._runtime_argv("kill", "--all", handle.sandbox_id, "KILL"), check=False)
+
+    async def leftovers(self, known: set[str]) -> list[RuntimeHandle]:
+        found = []
+        for record in sorted((self.data_dir / "sandboxes").glob("*/handle.json")):
+            sandbox_id = record.parent.name
+            if sandbox_id in known:
+                continue
+            try:
+                saved = json.loads(record.read_text())
+                found.append(RuntimeHandle(sandbox_id, saved["agent_url"], dict(saved["info"])))
+            except (OSError, ValueError, KeyError):
+                found.append(RuntimeHandle(sandbox_id, "", {"dir": str(record.parent)}))
+        return found
+
     async def destroy(self, handle: RuntimeHandle) -> None:
         sid = handle.sandbox_id
+        # runsc delete of a live sandbox takes seconds; kill it first so it stops at once.
+        await self.stop(handle)
         await hostcmd.run(self._runtime_argv("delete", "--force", sid), check=False, timeout=30)
         sdir = Path(handle.info.get("dir") or self.sandbox_dir(sid))
         rootfs = sdir / "rootfs"
@@ -229,8 +254,7 @@ class OciRuntime(Runtime):
         etc.mkdir(exist_ok=True)
         (etc / "hostname").write_text(f"{spec.sandbox_id}\n")
         (etc / "hosts").write_text(
-            f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n"
-            f"{spec.network.sandbox_address}\t{spec.sandbox_id}\n"
+            f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n{spec.network.sandbox_address}\t{spec.sandbox_id}\n"
         )
         return rootfs
 
@@ -240,8 +264,8 @@ class OciRuntime(Runtime):
             **spec.envs,
             **agent_env(),
             # The agent enforces these inside: see host_limits() for why.
-            "CORRAL_MEMORY_LIMIT_MB": str(spec.memory_mb),
-            "CORRAL_PIDS_LIMIT": str(spec.pids_limit),
+            "CORRAL_AGENT_MEMORY_LIMIT_MB": str(spec.memory_mb),
+            "CORRAL_AGENT_PIDS_LIMIT": str(spec.pids_limit),
         }
         memory, pids = host_limits(spec) if self.kind == "runsc" else (spec.memory_mb << 20, spec.pids_limit)
         return {

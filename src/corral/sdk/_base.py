@@ -14,9 +14,7 @@ FilesT = TypeVar("FilesT")
 class SandboxBase(Generic[CommandsT, FilesT]):
     """A sandbox's identity, connection and sub-APIs; the twins add the calls."""
 
-    def __init__(
-        self, info: SandboxInfo, config: ConnectionConfig, commands: CommandsT, files: FilesT
-    ) -> None:
+    def __init__(self, info: SandboxInfo, config: ConnectionConfig, commands: CommandsT, files: FilesT) -> None:
         self._info = info
         self._config = config
         self._commands = commands

@@ -55,9 +55,7 @@ def _timeout(config: ConnectionConfig, extra_time: float | None) -> httpx.Timeou
     return httpx.Timeout(base, read=read)
 
 
-def _build(
-    client: httpx.Client | httpx.AsyncClient, config: ConnectionConfig, call: Call[T]
-) -> httpx.Request:
+def _build(client: httpx.Client | httpx.AsyncClient, config: ConnectionConfig, call: Call[T]) -> httpx.Request:
     return client.build_request(
         call.method,
         call.path,

@@ -35,9 +35,7 @@ class Files:
     @overload
     def read(self, path: str, *, format: Literal["stream"], user: str | None = None) -> Iterator[bytes]: ...
 
-    def read(
-        self, path: str, *, format: ReadFormat = "text", user: str | None = None
-    ) -> str | bytes | Iterator[bytes]:
+    def read(self, path: str, *, format: ReadFormat = "text", user: str | None = None) -> str | bytes | Iterator[bytes]:
         """A file's content: text, bytes, or an iterator of byte chunks streamed as they come."""
         if format == "text":
             return self._http.call(routes.read_text(self._sandbox_id, path, user=user))

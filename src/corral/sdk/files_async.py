@@ -32,9 +32,7 @@ class AsyncFiles:
     @overload
     async def read(self, path: str, *, format: Literal["bytes"], user: str | None = None) -> bytes: ...
     @overload
-    async def read(
-        self, path: str, *, format: Literal["stream"], user: str | None = None
-    ) -> AsyncIterator[bytes]: ...
+    async def read(self, path: str, *, format: Literal["stream"], user: str | None = None) -> AsyncIterator[bytes]: ...
 
     async def read(
         self, path: str, *, format: ReadFormat = "text", user: str | None = None

@@ -56,9 +56,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
 
             await firewall.install()
         store = Store(settings.db_url)
-        manager = SandboxManager(
-            settings, store, runtime or make_runtime(settings), ImageStore(settings.data_dir)
-        )
+        manager = SandboxManager(settings, store, runtime or make_runtime(settings), ImageStore(settings.data_dir))
         await manager.start()
         app.state.manager = manager
         try:

@@ -21,9 +21,7 @@ class CreateSandbox(Strict):
     image: str | None = Field(default=None, max_length=255, description="Image name; default corral/base.")
     vcpus: int | None = Field(default=None, ge=1, description="vCPUs.")
     memory_mb: int | None = Field(default=None, ge=64, description="Memory limit in MiB.")
-    timeout: int | None = Field(
-        default=None, ge=0, description="Seconds until the sandbox is killed; 0 = never."
-    )
+    timeout: int | None = Field(default=None, ge=0, description="Seconds until the sandbox is killed; 0 = never.")
     envs: dict[str, str] = Field(default_factory=dict, description="Environment of every process.")
     metadata: dict[str, str] = Field(default_factory=dict, description="Your labels; filter lists by them.")
 
@@ -49,7 +47,7 @@ class Sandbox(BaseModel):
             id=row.id,
             image=row.image,
             runtime=row.runtime,
-            state=row.state,  # type: ignore[arg-type]
+            state=row.state,
             vcpus=row.vcpus,
             memory_mb=row.memory_mb,
             metadata=row.meta,

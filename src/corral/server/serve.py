@@ -29,9 +29,7 @@ def check_bind(settings: Settings) -> None:
         )
 
 
-def run_server(
-    *, host: str | None = None, port: int | None = None, data_dir: Path | str | None = None
-) -> None:
+def run_server(*, host: str | None = None, port: int | None = None, data_dir: Path | str | None = None) -> None:
     import uvicorn
 
     overrides: dict[str, object] = {}
@@ -45,9 +43,7 @@ def run_server(
     check_bind(settings)
     if os.geteuid() != 0 and settings.runtime in ("runsc", "runc"):
         raise InvalidRequest("corral serve needs root: it makes network namespaces, mounts and sandboxes")
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from corral.server.app import create_app
 

@@ -32,9 +32,7 @@ def _selector(pid: str) -> int | str:
     return int(pid) if pid.isdigit() else pid
 
 
-async def _ndjson(
-    items: AsyncIterator[dict[str, Any]], first: dict[str, Any] | None = None
-) -> AsyncIterator[bytes]:
+async def _ndjson(items: AsyncIterator[dict[str, Any]], first: dict[str, Any] | None = None) -> AsyncIterator[bytes]:
     if first is not None:
         yield json.dumps(first).encode() + b"\n"
     async for item in items:
@@ -63,7 +61,11 @@ async def exec_command(sandbox_id: str, body: Exec, manager: Manager) -> Respons
         # With ``background`` the process outlives this stream; without, it dies with it.
         pid, events = await commands.start(agent, request, shell, background=body.background)
         items = commands.stream(
-            agent, pid, events, None if body.background else request.timeout, kill_on_abandon=not body.background
+            agent,
+            pid,
+            events,
+            None if body.background else request.timeout,
+            kill_on_abandon=not body.background,
         )
         return StreamingResponse(_ndjson(items, {"type": "start", "pid": pid}), media_type=NDJSON)
     if body.background:
@@ -72,9 +74,7 @@ async def exec_command(sandbox_id: str, body: Exec, manager: Manager) -> Respons
         return JSONResponse(Started(pid=pid).model_dump(), status_code=201)
     result = await commands.run(agent, request, shell)
     return JSONResponse(
-        ExecResult(
-            pid=result.pid, exit_code=result.exit_code, stdout=result.stdout, stderr=result.stderr
-        ).model_dump()
+        ExecResult(pid=result.pid, exit_code=result.exit_code, stdout=result.stdout, stderr=result.stderr).model_dump()
     )
 
 

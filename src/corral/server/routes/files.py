@@ -28,9 +28,7 @@ UserQuery = Annotated[str | None, Query(max_length=64)]
     response_class=StreamingResponse,
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
-async def read_file(
-    sandbox_id: str, path: PathQuery, manager: Manager, user: UserQuery = None
-) -> StreamingResponse:
+async def read_file(sandbox_id: str, path: PathQuery, manager: Manager, user: UserQuery = None) -> StreamingResponse:
     """The file's bytes, streamed."""
     upstream = await manager.agent(sandbox_id).read_file(path, user=user)
     headers = {k: v for k, v in upstream.headers.items() if k.lower() == "content-length"}
@@ -106,9 +104,7 @@ async def remove(
 
 @router.post("/move")
 async def move(sandbox_id: str, body: Move, manager: Manager) -> Entry:
-    return Entry(
-        **to_entry(await manager.agent(sandbox_id).move(body.source, body.destination, user=body.user))
-    )
+    return Entry(**to_entry(await manager.agent(sandbox_id).move(body.source, body.destination, user=body.user)))
 
 
 @router.post("/chmod")

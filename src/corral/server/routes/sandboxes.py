@@ -40,7 +40,7 @@ async def list_sandboxes(
         if not sep or not key:
             raise InvalidRequest(f"metadata filter {item!r} is not key=value")
         wanted[key] = value
-    rows = manager.list(states=set(state) if state else None, metadata=wanted)
+    rows = manager.list_sandboxes(states=set(state) if state else None, metadata=wanted)
     return SandboxList(sandboxes=[Sandbox.from_row(r) for r in rows])
 
 

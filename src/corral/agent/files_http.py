@@ -1,0 +1,325 @@
+"""envd's plain HTTP file routes: ``GET /files`` (download) and ``POST /files`` (upload).
+
+- ``GET /files?path=&username=`` streams the file (a single ``Range`` is
+  honoured); a missing path is ``404``, a directory ``400``.
+- ``POST /files?path=&username=`` takes ``multipart/form-data`` as the e2b
+  SDK sends it (each ``file`` part goes to ``path``, or to its file name when
+  no ``path`` is given) or a raw body (``application/octet-stream``, ``path``
+  required), optionally ``Content-Encoding: gzip``. It answers
+  ``[{"name", "type": "file", "path"}]``.
+
+Uploads stream into a temporary file next to the target, which is renamed
+over it only once complete: a failed upload leaves nothing half-written.
+Missing parent directories are created; what is created belongs to the user.
+Errors are ``{"code": <http status>, "message": ...}`` like envd's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import os
+import posixpath
+import stat
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .filesystem import chown, make_dirs
+from .http import Request, Response
+from .log import log
+from .multipart import MultipartReader, header_params
+from .users import User, UserDb, resolve_path, username_from_authorization
+
+READ_CHUNK = 256 * 1024
+WRITE_BATCH = 1024 * 1024
+INLINE_READ = 64 * 1024  # smaller files are read without a trip to the thread pool
+
+Read = Callable[[], Awaitable[bytes]]
+
+
+class FilesError(Exception):
+    """An HTTP error answer: ``status`` and message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+async def send_error(response: Response, status: int, message: str) -> None:
+    body = json.dumps({"code": status, "message": message}).encode()
+    await response.send(status, body, content_type="application/json")
+
+
+class _Gunzip:
+    """Decompresses a gzip request body as it is read."""
+
+    def __init__(self, read: Read) -> None:
+        import zlib
+
+        self._read = read
+        self._inflater = zlib.decompressobj(wbits=47)  # gzip or zlib header
+        self._error = zlib.error
+        self._ended = False
+
+    async def read(self) -> bytes:
+        while not self._ended:
+            chunk = await self._read()
+            try:
+                if not chunk:
+                    self._ended = True
+                    return self._inflater.flush()
+                data = self._inflater.decompress(chunk)
+            except self._error as exc:
+                raise FilesError(400, f"error decompressing request body: {exc}") from None
+            if data:
+                return data
+        return b""
+
+
+def _http_date(seconds: float) -> str:
+    return time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(seconds))
+
+
+def _parse_range(value: str, size: int) -> tuple[int, int] | None:
+    """``(start, end)`` (end exclusive) for a single ``bytes=`` range, ``None`` if unusable."""
+    unit, _, spec = value.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, _, last = spec.strip().partition("-")
+    try:
+        if not first:
+            suffix = int(last)
+            return (max(0, size - suffix), size) if suffix > 0 else None
+        start = int(first)
+        end = int(last) + 1 if last else size
+    except ValueError:
+        return None
+    end = min(end, size)
+    return (start, end) if start < end else None
+
+
+def _open_for_read(path: str) -> tuple[int, os.stat_result]:
+    st = os.stat(path)
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    return fd, os.fstat(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class FilesHandler:
+    """Serves ``/files``."""
+
+    def __init__(self, users: UserDb) -> None:
+        self._users = users
+
+    def _user(self, request: Request) -> User:
+        name = request.param("username") or username_from_authorization(request.headers.get("authorization"))
+        try:
+            return self._users.resolve(name)
+        except LookupError as exc:
+            raise FilesError(401, str(exc)) from None
+
+    @staticmethod
+    def _resolve(path: str, user: User) -> str:
+        try:
+            return resolve_path(path, user)
+        except ValueError as exc:
+            raise FilesError(400, str(exc)) from None
+
+    async def handle(self, request: Request, response: Response) -> None:
+        try:
+            if request.method in ("GET", "HEAD"):
+                await self._download(request, response)
+            elif request.method == "POST":
+                await self._upload(request, response)
+            else:
+                raise FilesError(405, f"method {request.method} not allowed")
+        except (FilesError, OSError) as exc:
+            if response.started or isinstance(exc, ConnectionError):
+                raise
+            error = exc if isinstance(exc, FilesError) else FilesError(500, str(exc))
+            if not request.body.done:
+                response.keep_alive = False
+            await send_error(response, error.status, error.message)
+
+    # --- download -----------------------------------------------------------
+
+    async def _download(self, request: Request, response: Response) -> None:
+        user = self._user(request)
+        path = self._resolve(request.param("path") or "", user)
+        loop = asyncio.get_running_loop()
+        try:
+            fd, st = await loop.run_in_executor(None, _open_for_read, path)
+        except FileNotFoundError:
+            raise FilesError(404, f"path '{path}' does not exist") from None
+        except IsADirectoryError:
+            raise FilesError(400, f"path '{path}' is a directory") from None
+        except PermissionError as exc:
+            raise FilesError(403, f"error opening file '{path}': {exc.strerror}") from None
+        except OSError as exc:
+            raise FilesError(500, f"error opening file '{path}': {exc}") from None
+        try:
+            await self._send_file(request, response, fd, st)
+        finally:
+            os.close(fd)
+
+    async def _send_file(self, request: Request, response: Response, fd: int, st: os.stat_result) -> None:
+        size = st.st_size
+        start, end, status = 0, size, 200
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Accept-Ranges": "bytes",
+            "Last-Modified": _http_date(st.st_mtime),
+        }
+        range_header = request.headers.get("range")
+        if range_header:
+            byte_range = _parse_range(range_header, size)
+            if byte_range is None:
+                headers["Content-Range"] = f"bytes */{size}"
+                await response.send(416, headers=headers)
+                return
+            start, end = byte_range
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        await response.start(status, headers, length=end - start)
+        if request.method == "HEAD":
+            await response.end()
+            return
+        loop = asyncio.get_running_loop()
+        position = start
+        while position < end:
+            count = min(READ_CHUNK, end - position)
+            if end - start <= INLINE_READ:
+                chunk = os.pread(fd, count, position)
+            else:
+                chunk = await loop.run_in_executor(None, os.pread, fd, count, position)
+            if not chunk:  # the file shrank: the only honest answer is to cut the body
+                response.keep_alive = False
+                return
+            await response.write(chunk)
+            position += len(chunk)
+        await response.end()
+
+    # --- upload -------------------------------------------------------------
+
+    async def _upload(self, request: Request, response: Response) -> None:
+        user = self._user(request)
+        path_param = request.param("path")
+        read: Read = request.body.read
+        encoding = request.headers.get("content-encoding", "").lower()
+        if encoding == "gzip":
+            read = _Gunzip(read).read
+        elif encoding not in ("", "identity"):
+            raise FilesError(400, f"unsupported content encoding: {encoding}")
+        content_type = request.headers.get("content-type", "")
+        media_type = content_type.split(";", 1)[0].strip().lower()
+        written: list[dict[str, Any]] = []
+        if media_type == "application/octet-stream":
+            if not path_param:
+                raise FilesError(400, "path query parameter is required for raw body upload")
+            target = self._resolve(path_param, user)
+            written.append(await self._store(target, read, user))
+        elif media_type.startswith("multipart/"):
+            boundary = header_params(content_type).get("boundary")
+            if not boundary:
+                raise FilesError(400, "multipart body without a boundary")
+            reader = MultipartReader(read, boundary)
+            while (part := await reader.next_part()) is not None:
+                if part.name != "file":
+                    continue
+                name = path_param or part.filename
+                if not name:
+                    raise FilesError(400, "a file part needs a file name or a path parameter")
+                target = self._resolve(name, user)
+                if any(entry["path"] == target for entry in written):
+                    raise FilesError(
+                        400,
+                        f"you cannot upload multiple files to the same path '{target}' in one upload request",
+                    )
+                written.append(await self._store(target, part.read, user))
+        else:
+            raise FilesError(
+                400,
+                f"unsupported content type: {content_type}, expected multipart/form-data or application/octet-stream",
+            )
+        body = json.dumps(written).encode()
+        await response.send(200, body, content_type="application/json")
+
+    async def _store(self, target: str, read: Read, user: User) -> dict[str, Any]:
+        """Stream ``read`` into ``target`` through a temporary file and a rename."""
+        loop = asyncio.get_running_loop()
+        try:
+            fd, temp = await loop.run_in_executor(None, self._create_temp, target, user)
+        except FilesError:
+            raise
+        except NotADirectoryError as exc:
+            raise FilesError(400, f"a parent of '{target}' is not a directory: {exc}") from None
+        except OSError as exc:
+            raise _write_error(exc, target) from None
+        size = 0
+        try:
+            batch = bytearray()
+            while chunk := await read():
+                batch += chunk
+                size += len(chunk)
+                if len(batch) >= WRITE_BATCH:
+                    await loop.run_in_executor(None, _write_all, fd, bytes(batch))
+                    batch.clear()
+            if batch:
+                await loop.run_in_executor(None, _write_all, fd, bytes(batch))
+            os.close(fd)
+            fd = -1
+            await loop.run_in_executor(None, os.rename, temp, target)
+        except BaseException as exc:
+            if fd >= 0:
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            if isinstance(exc, OSError):
+                raise _write_error(exc, target) from None
+            raise
+        log("file written", path=target, size=size, user=user.name)
+        return {"name": posixpath.basename(target), "type": "file", "path": target}
+
+    @staticmethod
+    def _create_temp(target: str, user: User) -> tuple[int, str]:
+        mode = None
+        try:
+            st = os.stat(target)
+        except FileNotFoundError:
+            pass
+        else:
+            if stat.S_ISDIR(st.st_mode):
+                raise FilesError(400, f"path is a directory: {target}")
+            mode = stat.S_IMODE(st.st_mode)  # an overwritten file keeps its mode
+        directory = posixpath.dirname(target)
+        make_dirs(directory, user)
+        temp = posixpath.join(directory, f".{posixpath.basename(target)}.{os.urandom(6).hex()}.upload")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        try:
+            if mode is not None:
+                os.fchmod(fd, mode)
+            chown(temp, user)
+        except BaseException:
+            os.close(fd)
+            os.unlink(temp)
+            raise
+        return fd, temp
+
+
+def _write_error(exc: OSError, target: str) -> FilesError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return FilesError(507, f"not enough disk space available to write '{target}'")
+    if isinstance(exc, PermissionError):
+        return FilesError(403, f"error writing file '{target}': {exc.strerror}")
+    return FilesError(500, f"error writing file '{target}': {exc}")

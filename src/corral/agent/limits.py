@@ -1,0 +1,141 @@
+"""Resource limits the agent enforces inside its sandbox.
+
+Under gVisor a sandbox is one host process: when a host cgroup limit is hit the
+whole sandbox dies. So the runtime sets the user-facing limits a little below
+the host's and asks the agent to enforce them from inside, through two
+environment variables:
+
+- ``CORRAL_AGENT_PIDS_LIMIT``: ``RLIMIT_NPROC`` of the agent, inherited by every
+  process it starts (set on the agent itself so spawning keeps ``vfork``).
+- ``CORRAL_AGENT_MEMORY_LIMIT_MB``: an OOM killer. Every 100 ms the resident memory
+  of the processes the agent is responsible for is summed (as PID 1: every
+  process but the agent; otherwise: the sessions it started); past the limit
+  the largest one is SIGKILLed and an ``oom:`` line is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+
+from .log import log
+
+PIDS_ENV = "CORRAL_AGENT_PIDS_LIMIT"
+MEMORY_ENV = "CORRAL_AGENT_MEMORY_LIMIT_MB"
+OOM_INTERVAL = 0.1
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def apply_pids_limit(env: dict[str, str]) -> None:
+    """Set ``RLIMIT_NPROC`` from ``CORRAL_AGENT_PIDS_LIMIT``, if given."""
+    value = env.get(PIDS_ENV)
+    if not value:
+        return
+    import resource
+
+    try:
+        limit = int(value)
+        resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
+    except (ValueError, OSError) as exc:
+        log("cannot apply the pids limit", value=value, error=str(exc))
+    else:
+        log("pids limit set", limit=limit)
+
+
+def _read_stat(pid: int) -> tuple[int, int, str] | None:
+    """``(session id, resident bytes, command name)`` of ``pid``, if it still exists."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    name_end = stat.rfind(")")
+    name = stat[stat.find("(") + 1 : name_end]
+    fields = stat[name_end + 2 :].split()
+    try:
+        # fields[0] is field 3 (state): session is field 6, rss (pages) field 24.
+        return int(fields[3]), int(fields[21]) * _PAGE, name
+    except (IndexError, ValueError):
+        return None
+
+
+class OomKiller:
+    """Keeps the memory of the agent's processes under a limit by killing the largest."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        limit_bytes: int,
+        sessions: Callable[[], set[int]],
+    ) -> None:
+        self._loop = loop
+        self._limit = limit_bytes
+        self._sessions = sessions  # the session ids the agent started
+        self._timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def from_env(
+        cls, loop: asyncio.AbstractEventLoop, env: dict[str, str], sessions: Callable[[], set[int]]
+    ) -> OomKiller | None:
+        value = env.get(MEMORY_ENV)
+        if not value:
+            return None
+        try:
+            limit_mb = int(value)
+        except ValueError:
+            log("ignoring a malformed memory limit", value=value)
+            return None
+        log("memory limit set", limit_mb=limit_mb)
+        return cls(loop, limit_mb << 20, sessions)
+
+    def start(self) -> None:
+        self._timer = self._loop.call_later(OOM_INTERVAL, self._tick)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _tick(self) -> None:
+        try:
+            self.check()
+        finally:
+            if self._timer is not None:
+                self._timer = self._loop.call_later(OOM_INTERVAL, self._tick)
+
+    def check(self) -> int | None:
+        """Kill the largest process if over the limit; its pid, if one was killed."""
+        me = os.getpid()
+        everyone = me == 1
+        sessions = set() if everyone else self._sessions()
+        if not everyone and not sessions:
+            return None
+        total = 0
+        largest: tuple[int, int, str] | None = None
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == me:
+                continue
+            info = _read_stat(int(entry))
+            if info is None or (not everyone and info[0] not in sessions):
+                continue
+            total += info[1]
+            if largest is None or info[1] > largest[1]:
+                largest = (int(entry), info[1], info[2])
+        if total <= self._limit or largest is None:
+            return None
+        pid, rss, name = largest
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return None
+        log(
+            "oom: memory limit exceeded, killed the largest process",
+            pid=pid,
+            command=name,
+            rss_mb=rss >> 20,
+            total_mb=total >> 20,
+            limit_mb=self._limit >> 20,
+        )
+        return pid
