@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     """Largest memory limit one sandbox may have, in MiB."""
 
     pids_limit: int = Field(default=1024, ge=16)
-    """Most processes and threads one sandbox may run at once."""
+    """Most processes and threads one sandbox may run at once (and at most one per MiB of memory, 256 at least)."""
 
     exec_timeout: int = Field(default=60, ge=0)
     """Seconds a command may run when the exec request gives no timeout (0: no limit)."""

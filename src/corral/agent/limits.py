@@ -7,10 +7,14 @@ environment variables:
 
 - ``CORRAL_AGENT_PIDS_LIMIT``: ``RLIMIT_NPROC`` of the agent, inherited by every
   process it starts (set on the agent itself so spawning keeps ``vfork``).
-- ``CORRAL_AGENT_MEMORY_LIMIT_MB``: an OOM killer. Every 100 ms the resident memory
-  of the processes the agent is responsible for is summed (as PID 1: every
-  process but the agent; otherwise: the sessions it started); past the limit
-  the largest one is SIGKILLed and an ``oom:`` line is logged.
+- ``CORRAL_AGENT_MEMORY_LIMIT_MB``: an OOM killer. Every 50 ms it measures the
+  memory in use; past the limit the largest process is SIGKILLed and an
+  ``oom:`` line is logged. As PID 1 (in a sandbox) the measure is the kernel's
+  own, ``MemTotal - MemAvailable`` from ``/proc/meminfo`` (gVisor counts
+  what its processes really use there, shared pages once, and file caches
+  not at all), and ``/proc`` is only walked to pick the victim. Otherwise (the
+  agent run as a plain host process, in tests) it is the resident memory of
+  the sessions it started, summed.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from .log import log
 
 PIDS_ENV = "CORRAL_AGENT_PIDS_LIMIT"
 MEMORY_ENV = "CORRAL_AGENT_MEMORY_LIMIT_MB"
-OOM_INTERVAL = 0.1
+OOM_INTERVAL = 0.05
+OOM_MARGIN = 4 << 20  # act just before the limit, not after it
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -42,6 +47,22 @@ def apply_pids_limit(env: dict[str, str]) -> None:
         log("cannot apply the pids limit", value=value, error=str(exc))
     else:
         log("pids limit set", limit=limit)
+
+
+def _memory_in_use() -> int | None:
+    """``MemTotal - MemAvailable`` in bytes, if /proc/meminfo tells both."""
+    fields: dict[str, int] = {}
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                name, _, rest = line.partition(b":")
+                if name in (b"MemTotal", b"MemAvailable"):
+                    fields[name.decode()] = int(rest.split()[0]) << 10
+    except (OSError, ValueError, IndexError):
+        return None
+    if len(fields) < 2:
+        return None
+    return fields["MemTotal"] - fields["MemAvailable"]
 
 
 def _read_stat(pid: int) -> tuple[int, int, str] | None:
@@ -112,6 +133,9 @@ class OomKiller:
         sessions = set() if everyone else self._sessions()
         if not everyone and not sessions:
             return None
+        in_use = _memory_in_use() if everyone else None
+        if in_use is not None and in_use < self._limit - OOM_MARGIN:
+            return None  # the common case: one small read, no walk of /proc
         total = 0
         largest: tuple[int, int, str] | None = None
         for entry in os.listdir("/proc"):
@@ -123,7 +147,11 @@ class OomKiller:
             total += info[1]
             if largest is None or info[1] > largest[1]:
                 largest = (int(entry), info[1], info[2])
-        if total <= self._limit or largest is None:
+        if in_use is not None:
+            total = in_use
+        elif total <= self._limit:
+            return None
+        if largest is None:
             return None
         pid, rss, name = largest
         try:

@@ -169,7 +169,7 @@ class SandboxManager:
             network=network,
             vcpus=vcpus,
             memory_mb=memory_mb,
-            pids_limit=s.pids_limit,
+            pids_limit=pids_limit(s.pids_limit, memory_mb),
             envs=dict(request.envs),
         )
         try:
@@ -317,6 +317,16 @@ class SandboxManager:
                 log.info("sandbox %s reached its timeout", row.id)
                 with contextlib.suppress(SandboxNotFound):
                     await self.kill(row.id)
+
+
+def pids_limit(configured: int, memory_mb: int) -> int:
+    """Processes one sandbox may have: the configured cap, but at most one per MiB (at least 256).
+
+    Every process costs memory (a forked shell dirties about half a MiB), so a
+    small sandbox with many processes would outgrow its memory faster than its
+    OOM killer, starved by those very processes, could act.
+    """
+    return min(configured, max(256, memory_mb))
 
 
 def _handle(row: SandboxRow) -> RuntimeHandle:

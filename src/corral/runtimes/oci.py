@@ -41,6 +41,7 @@ from corral import hostcmd
 from corral.errors import RuntimeFailure
 from corral.images.agent_bundle import agent_command, agent_env, build_agent_bundle
 from corral.net import links
+from corral.runtimes import cgroups
 from corral.runtimes.base import (
     AGENT_PORT,
     Runtime,
@@ -94,9 +95,11 @@ def host_limits(spec: SandboxSpec) -> tuple[int, int]:
     So the limits a user asks for are enforced *inside* by the agent (an OOM
     killer that ends the largest process; RLIMIT_NPROC, which gVisor applies
     on fork), and the host cgroup sits above them with headroom, as the wall
-    that protects the host should the inner limit be outrun.
+    that protects the host should the inner limit be outrun. The memory limit
+    goes into the OCI spec as asked (gVisor shows it as ``MemTotal``) and the
+    host cgroup is raised to the wall right after the sandbox starts.
     """
-    memory_mb = spec.memory_mb + max(256, spec.memory_mb // 4)
+    memory_mb = spec.memory_mb + max(256, spec.memory_mb)
     return memory_mb << 20, spec.pids_limit * 4 + 512
 
 
@@ -173,6 +176,8 @@ class OciRuntime(Runtime):
             (sdir / "bundle").mkdir(exist_ok=True)
             (sdir / "bundle" / "config.json").write_text(json.dumps(config, indent=1))
             await self._start(spec.sandbox_id, sdir)
+            if self.kind == "runsc":
+                cgroups.raise_memory_limit(config["linux"]["cgroupsPath"], host_limits(spec)[0])
         except BaseException:
             await self.destroy(handle)
             raise
@@ -267,7 +272,9 @@ class OciRuntime(Runtime):
             "CORRAL_AGENT_MEMORY_LIMIT_MB": str(spec.memory_mb),
             "CORRAL_AGENT_PIDS_LIMIT": str(spec.pids_limit),
         }
-        memory, pids = host_limits(spec) if self.kind == "runsc" else (spec.memory_mb << 20, spec.pids_limit)
+        pids = host_limits(spec)[1] if self.kind == "runsc" else spec.pids_limit
+        # gVisor shows the spec's memory limit as MemTotal; the host wall above it is set after start.
+        memory = spec.memory_mb << 20
         return {
             "ociVersion": "1.0.2",
             "hostname": spec.sandbox_id,
