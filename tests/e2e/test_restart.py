@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -16,7 +17,7 @@ from tests.serverproc import ServerProcess
 @pytest.fixture
 def own_server(tmp_path: Path):
     # Its own server (and address range), since this test kills it.
-    proc = ServerProcess(tmp_path / "data", subnet_index=150 + _worker()).start()
+    proc = ServerProcess(tmp_path / "data", subnet_index=20 + _worker()).start()
     try:
         yield proc
     finally:
@@ -65,4 +66,9 @@ def test_kill9_and_restart_loses_nothing(own_server: ServerProcess) -> None:
     assert r.status_code == 409 and r.json()["error"]["code"] == "sandbox_not_running"
     Sandbox.connect(doomed.id, url=url).kill()
     assert doomed.id not in {s.id for s in Sandbox.list(url=url)}
-    assert not Path(f"/var/run/netns/corral-{doomed.id}").exists()
+    # its namespace and disk are removed in the background, promptly
+    leftovers = [Path(f"/var/run/netns/corral-{doomed.id}"), own_server.data_dir / "sandboxes" / doomed.id]
+    deadline = time.monotonic() + 15
+    while any(p.exists() for p in leftovers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(p.exists() for p in leftovers)

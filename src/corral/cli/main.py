@@ -4,6 +4,7 @@
     corral exec ID -- cmd args...
     corral cp SRC DST            (ID:/path in a sandbox, a local path, or -)
     corral serve
+    corral image build-base | list
 
 Every command talks to the server through the SDK; ``--url``/``--api-key``
 (or ``CORRAL_URL``/``CORRAL_API_KEY``) say which. Errors are one line on
@@ -18,7 +19,7 @@ from typing import Annotated
 import typer
 
 from corral._version import __version__
-from corral.cli import run, sandbox
+from corral.cli import image, run, sandbox
 from corral.cli._common import Connection
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(sandbox.app, name="sandbox")
+app.add_typer(image.app, name="image")
 app.command("exec")(run.exec_)
 app.command("cp")(run.cp)
 
@@ -69,6 +71,11 @@ def serve(
     ] = None,
 ) -> None:
     """Run the corral server."""
+    from corral.errors import CorralError
     from corral.server.serve import run_server
 
-    run_server(host=host, port=port, data_dir=data_dir)
+    try:
+        run_server(host=host, port=port, data_dir=data_dir)
+    except CorralError as exc:
+        typer.echo(f"error: {exc.code}: {exc.message}", err=True)
+        raise typer.Exit(2) from None
