@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -17,22 +18,15 @@ import httpx
 import pytest
 
 from corral.images.agent_bundle import agent_command, agent_env, build_agent_bundle
+from corral.net.links import network_for_slot
+from corral.runtimes.base import SandboxSpec
+from corral.runtimes.oci import OciRuntime
 from tests.agent.conftest import free_port, wait_healthy
 from tests.agent.helpers import server_stream, sh
+from tests.serverproc import worker_index
 
 BUSYBOX = shutil.which("busybox") or "/usr/bin/busybox"
 RAW = {"Content-Type": "application/octet-stream"}
-# Docker's default set, as sandboxes get: enough to switch users and chown.
-CAPABILITIES = [
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
-    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
-]  # fmt: skip
-RUNSC_CANDIDATES = (
-    os.environ.get("CORRAL_RUNSC_PATH"),
-    "/usr/local/lib/corral/bin/runsc",
-    "/tmp/runsc-new/usr/bin/runsc",
-)
 
 
 @pytest.fixture(scope="module")
@@ -133,104 +127,24 @@ def test_bundle_runs_in_a_busybox_only_rootfs(bundle: Path, tmp_path: Path) -> N
 # --- gVisor -------------------------------------------------------------------
 
 
-def _runsc() -> str | None:
-    for candidate in RUNSC_CANDIDATES:
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-def _free_subnet() -> tuple[str, str]:
-    """A /30 in 10.251.0.0/16 no local interface uses: (host address, sandbox address)."""
-    used = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True, check=True).stdout
-    for _ in range(100):
-        base = f"10.251.{random.randrange(256)}.{random.randrange(64) * 4}"
-        prefix = base.rsplit(".", 1)[0] + "."
-        last = int(base.rsplit(".", 1)[1])
-        host, sandbox = f"{prefix}{last + 1}", f"{prefix}{last + 2}"
-        if host not in used and sandbox not in used:
-            return host, sandbox
-    raise RuntimeError("no free /30 in 10.251.0.0/16")
-
-
 @pytest.mark.runsc
-def test_bundle_runs_as_pid_1_under_gvisor(bundle: Path, tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("runsc needs root")
-    runsc = _runsc()
-    if runsc is None:
-        pytest.skip("no runsc found (CORRAL_RUNSC_PATH, /usr/local/lib/corral/bin/runsc)")
-    for tool in ("ip", "unshare"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed")
-    rootfs = busybox_rootfs(tmp_path / "bundle" / "rootfs")
+def test_bundle_runs_as_pid_1_under_gvisor(tmp_path: Path) -> None:
+    """A busybox-only rootfs (no libc at all) under corral's own runsc runtime."""
+    rootfs = busybox_rootfs(tmp_path / "image")
     (rootfs / "etc").mkdir()
     (rootfs / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\n")
     (rootfs / "etc" / "group").write_text("root:x:0:\nuser:x:1000:\nstaff:x:1001:user\n")
     (rootfs / "home" / "user").mkdir(parents=True)
     os.chown(rootfs / "home" / "user", 1000, 1000)
-    suffix = uuid.uuid4().hex[:8]
-    container, netns = f"corral-agent-test-{suffix}", f"corral-agt-{suffix}"
-    host_if, sandbox_if = f"cah{suffix}", f"cas{suffix}"
-    host_ip, sandbox_ip = _free_subnet()
-    state = tmp_path / "state"
-    config = {
-        "ociVersion": "1.0.2",
-        "hostname": "agent-test",
-        "root": {"path": str(rootfs), "readonly": False},
-        "process": {
-            "terminal": False,
-            "user": {"uid": 0, "gid": 0},
-            "args": agent_command(49983),
-            "env": ["PATH=/bin", *(f"{k}={v}" for k, v in agent_env().items())],
-            "cwd": "/",
-            "capabilities": {kind: CAPABILITIES for kind in ("bounding", "effective", "permitted")},
-        },
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},
-            {"destination": "/.corral", "type": "bind", "source": str(bundle), "options": ["rbind", "ro"]},
-        ],
-        "linux": {
-            "namespaces": [
-                {"type": "pid"},
-                {"type": "ipc"},
-                {"type": "uts"},
-                {"type": "mount"},
-                {"type": "network", "path": f"/var/run/netns/{netns}"},
-            ]
-        },
-    }
-    (tmp_path / "bundle" / "config.json").write_text(json.dumps(config))
-
-    def ip(*args: str) -> None:
-        subprocess.run(["ip", *args], check=True, capture_output=True)
-
+    spec = SandboxSpec(
+        sandbox_id=f"sbagent{uuid.uuid4().hex[:8]}",
+        image_rootfs=rootfs,
+        network=network_for_slot(f"10.{251 - worker_index()}.0.0/16", random.randrange(1, 16000)),
+    )
+    runtime = OciRuntime(kind="runsc", data_dir=tmp_path / "data")
+    handle = asyncio.run(runtime.create(spec))
     try:
-        ip("netns", "add", netns)
-        ip("link", "add", host_if, "type", "veth", "peer", "name", sandbox_if)
-        ip("link", "set", sandbox_if, "netns", netns)
-        ip("addr", "add", f"{host_ip}/30", "dev", host_if)
-        ip("link", "set", host_if, "up")
-        ip("-n", netns, "addr", "add", f"{sandbox_ip}/30", "dev", sandbox_if)
-        ip("-n", netns, "link", "set", sandbox_if, "up")
-        # Old runsc refuses --network=sandbox when /proc/sys/net/core/rmem_default
-        # exists; hiding /proc/sys/net in a private mount namespace gets past it.
-        run = (
-            "mount -t tmpfs none /proc/sys/net && exec "
-            f"{runsc} --root {state} --network=sandbox --overlay2=none "
-            f"run -detach -bundle {tmp_path / 'bundle'} {container}"
-        )
-        with open(tmp_path / "console.log", "wb") as console:
-            subprocess.run(
-                ["unshare", "-m", "sh", "-c", run],
-                stdin=subprocess.DEVNULL,
-                stdout=console,
-                stderr=console,
-                check=True,
-                timeout=60,
-            )
-        url = f"http://{sandbox_ip}:49983"
+        url = handle.agent_url
         wait_healthy(url, timeout=30)
         exercise(url)
         with httpx.Client(base_url=url, timeout=30) as c:
@@ -251,10 +165,7 @@ def test_bundle_runs_as_pid_1_under_gvisor(bundle: Path, tmp_path: Path) -> None
             tty = {"process": {"cmd": "/bin/sh", "args": ["-c", "tty; stty size"]}}
             terminal = server_stream(c, "process.Process/Start", {**tty, "pty": {"size": {"cols": 90, "rows": 33}}})
             assert b"/dev/pts/" in terminal.output("pty") and b"33 90" in terminal.output("pty")
-        assert "corral-agent: listening" in (tmp_path / "console.log").read_text()
+        assert "corral-agent: listening" in asyncio.run(runtime.logs(handle))
     finally:
-        subprocess.run([runsc, "--root", str(state), "kill", container, "KILL"], capture_output=True)
-        subprocess.run([runsc, "--root", str(state), "delete", "-force", container], capture_output=True)
-        subprocess.run(["ip", "netns", "del", netns], capture_output=True)
-        subprocess.run(["ip", "link", "del", host_if], capture_output=True)
-        print((tmp_path / "console.log").read_text(errors="replace") if (tmp_path / "console.log").exists() else "")
+        print(asyncio.run(runtime.logs(handle)))
+        asyncio.run(runtime.destroy(handle))
