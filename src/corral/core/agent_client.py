@@ -325,7 +325,7 @@ def _process_event(message: Any) -> ProcessEvent | None:
         end = event["end"]
         code = int(end.get("exitCode", 0))
         status = str(end.get("status", ""))
-        if not end.get("exited", True) and status.startswith("signal: "):
+        if not end.get("exited", False) and status.startswith("signal: "):  # proto3 JSON omits false
             # envd says -1 for a signalled process; shells say 128 + the signal's number.
             code = 128 + _SIGNAL_NUMBERS.get(status.removeprefix("signal: "), 0)
         error = end.get("error") or None
