@@ -11,7 +11,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from corral.core import commands
-from corral.errors import InvalidRequest
+from corral.errors import CorralError, InvalidRequest
 from corral.server.routes.deps import Manager
 from corral.server.schemas import (
     Exec,
@@ -33,10 +33,14 @@ def _selector(pid: str) -> int | str:
 
 
 async def _ndjson(items: AsyncIterator[dict[str, Any]], first: dict[str, Any] | None = None) -> AsyncIterator[bytes]:
+    """Events as NDJSON lines; a failure after the 200 went out becomes a last ``error`` event."""
     if first is not None:
         yield json.dumps(first).encode() + b"\n"
-    async for item in items:
-        yield json.dumps(item).encode() + b"\n"
+    try:
+        async for item in items:
+            yield json.dumps(item).encode() + b"\n"
+    except CorralError as exc:
+        yield json.dumps({"type": "error", **exc.envelope()}).encode() + b"\n"
 
 
 @router.post(
