@@ -107,7 +107,7 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite:///{self.data_dir / 'corral.db'}"
 
     def api_key_digest(self) -> str | None:
-        """SHA-256 (hex) of the API key, if one is configured."""
-        if self.api_key is not None:
+        """SHA-256 (hex) of the API key, if one is configured (an empty one is none)."""
+        if self.api_key is not None and self.api_key.get_secret_value():
             return hashlib.sha256(self.api_key.get_secret_value().encode()).hexdigest()
         return self.api_key_sha256.lower() if self.api_key_sha256 else None

@@ -6,7 +6,8 @@ an HTTP ``status``. The SDK turns an envelope back into the same class through
 
     CorralError
     ├── InvalidRequest (ValueError)            422 invalid_request
-    │   └── PayloadTooLarge                    413 payload_too_large
+    │   ├── PayloadTooLarge                    413 payload_too_large
+    │   └── MethodNotAllowed                   405 method_not_allowed
     ├── AuthenticationError (PermissionError)  401 unauthorized
     ├── NotFound (LookupError)                 404 not_found
     │   ├── SandboxNotFound                    404 sandbox_not_found
@@ -42,6 +43,7 @@ __all__ = [
     "InternalError",
     "InvalidRequest",
     "IsADirectory_",
+    "MethodNotAllowed",
     "NotADirectory_",
     "NotFound",
     "PayloadTooLarge",
@@ -81,6 +83,11 @@ class InvalidRequest(CorralError, ValueError):
 class PayloadTooLarge(InvalidRequest):
     code = "payload_too_large"
     status = 413
+
+
+class MethodNotAllowed(InvalidRequest):
+    code = "method_not_allowed"
+    status = 405
 
 
 class AuthenticationError(CorralError, PermissionError):

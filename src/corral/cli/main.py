@@ -79,3 +79,7 @@ def serve(
     except CorralError as exc:
         typer.echo(f"error: {exc.code}: {exc.message}", err=True)
         raise typer.Exit(2) from None
+
+
+if __name__ == "__main__":
+    app()

@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import re
+import resource
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,6 +66,22 @@ CAPABILITIES = [
 """Root inside a sandbox gets Docker's default set, no more."""
 
 CPU_PERIOD_US = 100_000
+
+MAX_OPEN_FILES = 1 << 20
+
+
+def open_files_limit(kind: str) -> int:
+    """RLIMIT_NOFILE of a sandbox's init.
+
+    gVisor applies it in its own kernel. runc sets it on a host process, and
+    raising a hard limit above the server's own needs CAP_SYS_RESOURCE, which
+    root may lack (in a container, for one): then runc fails every start with
+    EPERM. So under runc the server's own hard limit is the ceiling.
+    """
+    if kind == "runsc":
+        return MAX_OPEN_FILES
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, MAX_OPEN_FILES)
 
 
 def find_runsc(configured: str | None = None) -> str:
@@ -268,11 +285,16 @@ class OciRuntime(Runtime):
             "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             **spec.envs,
             **agent_env(),
-            # The agent enforces these inside: see host_limits() for why.
-            "CORRAL_AGENT_MEMORY_LIMIT_MB": str(spec.memory_mb),
-            "CORRAL_AGENT_PIDS_LIMIT": str(spec.pids_limit),
         }
+        if self.kind == "runsc":
+            # The agent enforces these inside: see host_limits() for why. Under runc the
+            # sandbox's processes are host processes in the spec's cgroup, which enforces
+            # them itself; there the agent (as PID 1) would see the host's /proc/meminfo and
+            # a host-wide per-uid RLIMIT_NPROC, and kill or refuse processes for the host's use.
+            env["CORRAL_AGENT_MEMORY_LIMIT_MB"] = str(spec.memory_mb)
+            env["CORRAL_AGENT_PIDS_LIMIT"] = str(spec.pids_limit)
         pids = host_limits(spec)[1] if self.kind == "runsc" else spec.pids_limit
+        nofile = open_files_limit(self.kind)
         # gVisor shows the spec's memory limit as MemTotal; the host wall above it is set after start.
         memory = spec.memory_mb << 20
         return {
@@ -286,7 +308,7 @@ class OciRuntime(Runtime):
                 "env": [f"{k}={v}" for k, v in env.items()],
                 "cwd": "/",
                 "capabilities": {k: CAPABILITIES for k in ("bounding", "effective", "permitted")},
-                "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1048576, "soft": 1048576}],
+                "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}],
                 "noNewPrivileges": False,
             },
             "mounts": [

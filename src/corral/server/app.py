@@ -17,10 +17,10 @@ from corral.config import Settings
 from corral.core.sandboxes import SandboxManager
 from corral.errors import (
     AgentUnavailable,
-    Conflict,
     CorralError,
     InternalError,
     InvalidRequest,
+    MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
 )
@@ -119,7 +119,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404:
             error = NotFound(f"no route {request.method} {request.url.path}")
         elif exc.status_code == 405:
-            error = Conflict(f"{request.method} is not allowed on {request.url.path}")
+            error = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
         elif exc.status_code == 413:
             error = PayloadTooLarge(str(exc.detail))
         elif exc.status_code < 500:
@@ -131,7 +131,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _envelope(InternalError(f"internal error: {type(exc).__name__}: {exc}"))
+        return _envelope(InternalError("internal error: the server logged what went wrong"))
 
 
 def _describe(error: Any) -> dict[str, Any]:

@@ -1,0 +1,189 @@
+"""The ``corral`` command line, run as a program, against a real server and sandboxes."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from corral import Sandbox
+
+# The console script pip made; ``python -m corral.cli.main`` is not runnable (no __main__ guard).
+CORRAL = str(Path(sys.executable).with_name("corral"))
+
+
+@pytest.fixture
+def cli_env(corral_url: str) -> dict[str, str]:
+    # No PYTHONUNBUFFERED: the CLI must flush streamed output itself.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_") and k != "PYTHONUNBUFFERED"}
+    return {**env, "CORRAL_URL": corral_url}
+
+
+@pytest.fixture
+def corral(cli_env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[bytes]]:
+    def run(*args: str, input: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([CORRAL, *args], input=input, capture_output=True, env=cli_env, timeout=timeout)
+
+    return run
+
+
+@pytest.fixture
+def cli_sandbox(corral: Callable[..., subprocess.CompletedProcess[bytes]], corral_url: str) -> Iterator[str]:
+    """A sandbox made by ``corral sandbox create``; killed afterwards whatever happens."""
+    done = corral("sandbox", "create", "--json", "--metadata", "test=cli", "--env", "GREETING=hi there")
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    try:
+        yield info["id"]
+    finally:
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.delete(f"{corral_url}/v1/sandboxes/{info['id']}", timeout=60)
+
+
+def test_create_list_info_logs_kill(corral, cli_sandbox: str) -> None:
+    sid = cli_sandbox
+
+    listed = corral("sandbox", "list")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.decode().splitlines()
+    assert lines[0].split()[:3] == ["ID", "IMAGE", "STATE"]
+    row = next(line for line in lines if line.split()[:1] == [sid])
+    assert row.split()[1:3] == ["corral/base", "running"]
+    assert "test=cli" in row
+
+    as_json = json.loads(corral("sandbox", "list", "--json", "--metadata", "test=cli").stdout)
+    assert sid in {s["id"] for s in as_json["sandboxes"]}
+
+    info = corral("sandbox", "info", sid, "--json")
+    assert info.returncode == 0, info.stderr
+    data = json.loads(info.stdout)
+    assert data["id"] == sid and data["state"] == "running"
+    assert data["metadata"] == {"test": "cli"} and data["envs"] == {"GREETING": "hi there"}
+    text = corral("sandbox", "info", sid).stdout.decode()
+    assert sid in text and "running" in text
+
+    assert corral("exec", sid, "echo $GREETING").stdout == b"hi there\n"
+    logs = corral("sandbox", "logs", sid)
+    assert logs.returncode == 0, logs.stderr
+    assert b"corral-agent: listening" in logs.stdout  # the agent's own console
+    assert b"echo $GREETING" in logs.stdout
+
+    killed = corral("sandbox", "kill", sid)
+    assert killed.returncode == 0, killed.stderr
+    assert killed.stdout.decode().strip() == f"killed {sid}"
+    gone = corral("sandbox", "info", sid)
+    assert gone.returncode == 1
+    assert gone.stderr.decode().startswith(f"error: sandbox_not_found: no sandbox '{sid}'")
+    assert sid not in {s["id"] for s in json.loads(corral("sandbox", "list", "--json").stdout)["sandboxes"]}
+
+
+def test_unknown_sandbox_is_one_error_line(corral) -> None:
+    for args in (
+        ("sandbox", "info", "sbnope"),
+        ("sandbox", "kill", "sbnope"),
+        ("sandbox", "logs", "sbnope"),
+        ("exec", "sbnope", "--", "true"),
+        ("cp", "sbnope:/etc/hostname", "-"),
+    ):
+        done = corral(*args)
+        assert done.returncode == 1, args
+        assert done.stdout == b"", args
+        err = done.stderr.decode()
+        assert err.startswith("error: sandbox_not_found: ") and "sbnope" in err, (args, err)
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_exec_exit_code_and_streams(corral, sandbox: Sandbox) -> None:
+    done = corral("exec", sandbox.id, "--", "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert done.returncode == 3
+    assert done.stdout == b"out\n"
+    assert done.stderr == b"err\n"
+    # One argument is a shell line; a signal death is 128 + the signal, as shells report it.
+    assert corral("exec", sandbox.id, "kill -9 $$").returncode == 137
+
+
+def test_exec_json(corral, sandbox: Sandbox) -> None:
+    done = corral("exec", "--json", sandbox.id, "--", "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert done.returncode == 3
+    assert json.loads(done.stdout) == {"exit_code": 3, "stdout": "out\n", "stderr": "err\n"}
+    assert done.stderr == b""
+
+
+def test_exec_stdin(corral, sandbox: Sandbox) -> None:
+    done = corral("exec", "--stdin", sandbox.id, "tr a-z A-Z", input=b"shout\n")
+    assert (done.returncode, done.stdout) == (0, b"SHOUT\n")
+
+
+def test_exec_streams_output_as_it_arrives(cli_env: dict[str, str], sandbox: Sandbox) -> None:
+    proc = subprocess.Popen(
+        [CORRAL, "exec", sandbox.id, "--", "sh", "-c", "for i in 1 2 3; do echo $i; sleep 0.3; done"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env,
+    )
+    assert proc.stdout is not None
+    arrivals: list[tuple[float, bytes]] = []
+    try:
+        for line in iter(proc.stdout.readline, b""):
+            arrivals.append((time.monotonic(), line))
+        assert proc.wait(30) == 0, proc.stderr.read() if proc.stderr else b""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        if proc.stderr:
+            proc.stderr.close()
+    assert [line for _, line in arrivals] == [b"1\n", b"2\n", b"3\n"]
+    gaps = [later - earlier for (earlier, _), (later, _) in itertools.pairwise(arrivals)]
+    assert all(gap > 0.15 for gap in gaps), gaps  # each line came when printed, not all at the end
+
+
+def test_cp_in_and_out(corral, sandbox: Sandbox, tmp_path: Path) -> None:
+    payload = os.urandom(3 << 20) + b"tail"
+    source = tmp_path / "blob.bin"
+    source.write_bytes(payload)
+    digest = hashlib.sha256(payload).hexdigest()
+
+    up = corral("cp", str(source), f"{sandbox.id}:/home/user/in/")
+    assert up.returncode == 0, up.stderr
+    remote = sandbox.commands.run("sha256sum /home/user/in/blob.bin; stat -c %U /home/user/in/blob.bin").stdout
+    assert remote.split()[0] == digest and remote.split()[-1] == "user"
+
+    target = tmp_path / "back.bin"
+    down = corral("cp", f"{sandbox.id}:/home/user/in/blob.bin", str(target))
+    assert down.returncode == 0, down.stderr
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == digest
+
+    entry = corral("cp", "--json", str(source), f"{sandbox.id}:/home/user/again.bin")
+    assert json.loads(entry.stdout)["size"] == len(payload)
+
+    missing = corral("cp", f"{sandbox.id}:/home/user/nope.bin", str(tmp_path / "nope.bin"))
+    assert missing.returncode == 1 and missing.stderr.startswith(b"error: file_not_found: ")
+    assert not (tmp_path / "nope.bin").exists()
+
+
+def test_cp_stdin_and_stdout(corral, sandbox: Sandbox) -> None:
+    payload = os.urandom(2 << 20)
+    up = corral("cp", "-", f"{sandbox.id}:/tmp/from-stdin.bin", input=payload)
+    assert up.returncode == 0, up.stderr
+    assert sandbox.commands.run("wc -c < /tmp/from-stdin.bin").stdout.strip() == str(len(payload))
+    down = corral("cp", f"{sandbox.id}:/tmp/from-stdin.bin", "-")
+    assert down.returncode == 0, down.stderr
+    assert hashlib.sha256(down.stdout).hexdigest() == hashlib.sha256(payload).hexdigest()
+
+
+def test_cp_needs_exactly_one_sandbox_side(corral, tmp_path: Path) -> None:
+    done = corral("cp", str(tmp_path / "a"), str(tmp_path / "b"))
+    assert done.returncode == 1
+    assert done.stderr.decode().startswith("error: invalid_request: exactly one side")
