@@ -1,0 +1,151 @@
+"""Exec latency: ``sbx.commands.run("true")`` through the SDK, layer by layer, beside ``runsc exec``.
+
+One corral sandbox (made through the SDK) and one raw runsc sandbox (made by
+hand, same flags, ``/bin/sleep infinity`` as init). Each round runs once each,
+in turn, after a warm-up:
+
+- ``commands.run("true")``: SDK -> server -> agent, a shell line (``bash -c true``);
+- ``commands.run(["/bin/true"])``: the same in argv mode (no shell);
+- the agent alone: ``process.Process/Start`` of ``/bin/true`` straight to the
+  sandbox's agent at ``http://<address>:49983`` (envd protocol), no server,
+  as the default user (as the SDK runs it) and as root (no user switch);
+- the floor: ``runsc exec <id> /bin/true`` on the raw sandbox;
+
+and, to tell transport from process start, two round trips that start no
+process: ``sbx.info()`` (SDK -> server) and ``GET /health`` of the agent.
+
+    .venv/bin/python bench/exec.py [--runs 200] [--warmup 20] [--url URL]
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from _common import (
+    AgentCaller,
+    RawRunsc,
+    SandboxSet,
+    base_parser,
+    corral_url,
+    ms,
+    print_table,
+    ratio,
+    run_main,
+    summary,
+    verdict,
+    write_json,
+)
+
+from corral.runtimes.base import AGENT_PORT
+
+TARGET_P50 = 0.005
+"""``commands.run("true")`` p50, at most this many seconds."""
+
+LAYERS = {
+    "sdk_shell": 'SDK commands.run("true")',
+    "sdk_argv": 'SDK commands.run(["/bin/true"])',
+    "agent": "agent Start /bin/true (no server)",
+    "agent_root": "agent Start /bin/true as root",
+    "raw": "raw floor: runsc exec /bin/true",
+    "sdk_info": "  no process: SDK sbx.info()",
+    "agent_health": "  no process: agent GET /health",
+}
+
+
+def timed(call: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    call()
+    return time.perf_counter() - t0
+
+
+def measure(url: str, api_key: str | None, runs: int, warmup: int) -> dict[str, Any]:
+    samples: dict[str, list[float]] = {k: [] for k in LAYERS}
+    with SandboxSet(url, api_key) as sandboxes, RawRunsc() as raw, AgentCaller() as agents:
+        sbx = sandboxes.create()
+        address = sbx.info().address
+        if not address:
+            raise RuntimeError(f"sandbox {sbx.id} has no address")
+        agent_url = f"http://{address}:{AGENT_PORT}"
+        floor = raw.start()
+
+        def agent_true(user: str | None = None) -> None:
+            code, _ = agents.run(agent_url, ["/bin/true"], user=user)
+            if code != 0:
+                raise RuntimeError(f"/bin/true exited {code} through the agent")
+
+        calls: dict[str, Callable[[], object]] = {
+            "sdk_shell": lambda: sbx.commands.run("true"),
+            "sdk_argv": lambda: sbx.commands.run(["/bin/true"]),
+            "agent": agent_true,
+            "agent_root": lambda: agent_true("root"),
+            "raw": lambda: floor.exec("/bin/true"),
+            "sdk_info": sbx.info,
+            "agent_health": lambda: agents.health(agent_url),
+        }
+        for i in range(warmup + runs):
+            for name, call in calls.items():
+                elapsed = timed(call)
+                if i >= warmup:
+                    samples[name].append(elapsed)
+            if i >= warmup and (i - warmup + 1) % 50 == 0:
+                print(f"  {i - warmup + 1}/{runs} rounds")
+    return {"stats": {k: summary(v) for k, v in samples.items()}, "samples": samples}
+
+
+def report(result: dict[str, Any]) -> dict[str, Any]:
+    stats = result["stats"]
+    floor = stats["raw"]
+    rows = [
+        [
+            label,
+            ms(stats[key]["median"]),
+            ms(stats[key]["p99"]),
+            ms(stats[key]["min"]),
+            f"{ratio(stats[key]['median'], floor['median']):.2f}x",
+        ]
+        for key, label in LAYERS.items()
+    ]
+    n = floor["n"]
+    print_table(f"exec latency, {n} rounds (ms)", ["", "p50", "p99", "min", "p50 / floor"], rows)
+    p50 = stats["sdk_shell"]["median"]
+    headline = {
+        "sdk_p50_ms": p50 * 1000,
+        "sdk_p99_ms": stats["sdk_shell"]["p99"] * 1000,
+        "sdk_argv_p50_ms": stats["sdk_argv"]["median"] * 1000,
+        "agent_p50_ms": stats["agent"]["median"] * 1000,
+        "agent_root_p50_ms": stats["agent_root"]["median"] * 1000,
+        "raw_p50_ms": floor["median"] * 1000,
+        "raw_p99_ms": floor["p99"] * 1000,
+        "ratio_p50": ratio(p50, floor["median"]),
+        "target_p50_ms": TARGET_P50 * 1000,
+        "met": p50 <= TARGET_P50,
+    }
+    print_table(
+        'commands.run("true") p50 against the target',
+        ["", "p50 ms", "target", ""],
+        [["SDK", ms(p50), f"<= {ms(TARGET_P50)}", verdict(p50, TARGET_P50)]],
+    )
+    return headline
+
+
+def run(url: str | None, api_key: str | None, *, runs: int, warmup: int) -> dict[str, Any]:
+    with corral_url(url) as base:
+        result = measure(base, api_key, runs, warmup)
+    headline = report(result)
+    write_json("exec", {"runs": runs, "warmup": warmup, "headline": headline, **result})
+    return headline
+
+
+def main() -> int:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=200, help="measured rounds (default 200)")
+    parser.add_argument("--warmup", type=int, default=20, help="unmeasured rounds first (default 20)")
+    args = parser.parse_args()
+    run(args.url, args.api_key, runs=args.runs, warmup=args.warmup)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
