@@ -183,7 +183,7 @@ def report(result: dict[str, Any], count: int) -> dict[str, Any]:
     )
     print_table(
         f"memory per idle sandbox, {count} of each, after {result['waited']:.0f} s (MiB)",
-        ["", "PSS", "RSS", "cgroup", "processes", "exec ok"],
+        ["", "PSS", "RSS", "cgroup", "address spaces", "exec ok"],
         rows,
     )
     pss_ratio = ratio(per["corral"]["pss"], per["raw"]["pss"])
