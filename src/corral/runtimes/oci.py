@@ -244,6 +244,8 @@ class OciRuntime(Runtime):
                     await hostcmd.run(["umount", "-l", str(target)], check=False)
         if "slot" in handle.info:
             await links.delete_link(sid, links.network_from_info(handle.info))
+        elif links.netns_path(sid).exists():  # no record of its link: its end dies with the namespace
+            await hostcmd.run(["ip", "netns", "del", links.netns_name(sid)], check=False)
         await asyncio.to_thread(shutil.rmtree, sdir, True)
 
     async def logs(self, handle: RuntimeHandle, *, tail: int | None = None) -> str:
