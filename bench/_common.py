@@ -42,7 +42,7 @@ from corral import Sandbox
 from corral.core.agent_client import AgentClient
 from corral.images.agent_bundle import MOUNT_POINT, agent_command, build_agent_bundle
 from corral.runtimes.base import AGENT_PORT
-from corral.runtimes.oci import CAPABILITIES
+from corral.runtimes.oci import CAPABILITIES, OciRuntime
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -255,15 +255,11 @@ class CorralServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+        # Only after a teardown was cut short: corral's own sweep of leftovers.
+        runtime = OciRuntime(kind="runsc", data_dir=self.data_dir)
+        for handle in asyncio.run(runtime.leftovers(set())):
+            asyncio.run(runtime.destroy(handle))
         sandboxes = self.data_dir / "sandboxes"
-        for sdir in sorted(sandboxes.glob("*")) if sandboxes.is_dir() else []:
-            # Only after a teardown was cut short: the same steps as OciRuntime.destroy.
-            runsc(Path("/run/corral/runsc"), "kill", "--all", sdir.name, "KILL", check=False)
-            runsc(Path("/run/corral/runsc"), "delete", "--force", sdir.name, check=False)
-            unmount(sdir / "rootfs" / "tmp")
-            unmount(sdir / "rootfs")
-            if (NETNS_DIR / f"corral-{sdir.name}").exists():
-                sh(["ip", "netns", "del", f"corral-{sdir.name}"], check=False)
         if not any(is_mount(p) for p in sandboxes.glob("*/rootfs")):
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
