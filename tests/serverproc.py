@@ -29,12 +29,21 @@ def worker_index() -> int:
 class ServerProcess:
     """``corral serve`` on 127.0.0.1 with its own data dir and address range.
 
-    The image store is shared (a symlink to the one ``scripts/setup`` built),
-    everything else is the test's own, so tests never see a developer's sandboxes.
+    The image store is shared (a symlink to the one ``scripts/setup`` built)
+    unless ``shared_images`` is false; everything else is the test's own, so
+    tests never see a developer's sandboxes.
     """
 
-    def __init__(self, data_dir: Path, *, subnet_index: int | None = None, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        subnet_index: int | None = None,
+        env: dict[str, str] | None = None,
+        shared_images: bool = True,
+    ):
         self.data_dir = data_dir
+        self.shared_images = shared_images
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         index = worker_index() if subnet_index is None else subnet_index
@@ -52,7 +61,7 @@ class ServerProcess:
     def start(self, timeout: float = 30.0) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         images = self.data_dir / "images"
-        if not images.exists():
+        if self.shared_images and not images.exists():
             images.symlink_to(IMAGES)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(

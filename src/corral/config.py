@@ -52,6 +52,17 @@ class Settings(BaseSettings):
     default_image: str = "corral/base"
     """Image used when a create request names none."""
 
+    registry_auth_file: Path | None = None
+    """Registry credentials for pulls, in containers-auth.json format (``skopeo login --authfile``).
+
+    Used on the host only; never enters a sandbox."""
+
+    insecure_registries: list[str] = Field(default_factory=list)
+    """Registries (``host:port``) reached over plain HTTP or unverified TLS. Loopback registries always are."""
+
+    pull_timeout: float = Field(default=1800.0, gt=0)
+    """Seconds one image pull may take before it is abandoned (and leaves nothing behind)."""
+
     default_timeout: int = Field(default=300, ge=0)
     """Seconds a sandbox lives when a create request gives no timeout (0: until killed)."""
 

@@ -12,6 +12,7 @@ an HTTP ``status``. The SDK turns an envelope back into the same class through
     ├── NotFound (LookupError)                 404 not_found
     │   ├── SandboxNotFound                    404 sandbox_not_found
     │   ├── ImageNotFound                      404 image_not_found
+    │   ├── TemplateNotFound                   404 template_not_found
     │   ├── ProcessNotFound                    404 process_not_found
     │   └── FileNotFound (FileNotFoundError)   404 file_not_found
     ├── Conflict                               409 conflict
@@ -22,6 +23,9 @@ an HTTP ``status``. The SDK turns an envelope back into the same class through
     ├── PermissionDenied (PermissionError)     403 permission_denied
     ├── ExecTimeout (TimeoutError)             504 exec_timeout
     ├── AgentUnavailable (ConnectionError)     502 agent_unavailable
+    ├── RegistryError (ConnectionError)        502 registry_error
+    ├── BuildFailed                            422 build_failed
+    ├── NotReady (TimeoutError)                504 not_ready
     ├── RuntimeFailure                         500 runtime_error
     └── InternalError                          500 internal
 """
@@ -34,6 +38,7 @@ __all__ = [
     "ERRORS_BY_CODE",
     "AgentUnavailable",
     "AuthenticationError",
+    "BuildFailed",
     "Conflict",
     "CorralError",
     "ExecTimeout",
@@ -46,12 +51,15 @@ __all__ = [
     "MethodNotAllowed",
     "NotADirectory_",
     "NotFound",
+    "NotReady",
     "PayloadTooLarge",
     "PermissionDenied",
     "ProcessNotFound",
+    "RegistryError",
     "RuntimeFailure",
     "SandboxNotFound",
     "SandboxNotRunning",
+    "TemplateNotFound",
     "error_from_envelope",
 ]
 
@@ -108,6 +116,10 @@ class ImageNotFound(NotFound):
     code = "image_not_found"
 
 
+class TemplateNotFound(NotFound):
+    code = "template_not_found"
+
+
 class ProcessNotFound(NotFound):
     code = "process_not_found"
 
@@ -150,6 +162,27 @@ class ExecTimeout(CorralError, TimeoutError):
 class AgentUnavailable(CorralError, ConnectionError):
     code = "agent_unavailable"
     status = 502
+
+
+class RegistryError(CorralError, ConnectionError):
+    """A registry could not be reached, refused us, or answered nonsense."""
+
+    code = "registry_error"
+    status = 502
+
+
+class BuildFailed(CorralError):
+    """A template build step failed; ``details`` has the step, its exit code and output."""
+
+    code = "build_failed"
+    status = 422
+
+
+class NotReady(CorralError, TimeoutError):
+    """A sandbox's readiness check did not pass in time."""
+
+    code = "not_ready"
+    status = 504
 
 
 class RuntimeFailure(CorralError):

@@ -138,7 +138,7 @@ def test_bundle_runs_as_pid_1_under_gvisor(tmp_path: Path) -> None:
     os.chown(rootfs / "home" / "user", 1000, 1000)
     spec = SandboxSpec(
         sandbox_id=f"sbagent{uuid.uuid4().hex[:8]}",
-        image_rootfs=rootfs,
+        image_layers=(rootfs,),
         network=network_for_slot(f"10.{251 - worker_index()}.0.0/16", random.randrange(1, 16000)),
     )
     runtime = OciRuntime(kind="runsc", data_dir=tmp_path / "data")

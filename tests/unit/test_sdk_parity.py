@@ -11,10 +11,12 @@ from corral import (
     AsyncCommandHandle,
     AsyncCommands,
     AsyncFiles,
+    AsyncImages,
     AsyncSandbox,
     CommandHandle,
     Commands,
     Files,
+    Images,
     Sandbox,
 )
 
@@ -23,6 +25,7 @@ TWINS = [
     (Commands, AsyncCommands),
     (Files, AsyncFiles),
     (CommandHandle, AsyncCommandHandle),
+    (Images, AsyncImages),
 ]
 
 # Protocol methods that differ by design between the twins.

@@ -1,4 +1,8 @@
-"""``corral image``: the local image store (on the server's machine, as root)."""
+"""``corral image``: pull, list, remove and garbage-collect images; build the offline base images.
+
+``build-base`` works on the local store directly (it runs at setup, before
+any server); the others go through the server like every other command.
+"""
 
 from __future__ import annotations
 
@@ -8,55 +12,144 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-app = typer.Typer(help="Images in the local store (run on the server's machine).", no_args_is_help=True)
+from corral.cli._common import JsonOption, cli_errors, connection, console, print_json
+from corral.sdk import ImageInfo, Images, PullProgress
+
+app = typer.Typer(help="Pull, list and remove images; build the offline base images.", no_args_is_help=True)
 
 DataDir = Annotated[
     Path | None, typer.Option(help="The server's data dir (CORRAL_DATA_DIR).", show_default="/var/lib/corral")
 ]
+NameArgument = Annotated[str, typer.Argument(help="An image reference: python:3.12, host:5000/x:tag, x@sha256:...")]
 
 
 def _data_dir(given: Path | None) -> Path:
     return given or Path(os.environ.get("CORRAL_DATA_DIR", "/var/lib/corral"))
 
 
+def _images(ctx: typer.Context) -> Images:
+    conn = connection(ctx)
+    return Images(url=conn.url, api_key=conn.api_key)
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
 @app.command("build-base")
 def build_base(
     data_dir: DataDir = None,
+    node: Annotated[bool, typer.Option("--node", help="Build corral/node (base + nodejs, npm) too.")] = False,
     force: Annotated[bool, typer.Option(help="Rebuild even if it is there.")] = False,
 ) -> None:
-    """Build the default image, corral/base, from Debian packages (once; about a minute)."""
+    """Build corral/base (and with --node corral/node) from Debian packages, once, on the server's machine."""
     from corral.errors import CorralError
-    from corral.images.base import BASE_IMAGE, build_base_image
+    from corral.images.base import BASE_IMAGE, NODE_IMAGE, build_base_image
     from corral.images.store import ImageStore
 
-    console = Console(stderr=True)
+    err = Console(stderr=True)
     store = ImageStore(_data_dir(data_dir))
-    if not force and any(image.name == BASE_IMAGE for image in store.list()):
-        console.print(f"{BASE_IMAGE} is already built")
-        return
-    with console.status(f"building {BASE_IMAGE} with debootstrap...") as status:
+    for name in [BASE_IMAGE, NODE_IMAGE] if node else [BASE_IMAGE]:
+        if not force and store.lookup(name) is not None:
+            err.print(f"{name} is already built")
+            continue
+        with err.status(f"building {name} from Debian packages...") as status:
 
-        def progress(line: str) -> None:
-            status.update(f"building {BASE_IMAGE}: [dim]{line[:100]}[/dim]")
+            def progress(line: str, name: str = name) -> None:
+                status.update(f"building {name}: [dim]{line[:100]}[/dim]")
 
-        try:
-            rootfs = build_base_image(_data_dir(data_dir), force=force, on_line=progress)
-        except CorralError as exc:
-            console.print(f"[red]error:[/red] {exc.code}: {exc.message}")
-            for line in str(exc.details.get("output", "")).splitlines()[-10:]:
-                console.print(f"  {line}")
-            raise typer.Exit(1) from None
-    console.print(f"{BASE_IMAGE} built: {rootfs}")
+            try:
+                image = build_base_image(_data_dir(data_dir), name=name, force=force, on_line=progress)
+            except CorralError as exc:
+                err.print(f"[red]error:[/red] {exc.code}: {exc.message}")
+                for line in str(exc.details.get("output", "")).splitlines()[-10:]:
+                    err.print(f"  {line}")
+                raise typer.Exit(1) from None
+        err.print(f"{name} built ({image.id[:12]}, {_size(image.size)})")
+
+
+@app.command()
+def pull(ctx: typer.Context, name: NameArgument, json: JsonOption = False) -> None:
+    """Pull an image into the server's store, with a progress bar."""
+    err = Console(stderr=True)
+    with cli_errors(), _images(ctx) as images, Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=err,
+        transient=True,
+        disable=json,
+    ) as bar:
+        task = bar.add_task(f"resolving {name}", total=None)
+
+        def show(event: PullProgress) -> None:
+            bar.update(task, description=f"{event.phase} {name}", completed=event.done, total=event.total or None)
+
+        image = images.pull(name, on_progress=show)
+    if json:
+        print_json(image.to_json())
+    else:
+        err.print(f"pulled {name}: {image.id[:12]} ({_size(image.size)})")
 
 
 @app.command("list")
-def list_images(data_dir: DataDir = None) -> None:
-    """Images in the local store."""
-    from corral.images.store import ImageStore
+def list_images(
+    ctx: typer.Context,
+    all_images: Annotated[bool, typer.Option("--all", help="Include unnamed images (build cache).")] = False,
+    json: JsonOption = False,
+) -> None:
+    """Images in the server's store."""
+    with cli_errors(), _images(ctx) as images:
+        found = images.list(all_images=all_images)
+    if json:
+        print_json([i.to_json() for i in found])
+        return
+    table = Table("name", "id", "source", "size", "layers", "used by")
+    for image in found:
+        table.add_row(_names(image), image.id[:12], image.source, _size(image.size), str(image.layers),
+                      str(len(image.used_by)))  # fmt: skip
+    console().print(table)
 
-    table = Table("name", "rootfs")
-    for image in ImageStore(_data_dir(data_dir)).list():
-        table.add_row(image.name, str(image.rootfs))
-    Console().print(table)
+
+@app.command()
+def inspect(ctx: typer.Context, name: NameArgument) -> None:
+    """One image, as JSON."""
+    with cli_errors(), _images(ctx) as images:
+        print_json(images.get(name).to_json())
+
+
+@app.command()
+def rm(
+    ctx: typer.Context,
+    names: Annotated[list[str], typer.Argument(help="Image names.")],
+    force: Annotated[bool, typer.Option(help="Remove the name even if sandboxes run on the image.")] = False,
+) -> None:
+    """Remove images (their data goes when nothing else holds it)."""
+    with cli_errors(), _images(ctx) as images:
+        for name in names:
+            images.remove(name, force=force)
+            typer.echo(f"removed {name}")
+
+
+@app.command()
+def gc(ctx: typer.Context, json: JsonOption = False) -> None:
+    """Delete unnamed images (build cache too) and layers no sandbox or image uses."""
+    with cli_errors(), _images(ctx) as images:
+        freed = images.gc()
+    if json:
+        print_json(freed)
+    else:
+        typer.echo(f"freed {freed['images']} image(s), {freed['layers']} layer(s), {_size(freed['bytes'])}")
+
+
+def _names(image: ImageInfo) -> str:
+    return ", ".join(image.names) or "<none>"

@@ -31,6 +31,7 @@ import httpx
 
 from corral.config import Settings
 from corral.core.agent_client import AgentClient
+from corral.core.images import ImageService
 from corral.errors import (
     AgentUnavailable,
     InvalidRequest,
@@ -38,7 +39,7 @@ from corral.errors import (
     SandboxNotFound,
     SandboxNotRunning,
 )
-from corral.images.store import ImageStore
+from corral.images.store import ImageConfig, ImageStore
 from corral.net import links
 from corral.runtimes.base import Runtime, RuntimeHandle, RuntimeState, SandboxSpec
 from corral.store.db import Store
@@ -78,7 +79,7 @@ class SandboxManager:
         self.settings = settings
         self.store = store
         self.runtime = runtime
-        self.images = images
+        self.images = ImageService(settings, images, in_use=self.images_in_use)
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(30.0, connect=5.0),
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
@@ -93,6 +94,7 @@ class SandboxManager:
     # -- lifecycle of the manager ----------------------------------------------
 
     async def start(self) -> None:
+        await asyncio.to_thread(self.images.start)
         await self.reconcile()
         self._reaper = asyncio.create_task(self._reap_forever(), name="corral-reaper")
 
@@ -128,7 +130,7 @@ class SandboxManager:
 
     async def create(self, request: CreateRequest) -> SandboxRow:
         s = self.settings
-        image = self.images.resolve(request.image or s.default_image)
+        image = await self.images.get_or_pull(request.image or s.default_image)
         vcpus = request.vcpus or s.default_vcpus
         memory_mb = request.memory_mb or s.default_memory_mb
         timeout = s.default_timeout if request.timeout is None else request.timeout
@@ -142,7 +144,8 @@ class SandboxManager:
         row = self.store.add_sandbox(
             SandboxRow(
                 id=sandbox_id,
-                image=image.name,
+                image=image.names[0] if image.names else (request.image or s.default_image),
+                image_id=image.id,
                 runtime=self.runtime.name,
                 state=STARTING,
                 vcpus=vcpus,
@@ -165,12 +168,12 @@ class SandboxManager:
         )
         spec = SandboxSpec(
             sandbox_id=sandbox_id,
-            image_rootfs=image.rootfs,
+            image_layers=tuple(self.images.store.layer_paths(image)),
             network=network,
             vcpus=vcpus,
             memory_mb=memory_mb,
             pids_limit=pids_limit(s.pids_limit, memory_mb),
-            envs=dict(request.envs),
+            envs=sandbox_env(image.config, request.envs),
         )
         try:
             handle = await self.runtime.create(spec)
@@ -183,7 +186,7 @@ class SandboxManager:
             raise
         updated = self.store.update_sandbox(sandbox_id, state=RUNNING)
         assert updated is not None
-        log.info("sandbox %s running (%s, %d vCPU, %d MiB)", sandbox_id, image.name, vcpus, memory_mb)
+        log.info("sandbox %s running (%s, %d vCPU, %d MiB)", sandbox_id, updated.image, vcpus, memory_mb)
         return updated
 
     def get(self, sandbox_id: str) -> SandboxRow:
@@ -268,6 +271,14 @@ class SandboxManager:
         if seen is not RuntimeState.RUNNING:
             self._mark_dead(sandbox_id, f"the runtime reports it {seen.value} ({exc.message})")
 
+    def images_in_use(self) -> dict[str, list[str]]:
+        """Image ids that sandboxes run on, each with those sandboxes' ids."""
+        used: dict[str, list[str]] = {}
+        for row in self.store.list_sandboxes():
+            if row.image_id:
+                used.setdefault(row.image_id, []).append(row.id)
+        return used
+
     # -- internals ---------------------------------------------------------------
 
     def _free_slot(self) -> int:
@@ -327,6 +338,17 @@ def pids_limit(configured: int, memory_mb: int) -> int:
     OOM killer, starved by those very processes, could act.
     """
     return min(configured, max(256, memory_mb))
+
+
+def sandbox_env(config: ImageConfig, requested: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a sandbox's processes: the image's, then the request's on top.
+
+    The image's ``User`` becomes the default user of commands and file calls.
+    """
+    env = {**config.env, **requested}
+    if config.user:
+        env["CORRAL_AGENT_USER"] = config.user.split(":", 1)[0]
+    return env
 
 
 def _handle(row: SandboxRow) -> RuntimeHandle:

@@ -38,8 +38,8 @@ class NetworkSpec:
 @dataclass(frozen=True, slots=True)
 class SandboxSpec:
     sandbox_id: str
-    image_rootfs: Path
-    """The image's read-only unpacked rootfs (the overlay's lower dir)."""
+    image_layers: tuple[Path, ...]
+    """The image's read-only layer dirs, top first (the overlay's lower dirs)."""
     network: NetworkSpec
     vcpus: int = 1
     memory_mb: int = 512

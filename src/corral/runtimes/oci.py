@@ -170,8 +170,9 @@ class OciRuntime(Runtime):
 
     async def create(self, spec: SandboxSpec) -> RuntimeHandle:
         bundle_dir = await self._prepare()
-        if not spec.image_rootfs.is_dir():
-            raise RuntimeFailure(f"image rootfs {spec.image_rootfs} is missing")
+        missing = [str(layer) for layer in spec.image_layers if not layer.is_dir()]
+        if missing or not spec.image_layers:
+            raise RuntimeFailure(f"image layers are missing: {missing}")
         sdir = self.sandbox_dir(spec.sandbox_id)
         handle = RuntimeHandle(
             sandbox_id=spec.sandbox_id,
@@ -267,7 +268,7 @@ class OciRuntime(Runtime):
         await hostcmd.run(
             [
                 "mount", "-t", "overlay", "overlay", "-o",
-                f"lowerdir={spec.image_rootfs},upperdir={upper},workdir={work}",
+                f"lowerdir={':'.join(map(str, spec.image_layers))},upperdir={upper},workdir={work}",
                 str(rootfs),
             ]
         )  # fmt: skip

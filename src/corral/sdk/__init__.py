@@ -11,7 +11,8 @@ from corral.sdk.config import DEFAULT_REQUEST_TIMEOUT, DEFAULT_URL, ConnectionCo
 from corral.sdk.exceptions import CommandExitError, ServerUnavailable
 from corral.sdk.files import Files, ReadFormat
 from corral.sdk.files_async import AsyncFiles
-from corral.sdk.models import CommandResult, EntryInfo, OutputChunk, ProcessInfo, SandboxInfo
+from corral.sdk.images import AsyncImages, Images
+from corral.sdk.models import CommandResult, EntryInfo, ImageInfo, OutputChunk, ProcessInfo, PullProgress, SandboxInfo
 from corral.sdk.sandbox import Sandbox
 from corral.sdk.sandbox_async import AsyncSandbox
 
@@ -21,6 +22,7 @@ __all__ = [
     "AsyncCommandHandle",
     "AsyncCommands",
     "AsyncFiles",
+    "AsyncImages",
     "AsyncSandbox",
     "CommandExitError",
     "CommandHandle",
@@ -29,8 +31,11 @@ __all__ = [
     "ConnectionConfig",
     "EntryInfo",
     "Files",
+    "ImageInfo",
+    "Images",
     "OutputChunk",
     "ProcessInfo",
+    "PullProgress",
     "ReadFormat",
     "Sandbox",
     "SandboxInfo",

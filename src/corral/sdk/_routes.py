@@ -15,7 +15,7 @@ import httpx
 
 from corral.errors import InvalidRequest
 from corral.sdk._http import Call, Content
-from corral.sdk.models import CommandResult, EntryInfo, ProcessInfo, SandboxInfo
+from corral.sdk.models import CommandResult, EntryInfo, ImageInfo, ProcessInfo, SandboxInfo
 
 CREATE_EXTRA_TIME = 120.0
 """Creating a sandbox may unpack an image first: it gets this long beyond the request timeout."""
@@ -298,3 +298,46 @@ def octal_mode(mode: int | str) -> str:
     if not text or any(c not in "01234567" for c in text) or int(text, 8) > 0o7777:
         raise InvalidRequest(f"not an octal mode: {mode!r}")
     return text
+
+
+# Images
+
+
+def _image(response: httpx.Response) -> ImageInfo:
+    return ImageInfo.from_json(response.json())
+
+
+def _images(response: httpx.Response) -> list[ImageInfo]:
+    return [ImageInfo.from_json(i) for i in response.json()["images"]]
+
+
+def _json_body(response: httpx.Response) -> dict[str, Any]:
+    data: dict[str, Any] = response.json()
+    return data
+
+
+PULL_TIME = 1800.0
+"""A pull may take this long beyond the request timeout (big images, slow registries)."""
+
+
+def pull_image(name: str, *, stream: bool) -> Call[Any]:
+    body = {"image": name, "stream": stream}
+    return Call("POST", "/v1/images", json=body, extra_time=None if stream else PULL_TIME, parse=_image)
+
+
+def list_images(*, all_images: bool) -> Call[list[ImageInfo]]:
+    params = (("all", "true"),) if all_images else ()
+    return Call("GET", "/v1/images", params=params, parse=_images)
+
+
+def get_image(name: str) -> Call[ImageInfo]:
+    return Call("GET", f"/v1/images/{quote(name, safe='/:@')}", parse=_image)
+
+
+def remove_image(name: str, *, force: bool) -> Call[None]:
+    params = (("force", "true"),) if force else ()
+    return Call("DELETE", f"/v1/images/{quote(name, safe='/:@')}", params=params, parse=_nothing)
+
+
+def gc_images() -> Call[dict[str, Any]]:
+    return Call("POST", "/v1/images/gc", parse=_json_body)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 __all__ = [
     "CommandResult",
     "EntryInfo",
+    "ImageInfo",
     "OutputChunk",
     "ProcessInfo",
     "SandboxInfo",
@@ -154,3 +155,45 @@ class OutputChunk:
 
     stream: Literal["stdout", "stderr"]
     data: str
+
+
+@dataclass(frozen=True)
+class ImageInfo(_JsonModel):
+    """An image in the server's local store."""
+
+    id: str
+    names: list[str] = field(default_factory=list)
+    source: str = ""
+    """``pull``, ``base``, ``build`` (a template) or ``commit``."""
+    digest: str | None = None
+    size: int = 0
+    layers: int = 0
+    parent: str | None = None
+    created_at: datetime | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    used_by: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ImageInfo:
+        return cls(
+            id=str(data["id"]),
+            names=list(data.get("names") or []),
+            source=str(data.get("source") or ""),
+            digest=data.get("digest"),
+            size=int(data.get("size") or 0),
+            layers=int(data.get("layers") or 0),
+            parent=data.get("parent"),
+            created_at=_time(data.get("created_at")),
+            config=dict(data.get("config") or {}),
+            used_by=list(data.get("used_by") or []),
+        )
+
+
+@dataclass(frozen=True)
+class PullProgress:
+    """One progress event of a pull: ``done`` of ``total`` bytes in ``phase``."""
+
+    phase: str
+    """``resolving``, ``downloading``, ``unpacking`` or ``done``."""
+    done: int = 0
+    total: int = 0

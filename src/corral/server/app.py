@@ -27,7 +27,7 @@ from corral.errors import (
 from corral.images.store import ImageStore
 from corral.runtimes.base import Runtime
 from corral.server.middleware import ApiKeyMiddleware, BodyLimitMiddleware
-from corral.server.routes import commands, files, sandboxes
+from corral.server.routes import commands, files, images, sandboxes
 from corral.server.schemas import ErrorEnvelope, Health
 from corral.store.db import Store
 
@@ -77,6 +77,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.include_router(sandboxes.router)
     app.include_router(commands.router)
     app.include_router(files.router)
+    app.include_router(images.router)
 
     @app.get("/health", tags=["health"])
     async def health() -> Health:

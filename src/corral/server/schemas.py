@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -162,3 +163,56 @@ class ErrorEnvelope(BaseModel):
 class Health(BaseModel):
     status: str
     version: str
+
+
+class ImageConfigModel(BaseModel):
+    env: dict[str, str]
+    entrypoint: list[str]
+    cmd: list[str]
+    workdir: str
+    user: str
+
+
+class ImageInfo(BaseModel):
+    id: str = Field(description="64 hex digits; for pulled images, the registry manifest's digest.")
+    names: list[str]
+    source: Literal["pull", "base", "build", "commit"]
+    digest: str | None
+    size: int = Field(description="Bytes on disk this image added over its parent.")
+    layers: int
+    parent: str | None
+    created_at: datetime
+    config: ImageConfigModel
+    used_by: list[str] = Field(description="Ids of the sandboxes running on this image.")
+
+    @classmethod
+    def from_image(cls, image: Any, used_by: list[str] | None = None) -> ImageInfo:
+        return cls(
+            id=image.id,
+            names=list(image.names),
+            source=image.source,
+            digest=image.digest,
+            size=image.size,
+            layers=len(image.layers),
+            parent=image.parent,
+            created_at=datetime.fromtimestamp(image.created, tz=UTC),
+            config=ImageConfigModel(**asdict(image.config)),
+            used_by=used_by or [],
+        )
+
+
+class ImageList(BaseModel):
+    images: list[ImageInfo]
+
+
+class PullImage(Strict):
+    image: str = Field(
+        max_length=512, description="Any reference: python:3.12, ghcr.io/o/r:tag, name@sha256:..., host:5000/x:tag."
+    )
+    stream: bool = Field(default=False, description="Answer with NDJSON progress events, then the image.")
+
+
+class GcResult(BaseModel):
+    images: int
+    layers: int
+    bytes: int

@@ -16,7 +16,7 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from corral.store.models import SandboxRow
+from corral.store.models import SandboxRow, TemplateRow
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -95,3 +95,33 @@ class Store:
     def used_slots(self) -> set[int]:
         with self.session() as s:
             return set(s.scalars(select(SandboxRow.slot)))
+
+    # -- templates -------------------------------------------------------------
+
+    def add_template(self, row: TemplateRow) -> TemplateRow:
+        with self.session() as s:
+            s.add(row)
+        return row
+
+    def get_template(self, name: str) -> TemplateRow | None:
+        with self.session() as s:
+            return s.get(TemplateRow, name)
+
+    def list_templates(self) -> list[TemplateRow]:
+        with self.session() as s:
+            return list(s.scalars(select(TemplateRow).order_by(TemplateRow.name)))
+
+    def update_template(self, name: str, **fields: Any) -> TemplateRow | None:
+        with self.session() as s:
+            row = s.get(TemplateRow, name)
+            if row is None:
+                return None
+            for key, value in fields.items():
+                setattr(row, key, value)
+        return row
+
+    def delete_template(self, name: str) -> None:
+        with self.session() as s:
+            row = s.get(TemplateRow, name)
+            if row is not None:
+                s.delete(row)

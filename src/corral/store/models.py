@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Integer, String, Text
+from sqlalchemy import JSON, DateTime, Float, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -20,6 +20,8 @@ class SandboxRow(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     image: Mapped[str] = mapped_column(String(255))
+    image_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    template: Mapped[str | None] = mapped_column(String(128), nullable=True)
     runtime: Mapped[str] = mapped_column(String(32))
     state: Mapped[str] = mapped_column(String(16), index=True)
     vcpus: Mapped[int] = mapped_column(Integer)
@@ -34,3 +36,25 @@ class SandboxRow(Base):
     agent_url: Mapped[str] = mapped_column(String(255))
     runtime_info: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class TemplateRow(Base):
+    """A template: a Dockerfile-subset recipe, its resources and start, and the image its last build made."""
+
+    __tablename__ = "templates"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    dockerfile: Mapped[str] = mapped_column(Text)
+    build_args: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    vcpus: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    memory_mb: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    start_cmd: Mapped[str | None] = mapped_column(Text, nullable=True)
+    ready_cmd: Mapped[str | None] = mapped_column(Text, nullable=True)
+    ready_timeout: Mapped[float] = mapped_column(Float, default=60.0)
+    state: Mapped[str] = mapped_column(String(16))
+    """``new`` (never built), ``building``, ``ready`` or ``failed`` (the last build; a ready image stays usable)."""
+    image_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    build_log: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    built_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

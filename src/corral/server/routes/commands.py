@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import signal as signals
-from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from corral.core import commands
-from corral.errors import CorralError, InvalidRequest
+from corral.errors import InvalidRequest
 from corral.server.routes.deps import Manager
 from corral.server.schemas import (
     Exec,
@@ -22,25 +19,13 @@ from corral.server.schemas import (
     Started,
     StdinData,
 )
+from corral.server.streaming import NDJSON, ndjson
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}", tags=["commands"])
-
-NDJSON = "application/x-ndjson"
 
 
 def _selector(pid: str) -> int | str:
     return int(pid) if pid.isdigit() else pid
-
-
-async def _ndjson(items: AsyncIterator[dict[str, Any]], first: dict[str, Any] | None = None) -> AsyncIterator[bytes]:
-    """Events as NDJSON lines; a failure after the 200 went out becomes a last ``error`` event."""
-    if first is not None:
-        yield json.dumps(first).encode() + b"\n"
-    try:
-        async for item in items:
-            yield json.dumps(item).encode() + b"\n"
-    except CorralError as exc:
-        yield json.dumps({"type": "error", **exc.envelope()}).encode() + b"\n"
 
 
 @router.post(
@@ -71,7 +56,7 @@ async def exec_command(sandbox_id: str, body: Exec, manager: Manager) -> Respons
             None if body.background else request.timeout,
             kill_on_abandon=not body.background,
         )
-        return StreamingResponse(_ndjson(items, {"type": "start", "pid": pid}), media_type=NDJSON)
+        return StreamingResponse(ndjson(items, {"type": "start", "pid": pid}), media_type=NDJSON)
     if body.background:
         pid, events = await commands.start(agent, request, shell, background=True)
         await events.aclose()  # type: ignore[attr-defined]
@@ -109,7 +94,7 @@ async def stream_process(sandbox_id: str, pid: str, manager: Manager) -> Streami
     if first is None or first.kind != "start":
         raise InvalidRequest("the agent did not confirm the process")
     return StreamingResponse(
-        _ndjson(
+        ndjson(
             commands.stream(agent, first.pid, events, None, kill_on_abandon=False),
             {"type": "start", "pid": first.pid},
         ),
