@@ -19,6 +19,7 @@ import pytest
 
 from corral.config import Settings
 from corral.errors import ERRORS_BY_CODE, CorralError, InternalError, error_from_envelope
+from corral.images.store import Image, ImageStore
 from corral.runtimes.base import Runtime, RuntimeHandle, RuntimeState, SandboxSpec
 from corral.server.app import create_app
 from corral.server.serve import check_bind, is_loopback
@@ -57,6 +58,9 @@ class RecordingRuntime(Runtime):
     async def leftovers(self, known: set[str]) -> list[RuntimeHandle]:
         return []
 
+    async def export_changes(self, handle: RuntimeHandle, dest: Path) -> None:
+        self.calls.append(("export_changes", handle.sandbox_id))
+
     async def logs(self, handle: RuntimeHandle, *, tail: int | None = None) -> str:
         self.calls.append(("logs", handle.sandbox_id))
         return "fake console\n"
@@ -78,9 +82,11 @@ def runtime() -> RecordingRuntime:
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     # An image the store accepts, so requests get past the image check.
-    image = tmp_path / "images" / "corral-base"
-    (image / "rootfs").mkdir(parents=True)
-    (image / ".complete").write_text("corral/base\n")
+    store = ImageStore(tmp_path)
+    layer = store.work_dir("layer")
+    with store.locked():
+        store.add_layer("0" * 64, layer)
+        store.add_image(Image(id="1" * 64, layers=("0" * 64,)), names=("corral/base",))
     return tmp_path
 
 
@@ -246,9 +252,9 @@ async def test_unknown_sandbox(client: httpx.AsyncClient) -> None:
 
 
 async def test_unknown_image_names_it(client: httpx.AsyncClient, runtime: RecordingRuntime) -> None:
-    error = error_of(await client.post("/v1/sandboxes", json={"image": "no-such/image:1"}), 404, "image_not_found")
-    assert "no-such/image:1" in error["message"]
-    assert error["details"] == {"image": "no-such/image:1"}
+    error = error_of(await client.post("/v1/sandboxes", json={"image": "corral/no-such:1"}), 404, "image_not_found")
+    assert "corral/no-such:1" in error["message"]
+    assert error["details"] == {"image": "corral/no-such:1"}
     error = error_of(await client.post("/v1/sandboxes", json={"image": "../etc"}), 422, "invalid_request")
     assert runtime.calls == []
 

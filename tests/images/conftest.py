@@ -12,7 +12,7 @@ from tests.registry import Registry, busybox_layer, write_layout
 from tests.serverproc import ServerProcess, worker_index
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     reg = Registry(tmp_path_factory.mktemp("registry")).start()
     try:
@@ -21,7 +21,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
         reg.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_image(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> str:
     """``<registry>/tests/tiny:1``: busybox and a marker file."""
     layout = tmp_path_factory.mktemp("layout") / "tiny"
@@ -33,7 +33,7 @@ def tiny_image(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> 
     return registry.push(layout, "tests/tiny", tag="1")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def image_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     proc = ServerProcess(
         tmp_path_factory.mktemp("images-server"), subnet_index=50 + worker_index(), shared_images=False

@@ -14,6 +14,8 @@ Settings (argument, else environment variable, else default):
   ``CORRAL_AGENT_PORT`` (``49983``, envd's): where to listen;
 - ``--user`` / ``CORRAL_AGENT_USER``: the default user (else ``user`` if the
   image has it, else ``root``);
+- ``CORRAL_AGENT_WORKDIR``: where commands start when they name no cwd (the
+  image's WORKDIR; default: the user's home);
 - ``CORRAL_AGENT_ETC`` (``/etc``): where ``passwd`` and ``group`` are read;
 - ``CORRAL_AGENT_MEMORY_LIMIT_MB`` and ``CORRAL_AGENT_PIDS_LIMIT``: limits to enforce
   (:mod:`corral.agent.limits`).

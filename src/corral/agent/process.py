@@ -409,6 +409,8 @@ class ProcessManager:
         self.loop = loop
         self._reaper = reaper
         self._base_env = base_env
+        # The image's WORKDIR: where commands start when they name no cwd (else the user's home).
+        self._workdir = os.environ.get("CORRAL_AGENT_WORKDIR", "")
         self._processes: dict[int, ManagedProcess] = {}
         self._idle = asyncio.Event()
         self._idle.set()
@@ -476,7 +478,7 @@ class ProcessManager:
             raise RpcError("invalid_argument", "process.cwd must be a string")
 
         try:
-            cwd = resolve_path(cwd_arg or "", user)
+            cwd = resolve_path(cwd_arg or self._workdir or "", user)
         except ValueError as exc:
             raise RpcError("invalid_argument", str(exc)) from None
         if not os.path.isdir(cwd):

@@ -80,15 +80,19 @@ def build_base(
 def pull(ctx: typer.Context, name: NameArgument, json: JsonOption = False) -> None:
     """Pull an image into the server's store, with a progress bar."""
     err = Console(stderr=True)
-    with cli_errors(), _images(ctx) as images, Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        console=err,
-        transient=True,
-        disable=json,
-    ) as bar:
+    with (
+        cli_errors(),
+        _images(ctx) as images,
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=err,
+            transient=True,
+            disable=json,
+        ) as bar,
+    ):
         task = bar.add_task(f"resolving {name}", total=None)
 
         def show(event: PullProgress) -> None:

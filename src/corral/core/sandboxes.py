@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import shutil
 import string
 import time
 from collections.abc import Mapping
@@ -34,12 +35,13 @@ from corral.core.agent_client import AgentClient
 from corral.core.images import ImageService
 from corral.errors import (
     AgentUnavailable,
+    Conflict,
     InvalidRequest,
     RuntimeFailure,
     SandboxNotFound,
     SandboxNotRunning,
 )
-from corral.images.store import ImageConfig, ImageStore
+from corral.images.store import Image, ImageConfig, ImageStore, canonical, random_id
 from corral.net import links
 from corral.runtimes.base import Runtime, RuntimeHandle, RuntimeState, SandboxSpec
 from corral.store.db import Store
@@ -72,6 +74,7 @@ class CreateRequest:
     timeout: int | None = None
     envs: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
+    template: str | None = None
 
 
 class SandboxManager:
@@ -128,9 +131,13 @@ class SandboxManager:
 
     # -- operations --------------------------------------------------------------
 
-    async def create(self, request: CreateRequest) -> SandboxRow:
+    async def create(
+        self, request: CreateRequest, *, image: Image | None = None, image_label: str | None = None
+    ) -> SandboxRow:
+        """Start a sandbox on ``request.image`` (pulled if need be), or on ``image`` as given."""
         s = self.settings
-        image = await self.images.get_or_pull(request.image or s.default_image)
+        if image is None:
+            image = await self.images.get_or_pull(request.image or s.default_image)
         vcpus = request.vcpus or s.default_vcpus
         memory_mb = request.memory_mb or s.default_memory_mb
         timeout = s.default_timeout if request.timeout is None else request.timeout
@@ -144,8 +151,9 @@ class SandboxManager:
         row = self.store.add_sandbox(
             SandboxRow(
                 id=sandbox_id,
-                image=image.names[0] if image.names else (request.image or s.default_image),
+                image=image_label or (image.names[0] if image.names else (request.image or s.default_image)),
                 image_id=image.id,
+                template=request.template,
                 runtime=self.runtime.name,
                 state=STARTING,
                 vcpus=vcpus,
@@ -236,6 +244,41 @@ class SandboxManager:
 
     async def logs(self, sandbox_id: str, *, tail: int | None = None) -> str:
         return await self.runtime.logs(_handle(self.get(sandbox_id)), tail=tail)
+
+    async def commit(self, sandbox_id: str, name: str) -> Image:
+        """Save what the sandbox wrote over its image as a new image called ``name``."""
+        row = self.get(sandbox_id)
+        canonical(name)  # a bad name fails before any copying
+        if not row.image_id or not self.images.store.has(row.image_id):
+            raise Conflict(f"sandbox '{sandbox_id}''s image is gone from the store; it cannot be committed")
+        base = self.images.store.get(row.image_id)
+        work = self.images.store.work_dir("commit")
+        try:
+            layer = work / "layer"
+            layer.mkdir()
+            await self.runtime.export_changes(_handle(row), layer)
+            layer_id = random_id()
+            with self.images.store.locked():
+                size = self.images.store.add_layer(layer_id, layer)
+                image = self.images.store.add_image(
+                    Image(
+                        id=random_id(),
+                        layers=(*base.layers, layer_id),
+                        config=base.config,
+                        source="commit",
+                        created=time.time(),
+                        size=size,
+                        parent=base.id,
+                    ),
+                    names=(name,),
+                )
+        finally:
+            await asyncio.to_thread(shutil.rmtree, work, True)
+        log.info("sandbox %s committed as %s (%s)", sandbox_id, name, image.id[:12])
+        return image
+
+    def runtime_handle(self, sandbox_id: str) -> RuntimeHandle:
+        return _handle(self.get(sandbox_id))
 
     def agent(self, sandbox_id: str) -> AgentClient:
         """The agent of a running sandbox; raises if it is not running."""
@@ -343,11 +386,14 @@ def pids_limit(configured: int, memory_mb: int) -> int:
 def sandbox_env(config: ImageConfig, requested: Mapping[str, str]) -> dict[str, str]:
     """The environment of a sandbox's processes: the image's, then the request's on top.
 
-    The image's ``User`` becomes the default user of commands and file calls.
+    The image's ``User`` becomes the default user of commands and file calls, its
+    ``WorkingDir`` where commands start.
     """
     env = {**config.env, **requested}
     if config.user:
         env["CORRAL_AGENT_USER"] = config.user.split(":", 1)[0]
+    if config.workdir:
+        env["CORRAL_AGENT_WORKDIR"] = config.workdir
     return env
 
 

@@ -33,7 +33,7 @@ PACKAGES = [
 NODE_PACKAGES = ["nodejs", "npm"]
 MIRROR = os.environ.get("CORRAL_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-BASE_CONFIG = ImageConfig(env={"PATH": PATH, "LANG": "C.UTF-8"}, cmd=["/bin/bash"], workdir="/home/user")
+BASE_CONFIG = ImageConfig(env={"PATH": PATH, "LANG": "C.UTF-8"}, cmd=["/bin/bash"])
 
 OnLine = Callable[[str], None]
 

@@ -83,6 +83,15 @@ class Runtime(abc.ABC):
         """Sandboxes this runtime still has pieces of that are not in ``known``."""
 
     @abc.abstractmethod
+    async def export_changes(self, handle: RuntimeHandle, dest: Path) -> None:
+        """Copy what the sandbox wrote over its image to ``dest``, as one more image layer.
+
+        The copy is an overlayfs upper dir (deletions are whiteouts), so it stacks on
+        the sandbox's image layers. A running sandbox is frozen for the copy, so
+        the layer is consistent, and thawed after it.
+        """
+
+    @abc.abstractmethod
     async def logs(self, handle: RuntimeHandle, *, tail: int | None = None) -> str:
         """The sandbox's console: its agent's output and the runtime's own messages."""
 

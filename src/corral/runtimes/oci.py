@@ -40,7 +40,7 @@ from typing import Any, Literal
 
 from corral import hostcmd
 from corral.errors import RuntimeFailure
-from corral.images.agent_bundle import agent_command, agent_env, build_agent_bundle
+from corral.images.agent_bundle import MOUNT_POINT, agent_command, agent_env, build_agent_bundle
 from corral.net import links
 from corral.runtimes import cgroups
 from corral.runtimes.base import (
@@ -57,6 +57,8 @@ OWN_RUNSC = Path("/usr/local/lib/corral/bin/runsc")
 """Where ``scripts/setup`` installs a current runsc (Debian 12's is from 2022)."""
 
 STATE_ROOT = Path("/run/corral")
+SANDBOX_OWN_FILES = ("etc/hostname", "etc/hosts")
+"""Files corral writes into each sandbox's rootfs: never part of an exported layer (Docker's rule too)."""
 
 CAPABILITIES = [
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
@@ -249,6 +251,33 @@ class OciRuntime(Runtime):
             await hostcmd.run(["ip", "netns", "del", links.netns_name(sid)], check=False)
         await asyncio.to_thread(shutil.rmtree, sdir, True)
 
+    async def export_changes(self, handle: RuntimeHandle, dest: Path) -> None:
+        sdir = Path(handle.info.get("dir") or self.sandbox_dir(handle.sandbox_id))
+        upper = sdir / "upper"
+        if not upper.is_dir():
+            raise RuntimeFailure(f"sandbox {handle.sandbox_id} has no filesystem left to export")
+        running = await self.state(handle) is RuntimeState.RUNNING
+        if running:
+            paused = await hostcmd.run(self._runtime_argv("pause", handle.sandbox_id), check=False)
+            if paused.returncode != 0:
+                if await self.state(handle) is RuntimeState.RUNNING:
+                    raise RuntimeFailure(
+                        f"could not freeze sandbox {handle.sandbox_id} to copy its files",
+                        details={"stderr": paused.stderr[-2000:]},
+                    )
+                running = False  # it stopped meanwhile: nothing writes any more
+        try:
+            # cp -a keeps owners, modes, xattrs (opaque dirs) and whiteouts (0/0 char devices).
+            await hostcmd.run(["cp", "-a", "--reflink=auto", f"{upper}/.", str(dest)], timeout=3600)
+        finally:
+            if running:
+                await hostcmd.run(self._runtime_argv("resume", handle.sandbox_id), check=False)
+        for own in SANDBOX_OWN_FILES:  # written by corral for this sandbox, not part of its changes
+            with contextlib.suppress(FileNotFoundError):
+                (dest / own).unlink()
+        with contextlib.suppress(OSError):
+            (dest / MOUNT_POINT.lstrip("/")).rmdir()
+
     async def logs(self, handle: RuntimeHandle, *, tail: int | None = None) -> str:
         path = Path(handle.info.get("dir") or self.sandbox_dir(handle.sandbox_id)) / "console.log"
         try:
@@ -277,8 +306,8 @@ class OciRuntime(Runtime):
         tmp.chmod(0o1777)
         etc = rootfs / "etc"
         etc.mkdir(exist_ok=True)
-        (etc / "hostname").write_text(f"{spec.sandbox_id}\n")
-        (etc / "hosts").write_text(
+        (rootfs / SANDBOX_OWN_FILES[0]).write_text(f"{spec.sandbox_id}\n")
+        (rootfs / SANDBOX_OWN_FILES[1]).write_text(
             f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n{spec.network.sandbox_address}\t{spec.sandbox_id}\n"
         )
         return rootfs

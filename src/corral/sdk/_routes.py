@@ -111,10 +111,12 @@ def create_sandbox(
     envs: Mapping[str, str] | None,
     metadata: Mapping[str, str] | None,
     timeout: float | None,
+    template: str | None = None,
 ) -> Call[SandboxInfo]:
     body = _drop_none(
         {
             "image": image,
+            "template": template,
             "vcpus": vcpus,
             "memory_mb": memory_mb,
             "envs": dict(envs) if envs is not None else None,
@@ -142,6 +144,10 @@ def kill_sandbox(sandbox_id: str) -> Call[None]:
 def set_timeout(sandbox_id: str, timeout: float | None) -> Call[SandboxInfo]:
     path = f"/v1/sandboxes/{_seg(sandbox_id)}/timeout"
     return Call("POST", path, json={"timeout": whole_seconds(timeout)}, parse=_sandbox)
+
+
+def commit(sandbox_id: str, name: str) -> Call[ImageInfo]:
+    return Call("POST", f"/v1/sandboxes/{_seg(sandbox_id)}/commit", json={"name": name}, extra_time=600, parse=_image)
 
 
 def logs(sandbox_id: str, *, tail: int | None) -> Call[str]:

@@ -57,6 +57,8 @@ class SandboxInfo(_JsonModel):
     timeout: int = 0
     address: str | None = None
     error: str | None = None
+    template: str | None = None
+    """The template it was started from, if any."""
 
     @property
     def sandbox_id(self) -> str:
@@ -79,6 +81,7 @@ class SandboxInfo(_JsonModel):
             timeout=int(data.get("timeout") or 0),
             address=data.get("address"),
             error=data.get("error"),
+            template=data.get("template"),
         )
 
 

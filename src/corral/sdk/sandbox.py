@@ -13,7 +13,7 @@ from corral.sdk._http import Call, SyncHTTP
 from corral.sdk.commands import Commands
 from corral.sdk.config import DEFAULT_REQUEST_TIMEOUT, ConnectionConfig
 from corral.sdk.files import Files
-from corral.sdk.models import SandboxInfo
+from corral.sdk.models import ImageInfo, SandboxInfo
 
 __all__ = ["Sandbox"]
 
@@ -40,13 +40,18 @@ class Sandbox(SandboxBase[Commands, Files]):
         envs: Mapping[str, str] | None = None,
         metadata: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        template: str | None = None,
         url: str | None = None,
         api_key: str | None = None,
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
     ) -> Sandbox:
-        """Start a new sandbox; ``timeout`` is its lifetime in seconds (0: none)."""
+        """Start a new sandbox; ``timeout`` is its lifetime in seconds (0: none).
+
+        With ``template``, it starts from that template's image and resources, runs its
+        start command, and is handed out once the template's readiness check passes.
+        """
         call = routes.create_sandbox(
-            image, vcpus=vcpus, memory_mb=memory_mb, envs=envs, metadata=metadata, timeout=timeout
+            image, vcpus=vcpus, memory_mb=memory_mb, envs=envs, metadata=metadata, timeout=timeout, template=template
         )
         return cls._open(call, url, api_key, request_timeout)
 
@@ -114,6 +119,10 @@ class Sandbox(SandboxBase[Commands, Files]):
     def logs(self, *, tail: int | None = None) -> str:
         """Its console: its agent's and the runtime's log (the last ``tail`` lines)."""
         return self._http.call(routes.logs(self.id, tail=tail))
+
+    def commit(self, name: str) -> ImageInfo:
+        """Save its filesystem as a new image called ``name`` (it is frozen for the copy, then goes on)."""
+        return self._http.call(routes.commit(self.id, name))
 
     def kill(self) -> bool:
         """Kill it; ``False`` if it was already gone."""

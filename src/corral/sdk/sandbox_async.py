@@ -13,7 +13,7 @@ from corral.sdk._http import AsyncHTTP, Call
 from corral.sdk.commands_async import AsyncCommands
 from corral.sdk.config import DEFAULT_REQUEST_TIMEOUT, ConnectionConfig
 from corral.sdk.files_async import AsyncFiles
-from corral.sdk.models import SandboxInfo
+from corral.sdk.models import ImageInfo, SandboxInfo
 
 __all__ = ["AsyncSandbox"]
 
@@ -41,13 +41,18 @@ class AsyncSandbox(SandboxBase[AsyncCommands, AsyncFiles]):
         envs: Mapping[str, str] | None = None,
         metadata: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        template: str | None = None,
         url: str | None = None,
         api_key: str | None = None,
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
     ) -> AsyncSandbox:
-        """Start a new sandbox; ``timeout`` is its lifetime in seconds (0: none)."""
+        """Start a new sandbox; ``timeout`` is its lifetime in seconds (0: none).
+
+        With ``template``, it starts from that template's image and resources, runs its
+        start command, and is handed out once the template's readiness check passes.
+        """
         call = routes.create_sandbox(
-            image, vcpus=vcpus, memory_mb=memory_mb, envs=envs, metadata=metadata, timeout=timeout
+            image, vcpus=vcpus, memory_mb=memory_mb, envs=envs, metadata=metadata, timeout=timeout, template=template
         )
         return await cls._open(call, url, api_key, request_timeout)
 
@@ -115,6 +120,10 @@ class AsyncSandbox(SandboxBase[AsyncCommands, AsyncFiles]):
     async def logs(self, *, tail: int | None = None) -> str:
         """Its console: its agent's and the runtime's log (the last ``tail`` lines)."""
         return await self._http.call(routes.logs(self.id, tail=tail))
+
+    async def commit(self, name: str) -> ImageInfo:
+        """Save its filesystem as a new image called ``name`` (it is frozen for the copy, then goes on)."""
+        return await self._http.call(routes.commit(self.id, name))
 
     async def kill(self) -> bool:
         """Kill it; ``False`` if it was already gone."""

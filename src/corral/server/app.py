@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from corral._version import __version__
 from corral.config import Settings
 from corral.core.sandboxes import SandboxManager
+from corral.core.templates import TemplateService
 from corral.errors import (
     AgentUnavailable,
     CorralError,
@@ -27,7 +28,7 @@ from corral.errors import (
 from corral.images.store import ImageStore
 from corral.runtimes.base import Runtime
 from corral.server.middleware import ApiKeyMiddleware, BodyLimitMiddleware
-from corral.server.routes import commands, files, images, sandboxes
+from corral.server.routes import commands, files, images, sandboxes, templates
 from corral.server.schemas import ErrorEnvelope, Health
 from corral.store.db import Store
 
@@ -59,6 +60,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         manager = SandboxManager(settings, store, runtime or make_runtime(settings), ImageStore(settings.data_dir))
         await manager.start()
         app.state.manager = manager
+        app.state.templates = TemplateService(manager)
+        app.state.templates.start()
         try:
             yield
         finally:
@@ -78,6 +81,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.include_router(commands.router)
     app.include_router(files.router)
     app.include_router(images.router)
+    app.include_router(templates.router)
 
     @app.get("/health", tags=["health"])
     async def health() -> Health:

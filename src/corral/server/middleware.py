@@ -65,7 +65,11 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        is_upload = scope["method"] == "PUT" and scope["path"].endswith("/files")
+        is_upload = (scope["method"] == "PUT" and scope["path"].endswith("/files")) or (
+            scope["method"] == "POST"
+            and scope["path"].startswith("/v1/templates/")
+            and scope["path"].endswith("/builds")
+        )
         limit = self.upload_limit if is_upload else self.json_limit
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
@@ -86,6 +90,6 @@ class BodyLimitMiddleware:
 
 
 def _too_large(limit: int, is_upload: bool) -> PayloadTooLarge:
-    what = "file upload" if is_upload else "request body"
+    what = "upload" if is_upload else "request body"
     details: dict[str, Any] = {"limit_bytes": limit}
     return PayloadTooLarge(f"the {what} is larger than the server's limit of {limit} bytes", details=details)

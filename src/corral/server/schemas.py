@@ -25,11 +25,15 @@ class CreateSandbox(Strict):
     timeout: int | None = Field(default=None, ge=0, description="Seconds until the sandbox is killed; 0 = never.")
     envs: dict[str, str] = Field(default_factory=dict, description="Environment of every process.")
     metadata: dict[str, str] = Field(default_factory=dict, description="Your labels; filter lists by them.")
+    template: str | None = Field(
+        default=None, max_length=63, description="Start from this template (its image, resources, start command)."
+    )
 
 
 class Sandbox(BaseModel):
     id: str
     image: str
+    template: str | None = None
     runtime: str
     state: Literal["starting", "running", "dead"]
     vcpus: int
@@ -47,6 +51,7 @@ class Sandbox(BaseModel):
         return cls(
             id=row.id,
             image=row.image,
+            template=row.template,
             runtime=row.runtime,
             state=row.state,
             vcpus=row.vcpus,
@@ -216,3 +221,63 @@ class GcResult(BaseModel):
     images: int
     layers: int
     bytes: int
+
+
+class Commit(Strict):
+    name: str = Field(max_length=255, description="Name of the new image, e.g. corral/my-env:v1.")
+
+
+class TemplateBody(Strict):
+    dockerfile: str = Field(
+        max_length=256 * 1024, description="The recipe: FROM, RUN, COPY/ADD, ENV, WORKDIR, USER, ARG."
+    )
+    build_args: dict[str, str] = Field(default_factory=dict, description="Values for ARG, as --build-arg.")
+    vcpus: int | None = Field(default=None, ge=1, description="Default vCPUs of its sandboxes (and its builds).")
+    memory_mb: int | None = Field(default=None, ge=64, description="Default memory of its sandboxes, in MiB.")
+    start_cmd: str | None = Field(default=None, description="Started in the background in every new sandbox.")
+    ready_cmd: str | None = Field(default=None, description="A sandbox is handed out once this exits 0.")
+    ready_timeout: float = Field(default=60.0, gt=0, description="Seconds the readiness check may take.")
+
+
+class Template(BaseModel):
+    name: str
+    image: str
+    state: Literal["new", "building", "ready", "failed"]
+    image_id: str | None
+    dockerfile: str
+    build_args: dict[str, str]
+    vcpus: int | None
+    memory_mb: int | None
+    start_cmd: str | None
+    ready_cmd: str | None
+    ready_timeout: float
+    error: str | None
+    created_at: datetime
+    built_at: datetime | None
+    build_log: str | None = Field(default=None, description="The last build's log (on GET of one template).")
+
+    @classmethod
+    def from_row(cls, row: Any, *, with_log: bool = False) -> Template:
+        from corral.core.templates import image_name
+
+        return cls(
+            name=row.name,
+            image=image_name(row.name),
+            state=row.state,
+            image_id=row.image_id,
+            dockerfile=row.dockerfile,
+            build_args=row.build_args,
+            vcpus=row.vcpus,
+            memory_mb=row.memory_mb,
+            start_cmd=row.start_cmd,
+            ready_cmd=row.ready_cmd,
+            ready_timeout=row.ready_timeout,
+            error=row.error,
+            created_at=as_utc(row.created_at),
+            built_at=as_utc(row.built_at) if row.built_at else None,
+            build_log=row.build_log if with_log else None,
+        )
+
+
+class TemplateList(BaseModel):
+    templates: list[Template]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 
 from corral.core.sandboxes import CreateRequest
+from corral.core.templates import TemplateService
 from corral.errors import InvalidRequest
 from corral.server.routes.deps import Manager
-from corral.server.schemas import CreateSandbox, Sandbox, SandboxList, SetTimeout
+from corral.server.schemas import Commit, CreateSandbox, ImageInfo, Sandbox, SandboxList, SetTimeout
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
 
@@ -18,10 +19,15 @@ STATES = {"starting", "running", "dead"}
 
 
 @router.post("", status_code=201)
-async def create_sandbox(body: CreateSandbox, manager: Manager) -> Sandbox:
-    """Create a sandbox and answer once its agent is up."""
-    row = await manager.create(CreateRequest(**body.model_dump()))
-    return Sandbox.from_row(row)
+async def create_sandbox(body: CreateSandbox, request: Request, manager: Manager) -> Sandbox:
+    """Create a sandbox and answer once its agent is up (from a template: once it is ready)."""
+    create = CreateRequest(**body.model_dump())
+    if create.template is not None:
+        if create.image is not None:
+            raise InvalidRequest("give an image or a template, not both")
+        templates: TemplateService = request.app.state.templates
+        return Sandbox.from_row(await templates.spawn(create))
+    return Sandbox.from_row(await manager.create(create))
 
 
 @router.get("")
@@ -60,6 +66,13 @@ async def kill_sandbox(sandbox_id: str, manager: Manager) -> Response:
 async def set_timeout(sandbox_id: str, body: SetTimeout, manager: Manager) -> Sandbox:
     """Kill the sandbox ``timeout`` seconds from now (0: never)."""
     return Sandbox.from_row(manager.set_timeout(sandbox_id, body.timeout))
+
+
+@router.post("/{sandbox_id}/commit", status_code=201)
+async def commit_sandbox(sandbox_id: str, body: Commit, manager: Manager) -> ImageInfo:
+    """Save the sandbox's filesystem as a new image (it is frozen for the copy, then goes on)."""
+    image = await manager.commit(sandbox_id, body.name)
+    return ImageInfo.from_image(image, manager.images.in_use().get(image.id))
 
 
 @router.get("/{sandbox_id}/logs", response_class=PlainTextResponse)
