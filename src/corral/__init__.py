@@ -50,6 +50,7 @@ if TYPE_CHECKING:
         AsyncFiles,
         AsyncImages,
         AsyncSandbox,
+        AsyncTemplates,
         CommandExitError,
         CommandHandle,
         CommandResult,
@@ -65,6 +66,8 @@ if TYPE_CHECKING:
         Sandbox,
         SandboxInfo,
         ServerUnavailable,
+        TemplateInfo,
+        Templates,
     )
 
 from corral._version import __version__
@@ -77,6 +80,7 @@ __all__ = [
     "AsyncFiles",
     "AsyncImages",
     "AsyncSandbox",
+    "AsyncTemplates",
     "AuthenticationError",
     "BuildFailed",
     "CommandExitError",
@@ -114,7 +118,9 @@ __all__ = [
     "SandboxNotFound",
     "SandboxNotRunning",
     "ServerUnavailable",
+    "TemplateInfo",
     "TemplateNotFound",
+    "Templates",
     "__version__",
 ]
 

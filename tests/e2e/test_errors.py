@@ -32,8 +32,8 @@ def test_unknown_sandbox_is_a_404_envelope(corral_url: str) -> None:
 
 def test_unknown_image_names_it(corral_url: str) -> None:
     with pytest.raises(ImageNotFound) as info:
-        Sandbox.create("no-such/image:1")
-    assert "no-such/image:1" in str(info.value)
+        Sandbox.create("corral/no-such:1")  # a local name: nothing is asked of any registry
+    assert "corral/no-such:1" in str(info.value)
     _alive(corral_url)
 
 

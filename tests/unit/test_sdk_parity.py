@@ -13,11 +13,13 @@ from corral import (
     AsyncFiles,
     AsyncImages,
     AsyncSandbox,
+    AsyncTemplates,
     CommandHandle,
     Commands,
     Files,
     Images,
     Sandbox,
+    Templates,
 )
 
 TWINS = [
@@ -26,6 +28,7 @@ TWINS = [
     (Files, AsyncFiles),
     (CommandHandle, AsyncCommandHandle),
     (Images, AsyncImages),
+    (Templates, AsyncTemplates),
 ]
 
 # Protocol methods that differ by design between the twins.

@@ -4,7 +4,8 @@
     corral exec ID -- cmd args...
     corral cp SRC DST            (ID:/path in a sandbox, a local path, or -)
     corral serve
-    corral image build-base | list
+    corral image pull | list | inspect | rm | gc | build-base
+    corral template build | list | get | rm
 
 Every command talks to the server through the SDK; ``--url``/``--api-key``
 (or ``CORRAL_URL``/``CORRAL_API_KEY``) say which. Errors are one line on
@@ -19,7 +20,7 @@ from typing import Annotated
 import typer
 
 from corral._version import __version__
-from corral.cli import image, run, sandbox
+from corral.cli import image, run, sandbox, template
 from corral.cli._common import Connection
 
 app = typer.Typer(
@@ -31,6 +32,7 @@ app = typer.Typer(
 )
 app.add_typer(sandbox.app, name="sandbox")
 app.add_typer(image.app, name="image")
+app.add_typer(template.app, name="template")
 app.command("exec")(run.exec_)
 app.command("cp")(run.cp)
 

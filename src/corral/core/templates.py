@@ -280,7 +280,7 @@ class _Build:
             return self._config_image(image, key, replace(config, env={**config.env, step.name: step.value}))
         if isinstance(step, dockerfile.SetWorkdir):
             made = await self._host_layer(image, content_id(key, "dir"), lambda layer, lowers: _make_dirs(
-                layer, layer / step.path.strip("/"), lowers))  # fmt: skip
+                layer, layer / _resolve_in_image(lowers, step.path), lowers))  # fmt: skip
             return self._config_image(made, key, replace(config, workdir=step.path))
         if isinstance(step, dockerfile.SetUser):
             return self._config_image(image, key, replace(config, user=step.user))
@@ -452,8 +452,10 @@ def _copy_into(
     """Docker's COPY rules: a directory's contents are copied, a dest ending in ``/`` is a directory."""
     sources = [p for s in step.sources for p in build_context.resolve_in_context(context_dir, s)]
     dest = step.dest if step.dest.startswith("/") else os.path.join(step.workdir or "/", step.dest)
-    into_dir = dest.endswith("/") or len(sources) > 1 or (len(sources) == 1 and sources[0].is_dir())
-    target_root = layer / dest.strip("/")
+    inside = _resolve_in_image(lowers, dest)  # /bin -> usr/bin on merged-/usr images
+    existing_dir = not inside or any(_is_real_dir(lower / inside) for lower in lowers)
+    into_dir = dest.endswith("/") or existing_dir or len(sources) > 1 or (len(sources) == 1 and sources[0].is_dir())
+    target_root = layer / inside
     _make_dirs(layer, target_root if into_dir else target_root.parent, lowers)
     for source in sources:
         target = target_root / source.name if into_dir and not source.is_dir() else target_root
@@ -468,6 +470,36 @@ def _copy_into(
                 item.chmod(step.chmod)
 
 
+def _resolve_in_image(lowers: list[Path], path: str) -> str:
+    """``path`` inside the image with its symlinks followed as the image sees them, relative to its root."""
+    parts = [p for p in path.split("/") if p and p != "."]
+    resolved: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = "/".join([*resolved, part])
+        top = next((lower / candidate for lower in lowers if os.path.lexists(lower / candidate)), None)
+        if top is not None and top.is_symlink():
+            hops += 1
+            if hops > 40:
+                raise InvalidRequest(f"COPY destination '{path}' has a symlink loop in the image")
+            target = os.readlink(top)
+            parts = [p for p in target.split("/") if p and p != "."] + parts
+            if target.startswith("/"):
+                resolved = []
+            continue
+        resolved.append(part)
+    return "/".join(resolved)
+
+
+def _is_real_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
 def _make_dirs(layer: Path, directory: Path, lowers: list[Path]) -> None:
     """Create ``directory`` in the layer. A dir the image has keeps its owner and mode (in overlayfs
     the upper copy of a directory decides them); a new one is root's, 0755."""
@@ -479,7 +511,7 @@ def _make_dirs(layer: Path, directory: Path, lowers: list[Path]) -> None:
         relative = current.relative_to(layer)
         below = next((lower / relative for lower in lowers if (lower / relative).exists()), None)
         current.mkdir()
-        if below is not None and below.is_dir() and not below.is_symlink():
+        if below is not None and _is_real_dir(below):
             st = below.stat()
             os.chown(current, st.st_uid, st.st_gid)
             current.chmod(st.st_mode & 0o7777)

@@ -151,7 +151,9 @@ def _walk(
     directory: Path, prefix: str, rules: _IgnoreRules, keep: str | None
 ) -> Iterator[tuple[str, Path, os.stat_result]]:
     """Every entry under ``directory`` that ``rules`` keep, depth first in name order; links not followed."""
-    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+    with os.scandir(directory) as scan:
+        entries = sorted(scan, key=lambda e: e.name)
+    for entry in entries:
         relative = prefix + entry.name
         st = entry.stat(follow_symlinks=False)
         excluded = rules.excluded(relative) and relative != keep

@@ -12,9 +12,19 @@ from corral.sdk.exceptions import CommandExitError, ServerUnavailable
 from corral.sdk.files import Files, ReadFormat
 from corral.sdk.files_async import AsyncFiles
 from corral.sdk.images import AsyncImages, Images
-from corral.sdk.models import CommandResult, EntryInfo, ImageInfo, OutputChunk, ProcessInfo, PullProgress, SandboxInfo
+from corral.sdk.models import (
+    CommandResult,
+    EntryInfo,
+    ImageInfo,
+    OutputChunk,
+    ProcessInfo,
+    PullProgress,
+    SandboxInfo,
+    TemplateInfo,
+)
 from corral.sdk.sandbox import Sandbox
 from corral.sdk.sandbox_async import AsyncSandbox
+from corral.sdk.templates import AsyncTemplates, Templates
 
 __all__ = [
     "DEFAULT_REQUEST_TIMEOUT",
@@ -24,6 +34,7 @@ __all__ = [
     "AsyncFiles",
     "AsyncImages",
     "AsyncSandbox",
+    "AsyncTemplates",
     "CommandExitError",
     "CommandHandle",
     "CommandResult",
@@ -40,4 +51,6 @@ __all__ = [
     "Sandbox",
     "SandboxInfo",
     "ServerUnavailable",
+    "TemplateInfo",
+    "Templates",
 ]

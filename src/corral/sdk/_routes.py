@@ -15,7 +15,7 @@ import httpx
 
 from corral.errors import InvalidRequest
 from corral.sdk._http import Call, Content
-from corral.sdk.models import CommandResult, EntryInfo, ImageInfo, ProcessInfo, SandboxInfo
+from corral.sdk.models import CommandResult, EntryInfo, ImageInfo, ProcessInfo, SandboxInfo, TemplateInfo
 
 CREATE_EXTRA_TIME = 120.0
 """Creating a sandbox may unpack an image first: it gets this long beyond the request timeout."""
@@ -347,3 +347,34 @@ def remove_image(name: str, *, force: bool) -> Call[None]:
 
 def gc_images() -> Call[dict[str, Any]]:
     return Call("POST", "/v1/images/gc", parse=_json_body)
+
+
+# Templates
+
+
+def _template(response: httpx.Response) -> TemplateInfo:
+    return TemplateInfo.from_json(response.json())
+
+
+def _templates(response: httpx.Response) -> list[TemplateInfo]:
+    return [TemplateInfo.from_json(t) for t in response.json()["templates"]]
+
+
+def put_template(name: str, body: dict[str, Any]) -> Call[TemplateInfo]:
+    return Call("PUT", f"/v1/templates/{_seg(name)}", json=_drop_none(body), parse=_template)
+
+
+def build_template(name: str, context: bytes) -> Call[httpx.Response]:
+    return Call("POST", f"/v1/templates/{_seg(name)}/builds", content=context, extra_time=None)
+
+
+def list_templates() -> Call[list[TemplateInfo]]:
+    return Call("GET", "/v1/templates", parse=_templates)
+
+
+def get_template(name: str) -> Call[TemplateInfo]:
+    return Call("GET", f"/v1/templates/{_seg(name)}", parse=_template)
+
+
+def delete_template(name: str) -> Call[None]:
+    return Call("DELETE", f"/v1/templates/{_seg(name)}", parse=_nothing)

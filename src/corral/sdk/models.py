@@ -17,6 +17,7 @@ __all__ = [
     "OutputChunk",
     "ProcessInfo",
     "SandboxInfo",
+    "TemplateInfo",
 ]
 
 
@@ -200,3 +201,34 @@ class PullProgress:
     """``resolving``, ``downloading``, ``unpacking`` or ``done``."""
     done: int = 0
     total: int = 0
+
+
+@dataclass(frozen=True)
+class TemplateInfo(_JsonModel):
+    """A template: its recipe, defaults, and the state of its last build."""
+
+    name: str
+    image: str = ""
+    """The image its builds are named as (``corral/templates/<name>``)."""
+    state: str = ""
+    """``new``, ``building``, ``ready`` or ``failed`` (a failed rebuild keeps the last good image)."""
+    image_id: str | None = None
+    dockerfile: str = ""
+    build_args: dict[str, str] = field(default_factory=dict)
+    vcpus: int | None = None
+    memory_mb: int | None = None
+    start_cmd: str | None = None
+    ready_cmd: str | None = None
+    ready_timeout: float = 60.0
+    error: str | None = None
+    created_at: datetime | None = None
+    built_at: datetime | None = None
+    build_log: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TemplateInfo:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["created_at"] = _time(data.get("created_at"))
+        values["built_at"] = _time(data.get("built_at"))
+        return cls(**values)
