@@ -76,3 +76,69 @@ def test_template_build_spawn_and_cache(image_server: ServerProcess, tiny_image:
     changed = build(image_server, name, dockerfile, tmp_path)
     cached = [s["cached"] for s in changed if s["type"] == "step"]
     assert cached == [True, True, False, False, False, False, False], cached  # a change invalidates what follows
+
+
+def test_a_failing_step_fails_the_build_with_its_output_and_exit_code(
+    image_server: ServerProcess, tiny_image: str
+) -> None:
+    from corral import BuildFailed, Conflict, Sandbox, Templates
+
+    name = f"f{uuid.uuid4().hex[:10]}"
+    dockerfile = f"FROM {tiny_image}\nRUN echo about to fail; echo oops >&2; exit 3\n"
+    lines: list[str] = []
+    with Templates(url=image_server.url) as templates:
+        with pytest.raises(BuildFailed) as info:
+            templates.build(name, dockerfile=dockerfile, on_log=lines.append)
+        assert info.value.details["exit_code"] == 3
+        assert "about to fail" in info.value.details["output"] and "oops" in info.value.details["output"]
+        assert "about to fail" in lines
+        failed = templates.get(name)
+        assert failed.state == "failed" and failed.image_id is None and "exit code 3" in (failed.error or "")
+        assert "about to fail" in (failed.build_log or "")
+        with pytest.raises(Conflict, match="build it first"):
+            Sandbox.create(template=name, url=image_server.url)
+        templates.delete(name)
+    # No build sandbox is left behind.
+    left = httpx.get(f"{image_server.url}/v1/sandboxes", params={"metadata": f"corral.build={name}"}).json()
+    assert left["sandboxes"] == []
+
+
+def test_a_bad_recipe_is_refused_with_its_line(image_server: ServerProcess, tiny_image: str) -> None:
+    r = httpx.put(
+        f"{image_server.url}/v1/templates/bad",
+        json={"dockerfile": f"FROM {tiny_image}\nRUN true\nEXPOSE 80\n"},
+    )
+    assert r.status_code == 422
+    error = r.json()["error"]
+    assert error["code"] == "invalid_request" and error["details"]["line"] == 3 and "EXPOSE" in error["message"]
+    r = httpx.put(f"{image_server.url}/v1/templates/Bad Name", json={"dockerfile": f"FROM {tiny_image}\n"})
+    assert r.status_code == 422 and "template name" in r.json()["error"]["message"]
+
+
+def test_a_readiness_check_that_never_passes_gives_not_ready_and_no_sandbox(
+    image_server: ServerProcess, tiny_image: str
+) -> None:
+    from corral import NotReady, Sandbox, Templates
+
+    name = f"n{uuid.uuid4().hex[:10]}"
+    with Templates(url=image_server.url) as templates:
+        templates.build(name, dockerfile=f"FROM {tiny_image}\n", ready_cmd="echo not yet; exit 1", ready_timeout=1.5)
+    with pytest.raises(NotReady) as info:
+        Sandbox.create(template=name, url=image_server.url, metadata={"case": name})
+    assert "not yet" in info.value.details["output"]
+    assert Sandbox.list(metadata={"case": name}, url=image_server.url) == []
+
+
+def test_commit_makes_an_image_of_a_sandbox(image_server: ServerProcess, tiny_image: str) -> None:
+    from corral import Sandbox
+
+    name = f"corral/commits/c{uuid.uuid4().hex[:8]}:v1"
+    with Sandbox.create(tiny_image, url=image_server.url) as sbx:
+        sbx.files.write("/home/user/notes.txt", "kept\n")
+        sbx.commands.run("rm /etc/marker && mkdir -p /opt/tool && echo 1 > /opt/tool/v", user="root")
+        image = sbx.commit(name)
+        assert image.source == "commit" and image.names == [name] and image.layers == 2
+        assert sbx.commands.run("cat /home/user/notes.txt").stdout == "kept\n"  # it goes on after the copy
+    with Sandbox.create(name, url=image_server.url) as copy:
+        r = copy.commands.run("cat /home/user/notes.txt /opt/tool/v; test -e /etc/marker || echo gone; cat /etc/hostname")
+        assert r.stdout == f"kept\n1\ngone\n{copy.id}\n"

@@ -1,0 +1,73 @@
+"""The image store under faults: interrupted pulls and a full disk leave it consistent."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from corral.errors import RuntimeFailure
+from corral.images.pull import Progress, Puller
+from corral.images.store import ImageStore
+from tests.registry import Layer, Registry, busybox_layer, write_layout
+
+pytestmark = [pytest.mark.xdist_group("images")]
+
+
+def leftovers(store: ImageStore) -> list[Path]:
+    return [*store.tmp_dir.iterdir(), *store.layers_dir.iterdir(), *store.manifests_dir.iterdir()]
+
+
+def test_a_cancelled_pull_leaves_nothing(registry: Registry, tmp_path: Path) -> None:
+    layout = tmp_path / "big"
+    write_layout(layout, {"linux/amd64": [busybox_layer(), Layer({"blob": bytes(64 << 20)})]})
+    ref = registry.push(layout, "tests/cancelled")
+    store = ImageStore(tmp_path / "data")
+
+    async def pull_then_cancel() -> None:
+        downloading = asyncio.Event()
+
+        def seen(progress: Progress) -> None:
+            if progress.phase == "downloading":
+                downloading.set()
+
+        task = asyncio.create_task(Puller(store).pull(ref, on_progress=seen))
+        await asyncio.wait_for(downloading.wait(), 30)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(pull_then_cancel())
+    assert leftovers(store) == []
+    assert store.lookup(ref) is None
+    assert subprocess.run(["pgrep", "-f", f"skopeo copy.*{ref}"], capture_output=True).returncode == 1
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_while_unpacking_is_a_clear_error_and_the_store_stays_consistent(
+    registry: Registry, tmp_path: Path, small_disk: Path
+) -> None:
+    layout = tmp_path / "zeros"
+    # 16 MiB of zeros: tiny to download (it compresses), too big to unpack on 3 MiB.
+    write_layout(layout, {"linux/amd64": [busybox_layer(), Layer({"zeros": bytes(16 << 20)})]})
+    ref = registry.push(layout, "tests/zeros")
+    store = ImageStore(small_disk)
+    with pytest.raises(RuntimeFailure) as info:
+        asyncio.run(Puller(store).pull(ref))
+    assert "unpacking" in info.value.message and "no space left on device" in info.value.message
+    assert leftovers(store) == []
+    assert store.lookup(ref) is None
+    assert store.list_images(all_images=True) == []
