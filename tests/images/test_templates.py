@@ -140,5 +140,7 @@ def test_commit_makes_an_image_of_a_sandbox(image_server: ServerProcess, tiny_im
         assert image.source == "commit" and image.names == [name] and image.layers == 2
         assert sbx.commands.run("cat /home/user/notes.txt").stdout == "kept\n"  # it goes on after the copy
     with Sandbox.create(name, url=image_server.url) as copy:
-        r = copy.commands.run("cat /home/user/notes.txt /opt/tool/v; test -e /etc/marker || echo gone; cat /etc/hostname")
+        r = copy.commands.run(
+            "cat /home/user/notes.txt /opt/tool/v; test -e /etc/marker || echo gone; cat /etc/hostname"
+        )
         assert r.stdout == f"kept\n1\ngone\n{copy.id}\n"

@@ -32,7 +32,10 @@ def _when(value: datetime | None) -> str:
 @app.command()
 def create(
     ctx: typer.Context,
-    image: Annotated[str | None, typer.Option(help="Image; default: the server's (corral/base).")] = None,
+    image: Annotated[
+        str | None, typer.Option(help="Image (pulled if need be); default: the server's (corral/base).")
+    ] = None,
+    template: Annotated[str | None, typer.Option(help="Start from this template (and wait until it is ready).")] = None,
     vcpus: Annotated[int | None, typer.Option(help="Virtual CPUs.")] = None,
     memory_mb: Annotated[int | None, typer.Option(help="Memory limit in MiB.")] = None,
     timeout: Annotated[
@@ -53,6 +56,7 @@ def create(
             envs=envs or None,
             metadata=labels or None,
             timeout=timeout,
+            template=template,
             url=conn.url,
             api_key=conn.api_key,
         )
