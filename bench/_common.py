@@ -41,13 +41,13 @@ import corral
 from corral import Sandbox
 from corral.core.agent_client import AgentClient
 from corral.images.agent_bundle import MOUNT_POINT, agent_command, build_agent_bundle
+from corral.images.store import ImageStore
 from corral.runtimes.base import AGENT_PORT
 from corral.runtimes.oci import CAPABILITIES, OciRuntime
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 IMAGES = Path(os.environ.get("CORRAL_BENCH_IMAGES", "/var/lib/corral/images"))
-BASE_ROOTFS = IMAGES / "corral-base" / "rootfs"
 RUNSC = "/usr/local/lib/corral/bin/runsc"
 RUNSC_FLAGS = ("--network=sandbox", "--overlay2=none", "--cpu-num-from-quota", "--platform=systrap")
 """The flags corral passes to every runsc command (``OciRuntime._runtime_argv``)."""
@@ -342,6 +342,12 @@ class SandboxSet:
 # -- raw runsc sandboxes (the floor) -------------------------------------------
 
 
+def base_lowerdir() -> str:
+    """corral/base's layers as overlayfs lower dirs (top first), as corral mounts them."""
+    image = ImageStore(IMAGES.parent).resolve("corral/base")
+    return ":".join(str(p) for p in ImageStore(IMAGES.parent).layer_paths(image))
+
+
 def runsc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
     return sh([RUNSC, "--root", str(root), *RUNSC_FLAGS, *args], check=check)
 
@@ -435,7 +441,7 @@ class RawSandbox:
         upper, work = self.dir / "upper", self.dir / "work"
         for d in (upper, work, self.rootfs, self.dir / "bundle"):
             d.mkdir(parents=True, exist_ok=True)
-        options = f"lowerdir={BASE_ROOTFS},upperdir={upper},workdir={work}"
+        options = f"lowerdir={base_lowerdir()},upperdir={upper},workdir={work}"
         sh(["mount", "-t", "overlay", "overlay", "-o", options, str(self.rootfs)])
         (self.rootfs / "tmp").mkdir(exist_ok=True)
         host, inside = self.addresses
