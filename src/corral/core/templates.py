@@ -231,7 +231,7 @@ class TemplateService:
                     },
                 )
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
+            delay = min(delay * 2, 0.1)
 
 
 class _Build:
