@@ -1,4 +1,4 @@
-"""All three benchmarks against one corral server, and one table of corral against the raw floor.
+"""Every benchmark against one corral server, and one table of corral against the raw floor.
 
     .venv/bin/python bench/run_all.py [--ttfe-runs 20] [--exec-runs 200] [--count 10] [--url URL]
 
@@ -12,6 +12,7 @@ import time
 
 import density
 import exec as exec_bench
+import images as images_bench
 import ttfe
 from _common import base_parser, corral_url, print_table, run_main, write_json
 
@@ -21,6 +22,7 @@ def main() -> int:
     parser.add_argument("--ttfe-runs", type=int, default=20, help="time-to-first-exec runs (default 20)")
     parser.add_argument("--exec-runs", type=int, default=200, help="exec latency rounds (default 200)")
     parser.add_argument("--count", type=int, default=10, help="sandboxes of each kind for density (default 10)")
+    parser.add_argument("--image-runs", type=int, default=8, help="image and template create runs (default 8)")
     args = parser.parse_args()
 
     started = time.monotonic()
@@ -31,6 +33,8 @@ def main() -> int:
         lat = exec_bench.run(url, args.api_key, runs=args.exec_runs, warmup=20)
         print(f"\n== density ({args.count} sandboxes of each kind)")
         mem = density.run(url, args.api_key, count=args.count)
+        print(f"\n== images and templates ({args.image_runs} runs)")
+        img = images_bench.run(url, args.api_key, runs=args.image_runs)
 
     def met(ok: bool) -> str:
         return "met" if ok else "NOT met"
@@ -76,12 +80,28 @@ def main() -> int:
             f"<= {density.TARGET}x",
             met(mem["met"]),
         ],
+        [
+            "create + first exec, 1.6 GB image vs tiny, median",
+            f"{img['large_median_ms']:.0f} ms",
+            f"{img['tiny_median_ms']:.0f} ms (tiny image)",
+            f"{img['ratio_large_tiny']:.2f}x",
+            f"<= {images_bench.TARGET}x",
+            met(img["met"]),
+        ],
+        [
+            "create from a template (web server ready) + first exec, median",
+            f"{img['template_median_ms']:.0f} ms",
+            f"{img['base_median_ms']:.0f} ms (corral/base)",
+            f"{img['ratio_template_base']:.2f}x",
+            "",
+            "",
+        ],
     ]
     headers = ["", "corral", "raw runsc", "ratio", "target", ""]
     print_table(f"corral against the raw runsc floor ({time.monotonic() - started:.0f} s)", headers, rows)
     keys = ["measure", "corral", "raw", "ratio", "target", "verdict"]
     table = [dict(zip(keys, row, strict=True)) for row in rows]
-    write_json("summary", {"table": table, "ttfe": first, "exec": lat, "density": mem})
+    write_json("summary", {"table": table, "ttfe": first, "exec": lat, "density": mem, "images": img})
     return 0 if mem["all_answered"] else 1
 
 
