@@ -12,9 +12,10 @@ import time
 
 import density
 import exec as exec_bench
-import images as images_bench
 import ttfe
 from _common import base_parser, corral_url, print_table, run_main, write_json
+
+import images as images_bench
 
 
 def main() -> int:
