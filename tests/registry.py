@@ -8,6 +8,7 @@ internet.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import io
@@ -155,8 +156,10 @@ def write_layout(
 class Registry:
     """``docker-registry`` serving plain HTTP on 127.0.0.1 from a temporary dir."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, users: dict[str, str] | None = None) -> None:
+        """``users``: name -> password; then every request needs HTTP basic auth."""
         self.root = root
+        self.users = users or {}
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -170,6 +173,15 @@ class Registry:
             f"storage: {{filesystem: {{rootdirectory: {self.root / 'data'}}}, delete: {{enabled: true}}}}\n"
             f"http: {{addr: '127.0.0.1:{self.port}'}}\n"
         )
+        if self.users:
+            import bcrypt
+
+            htpasswd = self.root / "htpasswd"
+            htpasswd.write_text(
+                "".join(f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(5)).decode()}\n" for u, p in self.users.items())
+            )
+            with config.open("a") as f:
+                f.write(f"auth: {{htpasswd: {{realm: corral-tests, path: {htpasswd}}}}}\n")
         self.proc = subprocess.Popen(
             ["docker-registry", "serve", str(config)],
             stdout=(self.root / "registry.log").open("ab"),
@@ -178,7 +190,7 @@ class Registry:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"http://{self.host}/v2/", timeout=1).status_code == 200:
+                if httpx.get(f"http://{self.host}/v2/", timeout=1).status_code in (200, 401):
                     return self
             except httpx.HTTPError:
                 time.sleep(0.05)
@@ -194,6 +206,7 @@ class Registry:
                 "--all",
                 "--quiet",
                 "--dest-tls-verify=false",
+                *self._creds("--dest-creds"),
                 f"oci:{layout}:latest",
                 f"docker://{ref}",
             ],
@@ -203,6 +216,20 @@ class Registry:
         if done.returncode != 0:
             raise RuntimeError(f"skopeo could not push {ref}: {done.stderr}")
         return ref
+
+    def _creds(self, option: str) -> list[str]:
+        if not self.users:
+            return []
+        user, password = next(iter(self.users.items()))
+        return [f"{option}={user}:{password}"]
+
+    def auth_file(self, path: Path) -> Path:
+        """A containers-auth.json with the first user's credentials for this registry."""
+        user, password = next(iter(self.users.items()))
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        path.write_text(json.dumps({"auths": {self.host: {"auth": token}}}))
+        path.chmod(0o600)
+        return path
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -71,3 +71,21 @@ def test_a_full_disk_while_unpacking_is_a_clear_error_and_the_store_stays_consis
     assert leftovers(store) == []
     assert store.lookup(ref) is None
     assert store.list_images(all_images=True) == []
+
+
+def test_work_a_dead_process_left_is_swept_and_live_work_is_kept(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path)
+    live = store.work_dir("pull-live")  # ours: this process is alive
+    dead_pid = _dead_pid()
+    dead = store.tmp_dir / f"pull-abc-{dead_pid}-deadbeef"
+    (dead / "rootfs").mkdir(parents=True)
+    stray = store.tmp_dir / "no-pid-at-all"
+    stray.mkdir()
+    store.sweep_tmp()
+    assert live.exists() and not dead.exists() and not stray.exists()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
