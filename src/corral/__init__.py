@@ -40,6 +40,8 @@ from corral.errors import (
     RuntimeFailure,
     SandboxNotFound,
     SandboxNotRunning,
+    SandboxPaused,
+    SnapshotNotFound,
     TemplateNotFound,
 )
 
@@ -66,6 +68,7 @@ if TYPE_CHECKING:
         Sandbox,
         SandboxInfo,
         ServerUnavailable,
+        SnapshotInfo,
         TemplateInfo,
         Templates,
     )
@@ -117,7 +120,10 @@ __all__ = [
     "SandboxInfo",
     "SandboxNotFound",
     "SandboxNotRunning",
+    "SandboxPaused",
     "ServerUnavailable",
+    "SnapshotInfo",
+    "SnapshotNotFound",
     "TemplateInfo",
     "TemplateNotFound",
     "Templates",

@@ -13,10 +13,12 @@ an HTTP ``status``. The SDK turns an envelope back into the same class through
     │   ├── SandboxNotFound                    404 sandbox_not_found
     │   ├── ImageNotFound                      404 image_not_found
     │   ├── TemplateNotFound                   404 template_not_found
+    │   ├── SnapshotNotFound                   404 snapshot_not_found
     │   ├── ProcessNotFound                    404 process_not_found
     │   └── FileNotFound (FileNotFoundError)   404 file_not_found
     ├── Conflict                               409 conflict
     │   ├── SandboxNotRunning                  409 sandbox_not_running
+    │   ├── SandboxPaused                      409 sandbox_paused
     │   ├── FileExists_ (FileExistsError)      409 file_exists
     │   ├── IsADirectory_ (IsADirectoryError)  409 is_a_directory
     │   └── NotADirectory_ (NotADirectoryError) 409 not_a_directory
@@ -59,6 +61,8 @@ __all__ = [
     "RuntimeFailure",
     "SandboxNotFound",
     "SandboxNotRunning",
+    "SandboxPaused",
+    "SnapshotNotFound",
     "TemplateNotFound",
     "error_from_envelope",
 ]
@@ -120,6 +124,10 @@ class TemplateNotFound(NotFound):
     code = "template_not_found"
 
 
+class SnapshotNotFound(NotFound):
+    code = "snapshot_not_found"
+
+
 class ProcessNotFound(NotFound):
     code = "process_not_found"
 
@@ -135,6 +143,12 @@ class Conflict(CorralError):
 
 class SandboxNotRunning(Conflict):
     code = "sandbox_not_running"
+
+
+class SandboxPaused(Conflict):
+    """Pausing a sandbox that is paused (or hibernated) already."""
+
+    code = "sandbox_paused"
 
 
 class FileExists_(Conflict, FileExistsError):

@@ -24,18 +24,21 @@ import secrets
 import shutil
 import string
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import httpx
 
 from corral.config import Settings
 from corral.core.agent_client import AgentClient
+from corral.core.clock import as_utc, utcnow
 from corral.core.images import ImageService
+from corral.core.lifecycle import HIBERNATED, PAUSED, Lifecycle
 from corral.errors import (
     AgentUnavailable,
     Conflict,
+    CorralError,
     InvalidRequest,
     RuntimeFailure,
     SandboxNotFound,
@@ -57,15 +60,6 @@ def new_sandbox_id() -> str:
     return "sb" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(12))
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def as_utc(moment: datetime) -> datetime:
-    """SQLite hands datetimes back naive; they were stored as UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 @dataclass(slots=True)
 class CreateRequest:
     image: str | None = None
@@ -75,6 +69,8 @@ class CreateRequest:
     envs: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
     template: str | None = None
+    on_timeout: str = "kill"
+    auto_pause: int | None = None
 
 
 class SandboxManager:
@@ -93,11 +89,13 @@ class SandboxManager:
         self._reaper: asyncio.Task[None] | None = None
         self._teardowns: set[asyncio.Task[None]] = set()
         self._releasing_slots: set[int] = set()
+        self.lifecycle = Lifecycle(self)
 
     # -- lifecycle of the manager ----------------------------------------------
 
     async def start(self) -> None:
         await asyncio.to_thread(self.images.start)
+        self.lifecycle.start()
         await self.reconcile()
         self._reaper = asyncio.create_task(self._reap_forever(), name="corral-reaper")
 
@@ -124,18 +122,36 @@ class SandboxManager:
                 log.warning("sandbox %s was still starting when the server stopped; removing it", row.id)
                 await self.runtime.destroy(handle)
                 self.store.delete_sandbox(row.id)
-            elif row.state == RUNNING:
+            elif row.state in (RUNNING, PAUSED, HIBERNATED):
                 seen = await self.runtime.state(handle)
-                if seen is not RuntimeState.RUNNING:
+                expected = {RUNNING: RuntimeState.RUNNING, PAUSED: RuntimeState.PAUSED}.get(row.state)
+                if seen.value == row.state or seen is expected:
+                    continue
+                if seen is RuntimeState.HIBERNATED or (seen is RuntimeState.RUNNING and row.state == PAUSED):
+                    # A crash came between the runtime's change and the store's: the runtime is right.
+                    self.store.update_sandbox(row.id, state=seen.value)
+                else:
                     self._mark_dead(row.id, f"the runtime reports it {seen.value} (seen at server start)")
 
     # -- operations --------------------------------------------------------------
 
     async def create(
-        self, request: CreateRequest, *, image: Image | None = None, image_label: str | None = None
+        self,
+        request: CreateRequest,
+        *,
+        image: Image | None = None,
+        image_label: str | None = None,
+        start: Callable[[SandboxSpec], Awaitable[RuntimeHandle]] | None = None,
     ) -> SandboxRow:
-        """Start a sandbox on ``request.image`` (pulled if need be), or on ``image`` as given."""
+        """Start a sandbox on ``request.image`` (pulled if need be), or on ``image`` as given.
+
+        ``start`` replaces the runtime's ``create`` (a restore from a snapshot does).
+        """
         s = self.settings
+        if request.on_timeout not in ("kill", "pause"):
+            raise InvalidRequest(f"on_timeout must be 'kill' or 'pause', got {request.on_timeout!r}")
+        if request.auto_pause is not None and request.auto_pause < 1:
+            raise InvalidRequest("auto_pause must be at least 1 second (or absent: never)")
         if image is None:
             image = await self.images.get_or_pull(request.image or s.default_image)
         vcpus = request.vcpus or s.default_vcpus
@@ -154,6 +170,8 @@ class SandboxManager:
                 image=image_label or (image.names[0] if image.names else (request.image or s.default_image)),
                 image_id=image.id,
                 template=request.template,
+                on_timeout=request.on_timeout,
+                auto_pause=request.auto_pause,
                 runtime=self.runtime.name,
                 state=STARTING,
                 vcpus=vcpus,
@@ -184,9 +202,9 @@ class SandboxManager:
             envs=sandbox_env(image.config, request.envs),
         )
         try:
-            handle = await self.runtime.create(spec)
+            handle = await (start or self.runtime.create)(spec)
             self.store.update_sandbox(sandbox_id, agent_url=handle.agent_url, runtime_info=handle.info)
-            await self._wait_for_agent(handle)
+            await self.wait_for_agent(handle)
         except BaseException:
             row_now = self.store.get_sandbox(sandbox_id)
             await self.runtime.destroy(_handle(row_now or row))
@@ -220,7 +238,8 @@ class SandboxManager:
         await self.runtime.stop(handle)
         self._releasing_slots.add(row.slot)
         self.store.delete_sandbox(sandbox_id)
-        self._forget(sandbox_id)
+        self.forget_agent(sandbox_id)
+        self.lifecycle.forget(sandbox_id)
         task = asyncio.create_task(self._teardown(handle, row.slot), name=f"corral-teardown-{sandbox_id}")
         self._teardowns.add(task)
         task.add_done_callback(self._teardowns.discard)
@@ -235,8 +254,13 @@ class SandboxManager:
             self._releasing_slots.discard(slot)
 
     def set_timeout(self, sandbox_id: str, timeout: int) -> SandboxRow:
-        self.get(sandbox_id)
+        current = self.get(sandbox_id)
         _check_range("timeout", timeout, 0, self.settings.max_timeout)
+        if current.state in (PAUSED, HIBERNATED) and not self.settings.paused_time_counts:
+            # Its clock is stopped: the new timeout runs from when it is back.
+            row = self.store.update_sandbox(sandbox_id, timeout=timeout, remaining=float(timeout) if timeout else None)
+            assert row is not None
+            return row
         ends_at = utcnow() + timedelta(seconds=timeout) if timeout else None
         row = self.store.update_sandbox(sandbox_id, timeout=timeout, ends_at=ends_at)
         assert row is not None
@@ -279,6 +303,11 @@ class SandboxManager:
 
     def runtime_handle(self, sandbox_id: str) -> RuntimeHandle:
         return _handle(self.get(sandbox_id))
+
+    async def awake_agent(self, sandbox_id: str) -> AgentClient:
+        """The agent of a sandbox, thawed or woken first if it is paused or hibernated."""
+        await self.lifecycle.ensure_awake(sandbox_id)
+        return self.agent(sandbox_id)
 
     def agent(self, sandbox_id: str) -> AgentClient:
         """The agent of a running sandbox; raises if it is not running."""
@@ -331,7 +360,7 @@ class SandboxManager:
                 return slot
         raise RuntimeFailure(f"no free addresses left in {self.settings.sandbox_subnet}")
 
-    async def _wait_for_agent(self, handle: RuntimeHandle) -> None:
+    async def wait_for_agent(self, handle: RuntimeHandle) -> None:
         agent = AgentClient(handle.agent_url, http=self._http)
         deadline = time.monotonic() + self.settings.start_timeout
         delay = 0.002
@@ -349,9 +378,9 @@ class SandboxManager:
     def _mark_dead(self, sandbox_id: str, error: str) -> None:
         log.warning("sandbox %s is dead: %s", sandbox_id, error)
         self.store.update_sandbox(sandbox_id, state=DEAD, error=error)
-        self._forget(sandbox_id)
+        self.forget_agent(sandbox_id)
 
-    def _forget(self, sandbox_id: str) -> None:
+    def forget_agent(self, sandbox_id: str) -> None:
         self._agents.pop(sandbox_id, None)
         self._shells.pop(sandbox_id, None)
 
@@ -364,13 +393,20 @@ class SandboxManager:
                 log.exception("reaper round failed")
 
     async def reap(self) -> None:
-        """Kill every sandbox whose time is up."""
+        """End every sandbox whose time is up (kill, or hibernate with ``on_timeout: pause``); hibernate idle ones."""
         now = utcnow()
-        for row in self.store.list_sandboxes(states={RUNNING, DEAD}):
-            if row.ends_at is not None and as_utc(row.ends_at) <= now:
-                log.info("sandbox %s reached its timeout", row.id)
-                with contextlib.suppress(SandboxNotFound):
+        for row in self.store.list_sandboxes(states={RUNNING, DEAD, PAUSED, HIBERNATED}):
+            if row.ends_at is None or as_utc(row.ends_at) > now:
+                continue
+            log.info("sandbox %s reached its timeout", row.id)
+            with contextlib.suppress(CorralError):
+                if row.on_timeout == "pause" and row.state in (RUNNING, PAUSED):
+                    await self.lifecycle.hibernate(row.id, fresh_timeout=True)
+                elif row.on_timeout == "pause" and row.state == HIBERNATED:
+                    self.store.update_sandbox(row.id, ends_at=None, remaining=float(row.timeout))
+                else:
                     await self.kill(row.id)
+        await self.lifecycle.reap_idle()
 
 
 def pids_limit(configured: int, memory_mb: int) -> int:

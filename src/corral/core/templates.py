@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from corral.core import commands
-from corral.core.sandboxes import CreateRequest, SandboxManager, utcnow
+from corral.core.clock import utcnow
+from corral.core.sandboxes import CreateRequest, SandboxManager
 from corral.errors import BuildFailed, Conflict, ExecTimeout, InvalidRequest, NotReady, TemplateNotFound
 from corral.images import context as build_context
 from corral.images import dockerfile

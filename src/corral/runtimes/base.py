@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from corral.errors import RuntimeFailure
+
 AGENT_PORT = 49983
 """The agent's port inside every sandbox (envd's, so E2B tooling finds it)."""
 
@@ -21,6 +23,7 @@ AGENT_PORT = 49983
 class RuntimeState(enum.StrEnum):
     RUNNING = "running"
     PAUSED = "paused"
+    HIBERNATED = "hibernated"  # saved to disk, no process left; :meth:`Runtime.wake` brings it back
     STOPPED = "stopped"  # the runtime knows it, but nothing runs any more
     MISSING = "missing"  # the runtime has no record of it at all
 
@@ -90,6 +93,35 @@ class Runtime(abc.ABC):
         the sandbox's image layers. A running sandbox is frozen for the copy, so
         the layer is consistent, and thawed after it.
         """
+
+    # -- lifecycle: optional, a runtime without it says so ----------------------
+
+    async def pause(self, handle: RuntimeHandle) -> None:
+        """Freeze every process of the sandbox (memory kept)."""
+        raise RuntimeFailure(f"the {self.name} runtime cannot pause sandboxes")
+
+    async def resume(self, handle: RuntimeHandle) -> None:
+        """Thaw a paused sandbox."""
+        raise RuntimeFailure(f"the {self.name} runtime cannot pause sandboxes")
+
+    async def checkpoint(self, handle: RuntimeHandle, dest: Path) -> None:
+        """Save the whole sandbox into ``dest``: processes and memory, and its disk's changes.
+
+        The sandbox is frozen for it (so the two agree) and goes on afterwards.
+        """
+        raise RuntimeFailure(f"the {self.name} runtime cannot snapshot sandboxes")
+
+    async def restore(self, spec: SandboxSpec, snapshot: Path) -> RuntimeHandle:
+        """A new sandbox (``spec``: its id, network, limits) from a :meth:`checkpoint`: same processes, same files."""
+        raise RuntimeFailure(f"the {self.name} runtime cannot restore sandboxes")
+
+    async def hibernate(self, handle: RuntimeHandle) -> None:
+        """Save the sandbox's processes and memory to disk and stop it: it holds no memory after."""
+        raise RuntimeFailure(f"the {self.name} runtime cannot hibernate sandboxes")
+
+    async def wake(self, handle: RuntimeHandle) -> None:
+        """Bring a hibernated sandbox back, under the same id and address."""
+        raise RuntimeFailure(f"the {self.name} runtime cannot hibernate sandboxes")
 
     @abc.abstractmethod
     async def logs(self, handle: RuntimeHandle, *, tail: int | None = None) -> str:

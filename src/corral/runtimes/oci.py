@@ -34,7 +34,7 @@ import os
 import re
 import resource
 import shutil
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,6 +57,8 @@ OWN_RUNSC = Path("/usr/local/lib/corral/bin/runsc")
 """Where ``scripts/setup`` installs a current runsc (Debian 12's is from 2022)."""
 
 STATE_ROOT = Path("/run/corral")
+HIBERNATED = "hibernated"
+"""A hibernated sandbox's saved processes and memory, in its own dir."""
 SANDBOX_OWN_FILES = ("etc/hostname", "etc/hosts")
 """Files corral writes into each sandbox's rootfs: never part of an exported layer (Docker's rule too)."""
 
@@ -118,8 +120,12 @@ def host_limits(spec: SandboxSpec) -> tuple[int, int]:
     goes into the OCI spec as asked (gVisor shows it as ``MemTotal``) and the
     host cgroup is raised to the wall right after the sandbox starts.
     """
-    memory_mb = spec.memory_mb + max(256, spec.memory_mb)
-    return memory_mb << 20, spec.pids_limit * 4 + 512
+    return host_memory_limit(spec.memory_mb), spec.pids_limit * 4 + 512
+
+
+def host_memory_limit(memory_mb: int) -> int:
+    """The host cgroup's memory wall (bytes) above a sandbox's own ``memory_mb``: see :func:`host_limits`."""
+    return (memory_mb + max(256, memory_mb)) << 20
 
 
 class OciRuntime(Runtime):
@@ -164,6 +170,9 @@ class OciRuntime(Runtime):
                 "--network=sandbox",
                 "--overlay2=none",
                 "--cpu-num-from-quota",
+                # A checkpoint resets TCP connections from outside (clients reconnect)
+                # instead of refusing to save them.
+                "--net-disconnect-ok",
                 f"--platform={self.platform}",
             ]
         return argv + list(args)
@@ -171,6 +180,16 @@ class OciRuntime(Runtime):
     # -- Runtime ---------------------------------------------------------------
 
     async def create(self, spec: SandboxSpec) -> RuntimeHandle:
+        return await self._build(spec, lambda sdir: self._start(spec.sandbox_id, sdir, "run"))
+
+    async def _build(
+        self,
+        spec: SandboxSpec,
+        start: Callable[[Path], Awaitable[None]],
+        *,
+        before_mount: Callable[[Path], Awaitable[None]] | None = None,
+    ) -> RuntimeHandle:
+        """Disk, link and bundle for ``spec``, then ``start(sandbox_dir)``; on failure nothing is left."""
         bundle_dir = await self._prepare()
         missing = [str(layer) for layer in spec.image_layers if not layer.is_dir()]
         if missing or not spec.image_layers:
@@ -190,12 +209,14 @@ class OciRuntime(Runtime):
         try:
             sdir.mkdir(parents=True, exist_ok=True)
             (sdir / "handle.json").write_text(json.dumps({"agent_url": handle.agent_url, "info": handle.info}))
+            if before_mount is not None:
+                await before_mount(sdir)
             rootfs = await self._mount_rootfs(sdir, spec)
             await links.create_link(spec.sandbox_id, spec.network)
             config = self._oci_config(spec, rootfs, bundle_dir)
             (sdir / "bundle").mkdir(exist_ok=True)
             (sdir / "bundle" / "config.json").write_text(json.dumps(config, indent=1))
-            await self._start(spec.sandbox_id, sdir)
+            await start(sdir)
             if self.kind == "runsc":
                 cgroups.raise_memory_limit(config["linux"]["cgroupsPath"], host_limits(spec)[0])
         except BaseException:
@@ -206,7 +227,8 @@ class OciRuntime(Runtime):
     async def state(self, handle: RuntimeHandle) -> RuntimeState:
         out = await hostcmd.run(self._runtime_argv("state", handle.sandbox_id), check=False)
         if out.returncode != 0:
-            return RuntimeState.MISSING
+            hibernated = self._dir(handle) / HIBERNATED / "memory"
+            return RuntimeState.HIBERNATED if hibernated.is_dir() else RuntimeState.MISSING
         try:
             status = json.loads(out.stdout).get("status", "")
         except json.JSONDecodeError:
@@ -277,6 +299,73 @@ class OciRuntime(Runtime):
                 (dest / own).unlink()
         with contextlib.suppress(OSError):
             (dest / MOUNT_POINT.lstrip("/")).rmdir()
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def pause(self, handle: RuntimeHandle) -> None:
+        await hostcmd.run(self._runtime_argv("pause", handle.sandbox_id))
+
+    async def resume(self, handle: RuntimeHandle) -> None:
+        await hostcmd.run(self._runtime_argv("resume", handle.sandbox_id))
+
+    async def checkpoint(self, handle: RuntimeHandle, dest: Path) -> None:
+        self._needs_runsc("snapshot")
+        sid, upper = handle.sandbox_id, self._dir(handle) / "upper"
+        running = await self.state(handle) is RuntimeState.RUNNING
+        if running:
+            await self.pause(handle)  # so the memory image and the files agree
+        try:
+            await hostcmd.run(
+                self._runtime_argv("checkpoint", "--leave-running", "--image-path", str(dest / "memory"), sid),
+                timeout=600,
+            )
+            await hostcmd.run(["cp", "-a", "--reflink=auto", str(upper), str(dest / "upper")], timeout=3600)
+        finally:
+            if running:
+                await hostcmd.run(self._runtime_argv("resume", sid), check=False)
+
+    async def restore(self, spec: SandboxSpec, snapshot: Path) -> RuntimeHandle:
+        self._needs_runsc("restore")
+
+        async def start(sdir: Path) -> None:
+            await self._start(spec.sandbox_id, sdir, "restore", "--image-path", str(snapshot / "memory"))
+
+        async def copy_upper(sdir: Path) -> None:
+            await hostcmd.run(
+                ["cp", "-a", "--reflink=auto", str(snapshot / "upper"), str(sdir / "upper")], timeout=3600
+            )
+
+        return await self._build(spec, start, before_mount=copy_upper)
+
+    async def hibernate(self, handle: RuntimeHandle) -> None:
+        self._needs_runsc("hibernate")
+        saved = self._dir(handle) / HIBERNATED
+        shutil.rmtree(saved, ignore_errors=True)
+        saved.mkdir()
+        if await self.state(handle) is RuntimeState.RUNNING:
+            await self.pause(handle)
+        # Without --leave-running the sandbox stops once saved; its disk and link stay.
+        await hostcmd.run(
+            self._runtime_argv("checkpoint", "--image-path", str(saved / "memory"), handle.sandbox_id), timeout=600
+        )
+        await hostcmd.run(self._runtime_argv("delete", "--force", handle.sandbox_id), check=False, timeout=30)
+
+    async def wake(self, handle: RuntimeHandle) -> None:
+        self._needs_runsc("wake")
+        sdir = self._dir(handle)
+        saved = sdir / HIBERNATED
+        await self._start(handle.sandbox_id, sdir, "restore", "--image-path", str(saved / "memory"))
+        config = json.loads((sdir / "bundle" / "config.json").read_text())
+        limit_mb = int(config["linux"]["resources"]["memory"]["limit"]) >> 20
+        cgroups.raise_memory_limit(config["linux"]["cgroupsPath"], host_memory_limit(limit_mb))
+        shutil.rmtree(saved, ignore_errors=True)
+
+    def _needs_runsc(self, what: str) -> None:
+        if self.kind != "runsc":
+            raise RuntimeFailure(f"only gVisor (runsc) sandboxes can {what}; this server runs {self.kind}")
+
+    def _dir(self, handle: RuntimeHandle) -> Path:
+        return Path(handle.info.get("dir") or self.sandbox_dir(handle.sandbox_id))
 
     async def logs(self, handle: RuntimeHandle, *, tail: int | None = None) -> str:
         path = Path(handle.info.get("dir") or self.sandbox_dir(handle.sandbox_id)) / "console.log"
@@ -401,10 +490,12 @@ class OciRuntime(Runtime):
             },
         }
 
-    async def _start(self, sandbox_id: str, sdir: Path) -> None:
+    async def _start(self, sandbox_id: str, sdir: Path, command: str, *options: str) -> None:
+        """``run`` (or ``restore``) the sandbox's bundle, detached."""
         argv: Sequence[str] = self._runtime_argv(
-            "run",
+            command,
             "--detach" if self.kind == "runc" else "-detach",
+            *options,
             "--bundle",
             str(sdir / "bundle"),
             sandbox_id,
@@ -434,7 +525,7 @@ class OciRuntime(Runtime):
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
-                raise RuntimeFailure(f"{self.kind} run did not return within 60s") from None
+                raise RuntimeFailure(f"{self.kind} {command} did not return within 60s") from None
         if code != 0:
             lines = console.read_text(errors="replace").strip().splitlines()
             raise RuntimeFailure(

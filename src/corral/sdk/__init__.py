@@ -20,6 +20,7 @@ from corral.sdk.models import (
     ProcessInfo,
     PullProgress,
     SandboxInfo,
+    SnapshotInfo,
     TemplateInfo,
 )
 from corral.sdk.sandbox import Sandbox
@@ -51,6 +52,7 @@ __all__ = [
     "Sandbox",
     "SandboxInfo",
     "ServerUnavailable",
+    "SnapshotInfo",
     "TemplateInfo",
     "Templates",
 ]

@@ -15,7 +15,7 @@ import httpx
 
 from corral.errors import InvalidRequest
 from corral.sdk._http import Call, Content
-from corral.sdk.models import CommandResult, EntryInfo, ImageInfo, ProcessInfo, SandboxInfo, TemplateInfo
+from corral.sdk.models import CommandResult, EntryInfo, ImageInfo, ProcessInfo, SandboxInfo, SnapshotInfo, TemplateInfo
 
 CREATE_EXTRA_TIME = 120.0
 """Creating a sandbox may unpack an image first: it gets this long beyond the request timeout."""
@@ -112,11 +112,17 @@ def create_sandbox(
     metadata: Mapping[str, str] | None,
     timeout: float | None,
     template: str | None = None,
+    snapshot: str | None = None,
+    on_timeout: str | None = None,
+    auto_pause: int | None = None,
 ) -> Call[SandboxInfo]:
     body = _drop_none(
         {
             "image": image,
             "template": template,
+            "snapshot": snapshot,
+            "on_timeout": on_timeout,
+            "auto_pause": auto_pause,
             "vcpus": vcpus,
             "memory_mb": memory_mb,
             "envs": dict(envs) if envs is not None else None,
@@ -144,6 +150,46 @@ def kill_sandbox(sandbox_id: str) -> Call[None]:
 def set_timeout(sandbox_id: str, timeout: float | None) -> Call[SandboxInfo]:
     path = f"/v1/sandboxes/{_seg(sandbox_id)}/timeout"
     return Call("POST", path, json={"timeout": whole_seconds(timeout)}, parse=_sandbox)
+
+
+def lifecycle(sandbox_id: str, action: str) -> Call[SandboxInfo]:
+    """``pause``, ``resume`` or ``hibernate``: the answer may wait for a wake-up."""
+    return Call("POST", f"/v1/sandboxes/{_seg(sandbox_id)}/{action}", extra_time=CREATE_EXTRA_TIME, parse=_sandbox)
+
+
+def _snapshot(response: httpx.Response) -> SnapshotInfo:
+    return SnapshotInfo.from_json(response.json())
+
+
+def _snapshots(response: httpx.Response) -> list[SnapshotInfo]:
+    return [SnapshotInfo.from_json(s) for s in response.json()["snapshots"]]
+
+
+def take_snapshot(sandbox_id: str, metadata: Mapping[str, str] | None) -> Call[SnapshotInfo]:
+    path = f"/v1/sandboxes/{_seg(sandbox_id)}/snapshots"
+    return Call("POST", path, json={"metadata": dict(metadata or {})}, extra_time=600, parse=_snapshot)
+
+
+def list_snapshots(sandbox_id: str | None) -> Call[list[SnapshotInfo]]:
+    params = (("sandbox_id", sandbox_id),) if sandbox_id else ()
+    return Call("GET", "/v1/snapshots", params=params, parse=_snapshots)
+
+
+def delete_snapshot(snapshot_id: str) -> Call[None]:
+    return Call("DELETE", f"/v1/snapshots/{_seg(snapshot_id)}", parse=_nothing)
+
+
+def fork(
+    sandbox_id: str, count: int, *, metadata: Mapping[str, str] | None, timeout: float | None
+) -> Call[list[SandboxInfo]]:
+    body = _drop_none(
+        {
+            "count": count,
+            "metadata": dict(metadata or {}),
+            "timeout": whole_seconds(timeout) if timeout is not None else None,
+        }
+    )
+    return Call("POST", f"/v1/sandboxes/{_seg(sandbox_id)}/fork", json=body, extra_time=600, parse=_sandboxes)
 
 
 def commit(sandbox_id: str, name: str) -> Call[ImageInfo]:

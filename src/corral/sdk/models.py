@@ -17,6 +17,7 @@ __all__ = [
     "OutputChunk",
     "ProcessInfo",
     "SandboxInfo",
+    "SnapshotInfo",
     "TemplateInfo",
 ]
 
@@ -46,7 +47,7 @@ class SandboxInfo(_JsonModel):
     id: str
     image: str
     state: str
-    """``starting``, ``running``, ``dead`` (stopped on its own; see ``error``) or ``killed``."""
+    """``starting``, ``running``, ``paused``, ``hibernated``, ``dead`` (stopped on its own; see ``error``)."""
     runtime: str = ""
     vcpus: int = 0
     memory_mb: int = 0
@@ -60,6 +61,12 @@ class SandboxInfo(_JsonModel):
     error: str | None = None
     template: str | None = None
     """The template it was started from, if any."""
+    on_timeout: str = "kill"
+    """At its timeout: ``kill``, or ``pause`` (hibernate)."""
+    auto_pause: int | None = None
+    """Seconds without requests after which it hibernates (None: never)."""
+    remaining: float | None = None
+    """While paused or hibernated: the seconds of its timeout left."""
 
     @property
     def sandbox_id(self) -> str:
@@ -83,6 +90,9 @@ class SandboxInfo(_JsonModel):
             address=data.get("address"),
             error=data.get("error"),
             template=data.get("template"),
+            on_timeout=str(data.get("on_timeout") or "kill"),
+            auto_pause=data.get("auto_pause"),
+            remaining=data.get("remaining"),
         )
 
 
@@ -231,4 +241,29 @@ class TemplateInfo(_JsonModel):
         values = {k: v for k, v in data.items() if k in known}
         values["created_at"] = _time(data.get("created_at"))
         values["built_at"] = _time(data.get("built_at"))
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class SnapshotInfo(_JsonModel):
+    """A whole-sandbox snapshot: restore it with ``Sandbox.create(snapshot=id)``."""
+
+    id: str
+    sandbox_id: str = ""
+    image: str = ""
+    template: str | None = None
+    vcpus: int = 0
+    memory_mb: int = 0
+    metadata: dict[str, str] = field(default_factory=dict)
+    state: str = ""
+    """``creating``, ``ready`` or ``failed``."""
+    size: int = 0
+    error: str | None = None
+    created_at: datetime | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SnapshotInfo:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["created_at"] = _time(data.get("created_at"))
         return cls(**values)

@@ -13,7 +13,7 @@ from corral.sdk._http import Call, SyncHTTP
 from corral.sdk.commands import Commands
 from corral.sdk.config import DEFAULT_REQUEST_TIMEOUT, ConnectionConfig
 from corral.sdk.files import Files
-from corral.sdk.models import ImageInfo, SandboxInfo
+from corral.sdk.models import ImageInfo, SandboxInfo, SnapshotInfo
 
 __all__ = ["Sandbox"]
 
@@ -41,6 +41,9 @@ class Sandbox(SandboxBase[Commands, Files]):
         metadata: Mapping[str, str] | None = None,
         timeout: float | None = None,
         template: str | None = None,
+        snapshot: str | None = None,
+        on_timeout: str | None = None,
+        auto_pause: int | None = None,
         url: str | None = None,
         api_key: str | None = None,
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
@@ -49,10 +52,14 @@ class Sandbox(SandboxBase[Commands, Files]):
 
         With ``template``, it starts from that template's image and resources, runs its
         start command, and is handed out once the template's readiness check passes.
+        With ``snapshot``, it is that snapshot restored: the same processes, memory and files.
+        ``on_timeout="pause"`` hibernates it at its timeout instead of killing it;
+        ``auto_pause`` hibernates it after that many seconds without requests.
         """
         call = routes.create_sandbox(
-            image, vcpus=vcpus, memory_mb=memory_mb, envs=envs, metadata=metadata, timeout=timeout, template=template
-        )
+            image, vcpus=vcpus, memory_mb=memory_mb, envs=envs, metadata=metadata, timeout=timeout,
+            template=template, snapshot=snapshot, on_timeout=on_timeout, auto_pause=auto_pause,
+        )  # fmt: skip
         return cls._open(call, url, api_key, request_timeout)
 
     @classmethod
@@ -64,8 +71,14 @@ class Sandbox(SandboxBase[Commands, Files]):
         api_key: str | None = None,
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
     ) -> Sandbox:
-        """Attach to an existing sandbox; raises ``SandboxNotFound`` if there is none."""
-        return cls._open(routes.get_sandbox(sandbox_id), url, api_key, request_timeout)
+        """Attach to an existing sandbox, resuming it if it is paused or hibernated.
+
+        Raises ``SandboxNotFound`` if there is none.
+        """
+        sbx = cls._open(routes.get_sandbox(sandbox_id), url, api_key, request_timeout)
+        if sbx._info.state in ("paused", "hibernated"):
+            sbx.resume()
+        return sbx
 
     @classmethod
     def _open(
@@ -119,6 +132,61 @@ class Sandbox(SandboxBase[Commands, Files]):
     def logs(self, *, tail: int | None = None) -> str:
         """Its console: its agent's and the runtime's log (the last ``tail`` lines)."""
         return self._http.call(routes.logs(self.id, tail=tail))
+
+    def pause(self) -> SandboxInfo:
+        """Freeze it, memory kept; ``connect``, ``resume`` or any call on it resumes it."""
+        self._info = self._http.call(routes.lifecycle(self.id, "pause"))
+        return self._info
+
+    def resume(self) -> SandboxInfo:
+        """Thaw it if paused, wake it if hibernated."""
+        self._info = self._http.call(routes.lifecycle(self.id, "resume"))
+        return self._info
+
+    def hibernate(self) -> SandboxInfo:
+        """Save it to disk and free its memory; any later call on it wakes it."""
+        self._info = self._http.call(routes.lifecycle(self.id, "hibernate"))
+        return self._info
+
+    def snapshot(self, *, metadata: Mapping[str, str] | None = None) -> SnapshotInfo:
+        """Save its processes, memory and files; ``Sandbox.create(snapshot=...)`` restores them."""
+        return self._http.call(routes.take_snapshot(self.id, metadata))
+
+    def fork(
+        self, count: int = 1, *, metadata: Mapping[str, str] | None = None, timeout: float | None = None
+    ) -> builtins.list[Sandbox]:
+        """``count`` independent copies of it, running from its current state; it goes on unchanged."""
+        infos = self._http.call(routes.fork(self.id, count, metadata=metadata, timeout=timeout))
+        return [type(self)(info, SyncHTTP(self._http.config)) for info in infos]
+
+    @staticmethod
+    def list_snapshots(
+        sandbox_id: str | None = None,
+        *,
+        url: str | None = None,
+        api_key: str | None = None,
+        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+    ) -> builtins.list[SnapshotInfo]:
+        """The server's snapshots (of one sandbox, with ``sandbox_id``)."""
+        http = SyncHTTP(ConnectionConfig(url, api_key=api_key, request_timeout=request_timeout))
+        try:
+            return http.call(routes.list_snapshots(sandbox_id))
+        finally:
+            http.close()
+
+    @staticmethod
+    def delete_snapshot(
+        snapshot_id: str,
+        *,
+        url: str | None = None,
+        api_key: str | None = None,
+        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+    ) -> None:
+        http = SyncHTTP(ConnectionConfig(url, api_key=api_key, request_timeout=request_timeout))
+        try:
+            http.call(routes.delete_snapshot(snapshot_id))
+        finally:
+            http.close()
 
     def commit(self, name: str) -> ImageInfo:
         """Save its filesystem as a new image called ``name`` (it is frozen for the copy, then goes on)."""

@@ -28,7 +28,7 @@ from corral.errors import (
 from corral.images.store import ImageStore
 from corral.runtimes.base import Runtime
 from corral.server.middleware import ApiKeyMiddleware, BodyLimitMiddleware
-from corral.server.routes import commands, files, images, sandboxes, templates
+from corral.server.routes import commands, files, images, sandboxes, snapshots, templates
 from corral.server.schemas import ErrorEnvelope, Health
 from corral.store.db import Store
 
@@ -82,6 +82,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.include_router(files.router)
     app.include_router(images.router)
     app.include_router(templates.router)
+    app.include_router(snapshots.router)
 
     @app.get("/health", tags=["health"])
     async def health() -> Health:

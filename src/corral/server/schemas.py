@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from corral.core.sandboxes import as_utc
+from corral.core.clock import as_utc
 from corral.store.models import SandboxRow
 
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -28,6 +28,15 @@ class CreateSandbox(Strict):
     template: str | None = Field(
         default=None, max_length=63, description="Start from this template (its image, resources, start command)."
     )
+    snapshot: str | None = Field(
+        default=None, max_length=64, description="Restore this snapshot: its processes, memory and files."
+    )
+    on_timeout: Literal["kill", "pause"] = Field(
+        default="kill", description="At its timeout: kill it, or pause (hibernate) it."
+    )
+    auto_pause: int | None = Field(
+        default=None, ge=1, description="Hibernate after this many seconds without any request; woken by the next."
+    )
 
 
 class Sandbox(BaseModel):
@@ -35,7 +44,10 @@ class Sandbox(BaseModel):
     image: str
     template: str | None = None
     runtime: str
-    state: Literal["starting", "running", "dead"]
+    state: Literal["starting", "running", "paused", "hibernated", "dead"]
+    on_timeout: Literal["kill", "pause"] = "kill"
+    auto_pause: int | None = None
+    remaining: float | None = Field(default=None, description="While paused or hibernated: timeout seconds left.")
     vcpus: int
     memory_mb: int
     metadata: dict[str, str]
@@ -52,6 +64,9 @@ class Sandbox(BaseModel):
             id=row.id,
             image=row.image,
             template=row.template,
+            on_timeout=row.on_timeout,
+            auto_pause=row.auto_pause,
+            remaining=row.remaining,
             runtime=row.runtime,
             state=row.state,
             vcpus=row.vcpus,
@@ -281,3 +296,51 @@ class Template(BaseModel):
 
 class TemplateList(BaseModel):
     templates: list[Template]
+
+
+class Snapshot(BaseModel):
+    id: str
+    sandbox_id: str = Field(description="The sandbox it was taken of (which may be gone since).")
+    image: str
+    template: str | None
+    vcpus: int
+    memory_mb: int
+    metadata: dict[str, str]
+    state: Literal["creating", "ready", "failed"]
+    size: int = Field(description="Bytes on disk: memory image and disk changes.")
+    error: str | None
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Any) -> Snapshot:
+        return cls(
+            id=row.id,
+            sandbox_id=row.sandbox_id,
+            image=row.image,
+            template=row.template,
+            vcpus=row.vcpus,
+            memory_mb=row.memory_mb,
+            metadata=row.meta,
+            state=row.state,
+            size=row.size,
+            error=row.error,
+            created_at=as_utc(row.created_at),
+        )
+
+
+class SnapshotList(BaseModel):
+    snapshots: list[Snapshot]
+
+
+class TakeSnapshot(Strict):
+    metadata: dict[str, str] = Field(default_factory=dict, description="Your labels for the snapshot.")
+
+
+class Fork(Strict):
+    count: int = Field(default=1, ge=1, le=20, description="How many copies.")
+    metadata: dict[str, str] = Field(
+        default_factory=dict, description="Labels for the copies (on top of the parent's)."
+    )
+    timeout: int | None = Field(
+        default=None, ge=0, description="Lifetime of each copy in seconds; default: the server's."
+    )

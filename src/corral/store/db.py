@@ -16,7 +16,7 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from corral.store.models import SandboxRow, TemplateRow
+from corral.store.models import SandboxRow, SnapshotRow, TemplateRow
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -123,5 +123,38 @@ class Store:
     def delete_template(self, name: str) -> None:
         with self.session() as s:
             row = s.get(TemplateRow, name)
+            if row is not None:
+                s.delete(row)
+
+    # -- snapshots -------------------------------------------------------------
+
+    def add_snapshot(self, row: SnapshotRow) -> SnapshotRow:
+        with self.session() as s:
+            s.add(row)
+        return row
+
+    def get_snapshot(self, snapshot_id: str) -> SnapshotRow | None:
+        with self.session() as s:
+            return s.get(SnapshotRow, snapshot_id)
+
+    def list_snapshots(self, *, sandbox_id: str | None = None) -> list[SnapshotRow]:
+        query = select(SnapshotRow).order_by(SnapshotRow.created_at)
+        if sandbox_id:
+            query = query.where(SnapshotRow.sandbox_id == sandbox_id)
+        with self.session() as s:
+            return list(s.scalars(query))
+
+    def update_snapshot(self, snapshot_id: str, **fields: Any) -> SnapshotRow | None:
+        with self.session() as s:
+            row = s.get(SnapshotRow, snapshot_id)
+            if row is None:
+                return None
+            for key, value in fields.items():
+                setattr(row, key, value)
+        return row
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        with self.session() as s:
+            row = s.get(SnapshotRow, snapshot_id)
             if row is not None:
                 s.delete(row)

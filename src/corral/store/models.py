@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, Float, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -36,6 +36,33 @@ class SandboxRow(Base):
     agent_url: Mapped[str] = mapped_column(String(255))
     runtime_info: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    on_timeout: Mapped[str] = mapped_column(String(16), default="kill")
+    """What the reaper does at ``ends_at``: ``kill``, or ``pause`` (hibernate: saved to disk, memory freed)."""
+    auto_pause: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """Seconds without any request after which the sandbox hibernates; None: never."""
+    remaining: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """While paused or hibernated: the seconds of its timeout still to run once it is back."""
+
+
+class SnapshotRow(Base):
+    """A whole-sandbox snapshot on disk: processes and memory, and the disk's changes."""
+
+    __tablename__ = "snapshots"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sandbox_id: Mapped[str] = mapped_column(String(64))
+    image: Mapped[str] = mapped_column(String(255))
+    image_id: Mapped[str] = mapped_column(String(64))
+    template: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    vcpus: Mapped[int] = mapped_column(Integer)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    envs: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    meta: Mapped[dict[str, str]] = mapped_column("metadata", JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(16))
+    """``creating`` (being written), ``ready``, or ``failed`` (``error`` says why)."""
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class TemplateRow(Base):

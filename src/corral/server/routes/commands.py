@@ -34,7 +34,7 @@ def _selector(pid: str) -> int | str:
 )
 async def exec_command(sandbox_id: str, body: Exec, manager: Manager) -> Response:
     """Run a command: to completion, streamed (NDJSON), or in the background."""
-    agent = manager.agent(sandbox_id)
+    agent = await manager.awake_agent(sandbox_id)
     request = commands.ExecRequest(
         cmd=body.cmd,
         argv=body.argv,
@@ -70,7 +70,7 @@ async def exec_command(sandbox_id: str, body: Exec, manager: Manager) -> Respons
 @router.get("/processes")
 async def list_processes(sandbox_id: str, manager: Manager) -> ProcessList:
     """Processes started through the API that are still running."""
-    found = await manager.agent(sandbox_id).list_processes()
+    found = await (await manager.awake_agent(sandbox_id)).list_processes()
     return ProcessList(
         processes=[
             ProcessInfo(
@@ -88,7 +88,7 @@ async def list_processes(sandbox_id: str, manager: Manager) -> ProcessList:
 @router.get("/processes/{pid}/stream", responses={200: {"content": {NDJSON: {}}}})
 async def stream_process(sandbox_id: str, pid: str, manager: Manager) -> StreamingResponse:
     """Follow a running process: its output from now on, then its end."""
-    agent = manager.agent(sandbox_id)
+    agent = await manager.awake_agent(sandbox_id)
     events = agent.connect(_selector(pid)).__aiter__()
     first = await anext(events, None)  # errors (unknown pid) surface before the 200
     if first is None or first.kind != "start":
@@ -104,20 +104,20 @@ async def stream_process(sandbox_id: str, pid: str, manager: Manager) -> Streami
 
 @router.post("/processes/{pid}/stdin", status_code=204)
 async def send_stdin(sandbox_id: str, pid: str, body: StdinData, manager: Manager) -> Response:
-    await manager.agent(sandbox_id).send_stdin(_selector(pid), body.data.encode())
+    await (await manager.awake_agent(sandbox_id)).send_stdin(_selector(pid), body.data.encode())
     return Response(status_code=204)
 
 
 @router.post("/processes/{pid}/stdin/close", status_code=204)
 async def close_stdin(sandbox_id: str, pid: str, manager: Manager) -> Response:
-    await manager.agent(sandbox_id).close_stdin(_selector(pid))
+    await (await manager.awake_agent(sandbox_id)).close_stdin(_selector(pid))
     return Response(status_code=204)
 
 
 @router.post("/processes/{pid}/signal", status_code=204)
 async def send_signal(sandbox_id: str, pid: str, body: SignalBody, manager: Manager) -> Response:
     """Send a signal (name like ``SIGTERM`` or a number) to the process's group."""
-    await manager.agent(sandbox_id).signal(_selector(pid), _signal_name(body.signal))
+    await (await manager.awake_agent(sandbox_id)).signal(_selector(pid), _signal_name(body.signal))
     return Response(status_code=204)
 
 

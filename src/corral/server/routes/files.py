@@ -30,7 +30,7 @@ UserQuery = Annotated[str | None, Query(max_length=64)]
 )
 async def read_file(sandbox_id: str, path: PathQuery, manager: Manager, user: UserQuery = None) -> StreamingResponse:
     """The file's bytes, streamed."""
-    upstream = await manager.agent(sandbox_id).read_file(path, user=user)
+    upstream = await (await manager.awake_agent(sandbox_id)).read_file(path, user=user)
     headers = {k: v for k, v in upstream.headers.items() if k.lower() == "content-length"}
     return StreamingResponse(
         upstream.aiter_raw(),
@@ -45,7 +45,7 @@ async def write_file(
     sandbox_id: str, path: PathQuery, request: Request, manager: Manager, user: UserQuery = None
 ) -> Entry:
     """Write the body to ``path`` (streamed; parents created; replaced atomically)."""
-    agent = manager.agent(sandbox_id)
+    agent = await manager.awake_agent(sandbox_id)
     await agent.write_file(path, request.stream(), user=user)
     return Entry(**to_entry(await agent.stat(path, user=user)))
 
@@ -58,19 +58,19 @@ async def list_dir(
     depth: Annotated[int, Query(ge=1, le=32)] = 1,
     user: UserQuery = None,
 ) -> EntryList:
-    found = await manager.agent(sandbox_id).list_dir(path, depth=depth, user=user)
+    found = await (await manager.awake_agent(sandbox_id)).list_dir(path, depth=depth, user=user)
     return EntryList(entries=[Entry(**to_entry(e)) for e in found])
 
 
 @router.get("/stat")
 async def stat(sandbox_id: str, path: PathQuery, manager: Manager, user: UserQuery = None) -> Entry:
-    return Entry(**to_entry(await manager.agent(sandbox_id).stat(path, user=user)))
+    return Entry(**to_entry(await (await manager.awake_agent(sandbox_id)).stat(path, user=user)))
 
 
 @router.get("/exists")
 async def exists(sandbox_id: str, path: PathQuery, manager: Manager, user: UserQuery = None) -> Exists:
     try:
-        await manager.agent(sandbox_id).stat(path, user=user)
+        await (await manager.awake_agent(sandbox_id)).stat(path, user=user)
     except FileNotFound:
         return Exists(exists=False)
     return Exists(exists=True)
@@ -79,7 +79,7 @@ async def exists(sandbox_id: str, path: PathQuery, manager: Manager, user: UserQ
 @router.post("/mkdir", status_code=201, responses={200: {"model": Entry}})
 async def make_dir(sandbox_id: str, body: MakeDir, manager: Manager) -> Response:
     """Create a directory and its parents: 201, or 200 if it was already there."""
-    agent = manager.agent(sandbox_id)
+    agent = await manager.awake_agent(sandbox_id)
     try:
         entry, status = await agent.make_dir(body.path, user=body.user), 201
     except FileExists_:
@@ -98,15 +98,17 @@ async def remove(
     user: UserQuery = None,
 ) -> Response:
     """Remove a file, an empty directory, or with ``recursive`` a whole tree."""
-    await manager.agent(sandbox_id).remove(path, recursive=recursive, user=user)
+    await (await manager.awake_agent(sandbox_id)).remove(path, recursive=recursive, user=user)
     return Response(status_code=204)
 
 
 @router.post("/move")
 async def move(sandbox_id: str, body: Move, manager: Manager) -> Entry:
-    return Entry(**to_entry(await manager.agent(sandbox_id).move(body.source, body.destination, user=body.user)))
+    return Entry(
+        **to_entry(await (await manager.awake_agent(sandbox_id)).move(body.source, body.destination, user=body.user))
+    )
 
 
 @router.post("/chmod")
 async def chmod(sandbox_id: str, body: Chmod, manager: Manager) -> Entry:
-    return Entry(**to_entry(await manager.agent(sandbox_id).chmod(body.path, parse_mode(body.mode))))
+    return Entry(**to_entry(await (await manager.awake_agent(sandbox_id)).chmod(body.path, parse_mode(body.mode))))

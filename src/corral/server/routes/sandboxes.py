@@ -11,20 +11,34 @@ from corral.core.sandboxes import CreateRequest
 from corral.core.templates import TemplateService
 from corral.errors import InvalidRequest
 from corral.server.routes.deps import Manager
-from corral.server.schemas import Commit, CreateSandbox, ImageInfo, Sandbox, SandboxList, SetTimeout
+from corral.server.schemas import (
+    Commit,
+    CreateSandbox,
+    Fork,
+    ImageInfo,
+    Sandbox,
+    SandboxList,
+    SetTimeout,
+    Snapshot,
+    TakeSnapshot,
+)
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
 
-STATES = {"starting", "running", "dead"}
+STATES = {"starting", "running", "paused", "hibernated", "dead"}
 
 
 @router.post("", status_code=201)
 async def create_sandbox(body: CreateSandbox, request: Request, manager: Manager) -> Sandbox:
     """Create a sandbox and answer once its agent is up (from a template: once it is ready)."""
-    create = CreateRequest(**body.model_dump())
+    fields = body.model_dump()
+    snapshot = fields.pop("snapshot")
+    create = CreateRequest(**fields)
+    if sum(x is not None for x in (create.image, create.template, snapshot)) > 1:
+        raise InvalidRequest("give at most one of image, template and snapshot")
+    if snapshot is not None:
+        return Sandbox.from_row(await manager.lifecycle.restore(snapshot, create))
     if create.template is not None:
-        if create.image is not None:
-            raise InvalidRequest("give an image or a template, not both")
         templates: TemplateService = request.app.state.templates
         return Sandbox.from_row(await templates.spawn(create))
     return Sandbox.from_row(await manager.create(create))
@@ -73,6 +87,39 @@ async def commit_sandbox(sandbox_id: str, body: Commit, manager: Manager) -> Ima
     """Save the sandbox's filesystem as a new image (it is frozen for the copy, then goes on)."""
     image = await manager.commit(sandbox_id, body.name)
     return ImageInfo.from_image(image, manager.images.in_use().get(image.id))
+
+
+@router.post("/{sandbox_id}/pause")
+async def pause_sandbox(sandbox_id: str, manager: Manager) -> Sandbox:
+    """Freeze it, memory kept (409 if it is paused already). Any later request for it resumes it."""
+    return Sandbox.from_row(await manager.lifecycle.pause(sandbox_id))
+
+
+@router.post("/{sandbox_id}/resume")
+async def resume_sandbox(sandbox_id: str, manager: Manager) -> Sandbox:
+    """Thaw a paused sandbox or wake a hibernated one (a running one is left as it is)."""
+    return Sandbox.from_row(await manager.lifecycle.resume(sandbox_id))
+
+
+@router.post("/{sandbox_id}/hibernate")
+async def hibernate_sandbox(sandbox_id: str, manager: Manager) -> Sandbox:
+    """Save it to disk and free its memory; any later request for it wakes it."""
+    return Sandbox.from_row(await manager.lifecycle.hibernate(sandbox_id))
+
+
+@router.post("/{sandbox_id}/snapshots", status_code=201)
+async def snapshot_sandbox(sandbox_id: str, body: TakeSnapshot, manager: Manager) -> Snapshot:
+    """Save its processes, memory and files (it is frozen for that, then goes on)."""
+    return Snapshot.from_row(await manager.lifecycle.snapshot(sandbox_id, metadata=body.metadata))
+
+
+@router.post("/{sandbox_id}/fork", status_code=201)
+async def fork_sandbox(sandbox_id: str, body: Fork, manager: Manager) -> SandboxList:
+    """``count`` independent copies of it, each with its own id and address; it goes on unchanged."""
+    request = CreateRequest(metadata=body.metadata, timeout=body.timeout)
+    return SandboxList(
+        sandboxes=[Sandbox.from_row(r) for r in await manager.lifecycle.fork(sandbox_id, body.count, request)]
+    )
 
 
 @router.get("/{sandbox_id}/logs", response_class=PlainTextResponse)

@@ -1,0 +1,293 @@
+"""Pause and resume, hibernation, snapshots, restore and fork of sandboxes.
+
+States beyond ``running`` (see :mod:`corral.core.sandboxes`):
+
+- ``paused``: frozen in memory (``runsc pause``); any request for it thaws it.
+- ``hibernated``: its processes and memory saved to its own dir and the
+  sandbox stopped, so it holds no memory; its disk and address stay. Any
+  request for it restores it, under the same id and address. A sandbox with
+  ``auto_pause`` hibernates after that many idle seconds (no exec, file or
+  process call), and one with ``on_timeout: pause`` at its timeout.
+
+While paused or hibernated a sandbox's timeout clock stops (``remaining``
+keeps what is left) unless ``CORRAL_PAUSED_TIME_COUNTS`` is set.
+
+A snapshot is a whole sandbox on disk: ``runsc checkpoint`` of its processes
+and memory plus a copy of its disk's upper dir, taken while it is frozen so the
+two agree. Restoring it makes a new sandbox (own id, namespace, address) with
+the same processes and files; forking is a snapshot restored N times at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from corral.core.clock import as_utc, utcnow
+from corral.errors import InvalidRequest, RuntimeFailure, SandboxNotRunning, SandboxPaused, SnapshotNotFound
+from corral.images.store import tree_size
+from corral.runtimes.base import RuntimeHandle, SandboxSpec
+from corral.store.models import SandboxRow, SnapshotRow
+
+if TYPE_CHECKING:
+    from corral.core.sandboxes import CreateRequest, SandboxManager
+
+log = logging.getLogger(__name__)
+
+RUNNING, PAUSED, HIBERNATED, DEAD = "running", "paused", "hibernated", "dead"
+MAX_FORK = 20
+
+
+def new_snapshot_id() -> str:
+    return "sn" + secrets.token_hex(8)
+
+
+class Lifecycle:
+    def __init__(self, manager: SandboxManager) -> None:
+        self.manager = manager
+        self.store = manager.store
+        self.runtime = manager.runtime
+        self.settings = manager.settings
+        self.snapshots_dir = manager.settings.data_dir / "snapshots"
+        self._last_activity: dict[str, float] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def start(self) -> None:
+        """Snapshots a crash cut short are failed, and their partial files removed."""
+        for row in self.store.list_snapshots():
+            if row.state == "creating":
+                self.store.update_snapshot(row.id, state="failed", error="the server stopped while it was being taken")
+        if self.snapshots_dir.is_dir():
+            known = {row.id for row in self.store.list_snapshots() if row.state == "ready"}
+            for entry in self.snapshots_dir.iterdir():
+                if entry.name not in known:
+                    shutil.rmtree(entry, ignore_errors=True)
+
+    def _lock(self, sandbox_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(sandbox_id, asyncio.Lock())
+
+    def forget(self, sandbox_id: str) -> None:
+        self._last_activity.pop(sandbox_id, None)
+        self._locks.pop(sandbox_id, None)
+
+    # -- pause, resume, hibernate ----------------------------------------------
+
+    def touch(self, sandbox_id: str) -> None:
+        """Someone used the sandbox: its idle time starts over."""
+        self._last_activity[sandbox_id] = time.monotonic()
+
+    async def ensure_awake(self, sandbox_id: str) -> None:
+        """Before any request to its agent: thaw or wake the sandbox if need be."""
+        self.touch(sandbox_id)
+        if self.manager.get(sandbox_id).state in (PAUSED, HIBERNATED):
+            await self.resume(sandbox_id)
+
+    async def pause(self, sandbox_id: str) -> SandboxRow:
+        async with self._lock(sandbox_id):
+            row = self._check(sandbox_id, pausing=True)
+            await self.runtime.pause(self.manager.runtime_handle(sandbox_id))
+            log.info("sandbox %s paused", sandbox_id)
+            return self._stop_clock(row, PAUSED)
+
+    async def hibernate(self, sandbox_id: str, *, fresh_timeout: bool = False) -> SandboxRow:
+        """Save it to disk and free its memory; ``fresh_timeout``: a whole timeout once it is back."""
+        async with self._lock(sandbox_id):
+            row = self.manager.get(sandbox_id)
+            if row.state == HIBERNATED:
+                raise SandboxPaused(f"sandbox '{sandbox_id}' is hibernated already", details={"state": row.state})
+            if row.state not in (RUNNING, PAUSED):
+                raise SandboxNotRunning(f"sandbox '{sandbox_id}' is {row.state}", details={"state": row.state})
+            await self.runtime.hibernate(self.manager.runtime_handle(sandbox_id))
+            self.manager.forget_agent(sandbox_id)
+            log.info("sandbox %s hibernated", sandbox_id)
+            if row.state == PAUSED:  # its clock stopped already
+                return self._set(sandbox_id, state=HIBERNATED)
+            return self._stop_clock(row, HIBERNATED, remaining=float(row.timeout) if fresh_timeout else None)
+
+    async def resume(self, sandbox_id: str) -> SandboxRow:
+        """Thaw a paused sandbox or wake a hibernated one; a running one is left as it is."""
+        async with self._lock(sandbox_id):
+            row = self.manager.get(sandbox_id)
+            handle = self.manager.runtime_handle(sandbox_id)
+            if row.state == RUNNING:
+                return row
+            if row.state == PAUSED:
+                await self.runtime.resume(handle)
+            elif row.state == HIBERNATED:
+                started = time.monotonic()
+                await self.runtime.wake(handle)
+                await self.manager.wait_for_agent(handle)
+                log.info("sandbox %s woken in %.0f ms", sandbox_id, (time.monotonic() - started) * 1000)
+            else:
+                raise SandboxNotRunning(f"sandbox '{sandbox_id}' is {row.state}", details={"state": row.state})
+            self.touch(sandbox_id)
+            return self._start_clock(row)
+
+    def _check(self, sandbox_id: str, *, pausing: bool = False) -> SandboxRow:
+        row = self.manager.get(sandbox_id)
+        if pausing and row.state in (PAUSED, HIBERNATED):
+            raise SandboxPaused(f"sandbox '{sandbox_id}' is {row.state} already", details={"state": row.state})
+        if row.state != RUNNING:
+            raise SandboxNotRunning(f"sandbox '{sandbox_id}' is {row.state}", details={"state": row.state})
+        return row
+
+    def _stop_clock(self, row: SandboxRow, state: str, *, remaining: float | None = None) -> SandboxRow:
+        if self.settings.paused_time_counts or row.ends_at is None:
+            return self._set(row.id, state=state)
+        if remaining is None:
+            remaining = max(0.0, (as_utc(row.ends_at) - utcnow()).total_seconds())
+        return self._set(row.id, state=state, ends_at=None, remaining=remaining)
+
+    def _start_clock(self, row: SandboxRow) -> SandboxRow:
+        if row.remaining is None:
+            return self._set(row.id, state=RUNNING)
+        return self._set(row.id, state=RUNNING, ends_at=utcnow() + timedelta(seconds=row.remaining), remaining=None)
+
+    def _set(self, sandbox_id: str, **fields: object) -> SandboxRow:
+        updated = self.store.update_sandbox(sandbox_id, **fields)
+        assert updated is not None
+        return updated
+
+    async def reap_idle(self) -> None:
+        """Hibernate every running sandbox idle for its ``auto_pause`` seconds."""
+        now = time.monotonic()
+        for row in self.store.list_sandboxes(states={RUNNING}):
+            if not row.auto_pause:
+                continue
+            idle = now - self._last_activity.setdefault(row.id, now)
+            if idle >= row.auto_pause:
+                log.info("sandbox %s idle for %.0fs: hibernating it", row.id, idle)
+                with contextlib.suppress(SandboxPaused, SandboxNotRunning):
+                    await self.hibernate(row.id)
+
+    # -- snapshots, restore, fork ----------------------------------------------
+
+    def snapshot_dir(self, snapshot_id: str) -> Path:
+        return self.snapshots_dir / snapshot_id
+
+    async def snapshot(self, sandbox_id: str, *, metadata: Mapping[str, str] | None = None) -> SnapshotRow:
+        """Save the whole sandbox (it is frozen meanwhile, then goes on)."""
+        await self.ensure_awake(sandbox_id)
+        row = self._check(sandbox_id)
+        snapshot = self.store.add_snapshot(
+            SnapshotRow(
+                id=new_snapshot_id(),
+                sandbox_id=row.id,
+                image=row.image,
+                image_id=row.image_id or "",
+                template=row.template,
+                vcpus=row.vcpus,
+                memory_mb=row.memory_mb,
+                envs=dict(row.envs),
+                meta=dict(metadata or {}),
+                state="creating",
+                size=0,
+                created_at=utcnow(),
+            )
+        )
+        final = self.snapshot_dir(snapshot.id)
+        partial = final.with_name(final.name + ".partial")
+        partial.mkdir(parents=True)
+        try:
+            async with self._lock(sandbox_id):
+                await self.runtime.checkpoint(self.manager.runtime_handle(sandbox_id), partial)
+            partial.rename(final)
+        except BaseException as exc:
+            await asyncio.to_thread(shutil.rmtree, partial, True)
+            self.store.update_snapshot(snapshot.id, state="failed", error=str(getattr(exc, "message", exc)))
+            raise
+        size = await asyncio.to_thread(tree_size, final)
+        log.info("sandbox %s snapshotted as %s (%d MiB)", sandbox_id, snapshot.id, size >> 20)
+        return self._snapshot_set(snapshot.id, state="ready", size=size)
+
+    def get_snapshot(self, snapshot_id: str) -> SnapshotRow:
+        row = self.store.get_snapshot(snapshot_id)
+        if row is None:
+            raise SnapshotNotFound(f"no snapshot '{snapshot_id}' exists", details={"snapshot_id": snapshot_id})
+        return row
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        self.get_snapshot(snapshot_id)
+        self.store.delete_snapshot(snapshot_id)
+        shutil.rmtree(self.snapshot_dir(snapshot_id), ignore_errors=True)
+
+    async def restore(self, snapshot_id: str, request: CreateRequest) -> SandboxRow:
+        """A new sandbox from a snapshot: the same processes, memory and files."""
+        snapshot = self.get_snapshot(snapshot_id)
+        if snapshot.state != "ready":
+            raise SnapshotNotFound(
+                f"snapshot '{snapshot_id}' is {snapshot.state}" + (f": {snapshot.error}" if snapshot.error else ""),
+                details={"snapshot_id": snapshot_id, "state": snapshot.state},
+            )
+        path = self.snapshot_dir(snapshot_id)
+        if not (path / "memory").is_dir() or not (path / "upper").is_dir():
+            raise SnapshotNotFound(
+                f"snapshot '{snapshot_id}' has lost its files on disk", details={"snapshot_id": snapshot_id}
+            )
+        return await self._restore_from(path, snapshot, request)
+
+    async def fork(self, sandbox_id: str, count: int, request: CreateRequest) -> list[SandboxRow]:
+        """``count`` independent copies of a running sandbox; it goes on unchanged."""
+        if not 1 <= count <= MAX_FORK:
+            raise InvalidRequest(f"count must be between 1 and {MAX_FORK}, got {count}", details={"count": count})
+        await self.ensure_awake(sandbox_id)
+        row = self._check(sandbox_id)
+        work = self.snapshots_dir / f".fork-{sandbox_id}-{secrets.token_hex(4)}"
+        work.mkdir(parents=True)
+        try:
+            async with self._lock(sandbox_id):
+                await self.runtime.checkpoint(self.manager.runtime_handle(sandbox_id), work)
+            source = SnapshotRow(
+                id="", sandbox_id=row.id, image=row.image, image_id=row.image_id or "", template=row.template,
+                vcpus=row.vcpus, memory_mb=row.memory_mb, envs=dict(row.envs), meta={}, state="ready", size=0,
+                created_at=utcnow(),
+            )  # fmt: skip
+            request = replace(request, metadata={**row.meta, **request.metadata, "corral.forked_from": row.id})
+            results = await asyncio.gather(
+                *(self._restore_from(work, source, request) for _ in range(count)), return_exceptions=True
+            )
+        finally:
+            await asyncio.to_thread(shutil.rmtree, work, True)
+        made = [r for r in results if isinstance(r, SandboxRow)]
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            for sandbox in made:
+                with contextlib.suppress(Exception):
+                    await self.manager.kill(sandbox.id)
+            raise failed[0]
+        log.info("sandbox %s forked into %s", sandbox_id, ", ".join(r.id for r in made))
+        return made
+
+    async def _restore_from(self, path: Path, source: SnapshotRow, request: CreateRequest) -> SandboxRow:
+        images = self.manager.images.store
+        if not images.has(source.image_id):
+            raise RuntimeFailure(f"the image this snapshot was taken on ({source.image}) is gone from the store")
+        image = images.get(source.image_id)
+        create = replace(
+            request,
+            vcpus=source.vcpus,
+            memory_mb=source.memory_mb,
+            envs={**source.envs, **request.envs},
+            template=source.template,
+        )
+
+        async def start(spec: SandboxSpec) -> RuntimeHandle:
+            return await self.runtime.restore(spec, path)
+
+        row = await self.manager.create(create, image=image, image_label=source.image, start=start)
+        self.touch(row.id)
+        return row
+
+    def _snapshot_set(self, snapshot_id: str, **fields: object) -> SnapshotRow:
+        updated = self.store.update_snapshot(snapshot_id, **fields)
+        assert updated is not None
+        return updated
