@@ -7,7 +7,7 @@ States beyond ``running`` (see :mod:`corral.core.sandboxes`):
   sandbox stopped, so it holds no memory; its disk and address stay. Any
   request for it restores it, under the same id and address. A sandbox with
   ``auto_pause`` hibernates after that many idle seconds (no exec, file or
-  process call), and one with ``on_timeout: pause`` at its timeout.
+  process call). One with ``on_timeout: pause`` is paused at its timeout.
 
 While paused or hibernated a sandbox's timeout clock stops (``remaining``
 keeps what is left) unless ``CORRAL_PAUSED_TIME_COUNTS`` is set.
@@ -32,8 +32,16 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from corral.core import commands
 from corral.core.clock import as_utc, utcnow
-from corral.errors import InvalidRequest, RuntimeFailure, SandboxNotRunning, SandboxPaused, SnapshotNotFound
+from corral.errors import (
+    CorralError,
+    InvalidRequest,
+    RuntimeFailure,
+    SandboxNotRunning,
+    SandboxPaused,
+    SnapshotNotFound,
+)
 from corral.images.store import tree_size
 from corral.runtimes.base import RuntimeHandle, SandboxSpec
 from corral.store.models import SandboxRow, SnapshotRow
@@ -72,6 +80,18 @@ class Lifecycle:
                 if entry.name not in known:
                     shutil.rmtree(entry, ignore_errors=True)
 
+    async def _settle(self, sandbox_id: str) -> None:
+        """Have the agent run one short process to its end right before a checkpoint.
+
+        With runsc 20240729, a checkpoint taken of an agent that has not yet run a
+        process to completion since it started (or since its last one began) could
+        restore into an agent spinning in user space, never answering. One finished
+        ``/bin/true`` first made every restore in our trials come back.
+        """
+        agent = self.manager.agent(sandbox_id)
+        with contextlib.suppress(CorralError):
+            await commands.run(agent, commands.ExecRequest(argv=["/bin/true"], timeout=10), [])
+
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
         return self._locks.setdefault(sandbox_id, asyncio.Lock())
 
@@ -91,12 +111,13 @@ class Lifecycle:
         if self.manager.get(sandbox_id).state in (PAUSED, HIBERNATED):
             await self.resume(sandbox_id)
 
-    async def pause(self, sandbox_id: str) -> SandboxRow:
+    async def pause(self, sandbox_id: str, *, fresh_timeout: bool = False) -> SandboxRow:
+        """Freeze it in memory; ``fresh_timeout``: a whole timeout once it is back (a pause at its timeout)."""
         async with self._lock(sandbox_id):
             row = self._check(sandbox_id, pausing=True)
             await self.runtime.pause(self.manager.runtime_handle(sandbox_id))
             log.info("sandbox %s paused", sandbox_id)
-            return self._stop_clock(row, PAUSED)
+            return self._stop_clock(row, PAUSED, remaining=float(row.timeout) if fresh_timeout else None)
 
     async def hibernate(self, sandbox_id: str, *, fresh_timeout: bool = False) -> SandboxRow:
         """Save it to disk and free its memory; ``fresh_timeout``: a whole timeout once it is back."""
@@ -106,6 +127,8 @@ class Lifecycle:
                 raise SandboxPaused(f"sandbox '{sandbox_id}' is hibernated already", details={"state": row.state})
             if row.state not in (RUNNING, PAUSED):
                 raise SandboxNotRunning(f"sandbox '{sandbox_id}' is {row.state}", details={"state": row.state})
+            if row.state == RUNNING:
+                await self._settle(sandbox_id)
             await self.runtime.hibernate(self.manager.runtime_handle(sandbox_id))
             self.manager.forget_agent(sandbox_id)
             log.info("sandbox %s hibernated", sandbox_id)
@@ -199,6 +222,7 @@ class Lifecycle:
         partial.mkdir(parents=True)
         try:
             async with self._lock(sandbox_id):
+                await self._settle(sandbox_id)
                 await self.runtime.checkpoint(self.manager.runtime_handle(sandbox_id), partial)
             partial.rename(final)
         except BaseException as exc:
@@ -245,6 +269,7 @@ class Lifecycle:
         work.mkdir(parents=True)
         try:
             async with self._lock(sandbox_id):
+                await self._settle(sandbox_id)
                 await self.runtime.checkpoint(self.manager.runtime_handle(sandbox_id), work)
             source = SnapshotRow(
                 id="", sandbox_id=row.id, image=row.image, image_id=row.image_id or "", template=row.template,

@@ -393,16 +393,16 @@ class SandboxManager:
                 log.exception("reaper round failed")
 
     async def reap(self) -> None:
-        """End every sandbox whose time is up (kill, or hibernate with ``on_timeout: pause``); hibernate idle ones."""
+        """End every sandbox whose time is up (kill, or pause with ``on_timeout: pause``); hibernate idle ones."""
         now = utcnow()
         for row in self.store.list_sandboxes(states={RUNNING, DEAD, PAUSED, HIBERNATED}):
             if row.ends_at is None or as_utc(row.ends_at) > now:
                 continue
             log.info("sandbox %s reached its timeout", row.id)
             with contextlib.suppress(CorralError):
-                if row.on_timeout == "pause" and row.state in (RUNNING, PAUSED):
-                    await self.lifecycle.hibernate(row.id, fresh_timeout=True)
-                elif row.on_timeout == "pause" and row.state == HIBERNATED:
+                if row.on_timeout == "pause" and row.state == RUNNING:
+                    await self.lifecycle.pause(row.id, fresh_timeout=True)
+                elif row.on_timeout == "pause" and row.state in (PAUSED, HIBERNATED):
                     self.store.update_sandbox(row.id, ends_at=None, remaining=float(row.timeout))
                 else:
                     await self.kill(row.id)

@@ -188,6 +188,7 @@ class OciRuntime(Runtime):
         start: Callable[[Path], Awaitable[None]],
         *,
         before_mount: Callable[[Path], Awaitable[None]] | None = None,
+        memory_limit: int | None = None,
     ) -> RuntimeHandle:
         """Disk, link and bundle for ``spec``, then ``start(sandbox_dir)``; on failure nothing is left."""
         bundle_dir = await self._prepare()
@@ -214,6 +215,8 @@ class OciRuntime(Runtime):
             rootfs = await self._mount_rootfs(sdir, spec)
             await links.create_link(spec.sandbox_id, spec.network)
             config = self._oci_config(spec, rootfs, bundle_dir)
+            if memory_limit is not None:
+                config["linux"]["resources"]["memory"].update(limit=memory_limit, swap=memory_limit)
             (sdir / "bundle").mkdir(exist_ok=True)
             (sdir / "bundle" / "config.json").write_text(json.dumps(config, indent=1))
             await start(sdir)
@@ -335,7 +338,9 @@ class OciRuntime(Runtime):
                 ["cp", "-a", "--reflink=auto", str(snapshot / "upper"), str(sdir / "upper")], timeout=3600
             )
 
-        return await self._build(spec, start, before_mount=copy_upper)
+        # The restored kernel brings its own memory size; the host wall goes into the spec
+        # at once, so loading the saved memory never meets the user's (lower) limit.
+        return await self._build(spec, start, before_mount=copy_upper, memory_limit=host_memory_limit(spec.memory_mb))
 
     async def hibernate(self, handle: RuntimeHandle) -> None:
         self._needs_runsc("hibernate")

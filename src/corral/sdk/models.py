@@ -62,7 +62,7 @@ class SandboxInfo(_JsonModel):
     template: str | None = None
     """The template it was started from, if any."""
     on_timeout: str = "kill"
-    """At its timeout: ``kill``, or ``pause`` (hibernate)."""
+    """At its timeout: ``kill``, or ``pause`` (memory kept; any call resumes it)."""
     auto_pause: int | None = None
     """Seconds without requests after which it hibernates (None: never)."""
     remaining: float | None = None

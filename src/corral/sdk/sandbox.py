@@ -53,7 +53,7 @@ class Sandbox(SandboxBase[Commands, Files]):
         With ``template``, it starts from that template's image and resources, runs its
         start command, and is handed out once the template's readiness check passes.
         With ``snapshot``, it is that snapshot restored: the same processes, memory and files.
-        ``on_timeout="pause"`` hibernates it at its timeout instead of killing it;
+        ``on_timeout="pause"`` pauses it at its timeout instead of killing it;
         ``auto_pause`` hibernates it after that many seconds without requests.
         """
         call = routes.create_sandbox(

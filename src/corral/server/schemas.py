@@ -32,7 +32,7 @@ class CreateSandbox(Strict):
         default=None, max_length=64, description="Restore this snapshot: its processes, memory and files."
     )
     on_timeout: Literal["kill", "pause"] = Field(
-        default="kill", description="At its timeout: kill it, or pause (hibernate) it."
+        default="kill", description="At its timeout: kill it, or pause it (memory kept; any request resumes it)."
     )
     auto_pause: int | None = Field(
         default=None, ge=1, description="Hibernate after this many seconds without any request; woken by the next."

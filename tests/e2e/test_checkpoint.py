@@ -1,0 +1,120 @@
+"""Snapshots, restore, fork and hibernation: built on runsc checkpoint/restore, experimental.
+
+With runsc 20240729 a restore now and then brings back an agent spinning in
+user space that never answers (see docs/api.md). These tests are kept out of
+the default run (marker ``checkpoint``) until that is fixed; run them with
+``pytest -m checkpoint tests/e2e/test_checkpoint.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from corral import Sandbox, SnapshotNotFound
+
+pytestmark = [pytest.mark.runsc, pytest.mark.checkpoint]
+
+REPL = """
+import sys, time
+state = {"count": 0}
+while True:
+    line = sys.stdin.readline()
+    if not line:
+        time.sleep(0.05); continue
+    state["count"] += int(line)
+    print(state["count"], flush=True)
+"""
+
+
+def test_snapshot_restore_keeps_a_repl_and_its_variables(sandbox_factory: Callable[..., Any], corral_url: str) -> None:
+    sbx: Sandbox = sandbox_factory()
+    sbx.files.write("/home/user/repl.py", REPL)
+    handle = sbx.commands.run("python3 -u /home/user/repl.py", background=True)
+    handle.send_stdin("5\n")
+    sbx.files.write("/home/user/kept.txt", "before the snapshot\n")
+    deadline = time.monotonic() + 10
+    while "5" not in handle.stdout and time.monotonic() < deadline:
+        time.sleep(0.05)
+    snap = sbx.snapshot(metadata={"step": "one"})
+    assert snap.state == "ready" and snap.size > 0 and snap.metadata == {"step": "one"}
+    sbx.files.write("/home/user/kept.txt", "after the snapshot\n")  # the copy must not see this
+
+    restored: Sandbox = sandbox_factory(snapshot=snap.id)
+    assert restored.id != sbx.id and restored.info().address != sbx.info().address
+    assert restored.files.read("/home/user/kept.txt") == "before the snapshot\n"
+    pid = handle.pid
+    restored.commands.send_stdin(pid, "10\n")
+    out = restored.commands.connect(pid)
+    deadline = time.monotonic() + 10
+    while "15" not in out.stdout and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "15" in out.stdout  # the REPL's variable survived: 5 + 10
+    assert [s.id for s in Sandbox.list_snapshots(sbx.id, url=corral_url)] == [snap.id]
+    Sandbox.delete_snapshot(snap.id, url=corral_url)
+    with pytest.raises(SnapshotNotFound):
+        sandbox_factory(snapshot=snap.id)
+
+
+def test_ten_snapshot_restore_cycles_lose_nothing(sandbox_factory: Callable[..., Any], corral_url: str) -> None:
+    sbx: Sandbox = sandbox_factory()
+    data = b"".join(hashlib.sha256(str(i).encode()).digest() for i in range(8192))  # 256 KiB
+    sbx.files.write("/home/user/data.bin", data)
+    sbx.commands.run("sleep 1000 & echo $! > /tmp/sleeper", background=True)
+    current = sbx
+    for i in range(10):
+        snap = current.snapshot()
+        nxt: Sandbox = sandbox_factory(snapshot=snap.id)
+        assert nxt.files.read("/home/user/data.bin", format="bytes") == data
+        assert nxt.commands.run("kill -0 $(cat /tmp/sleeper) && echo alive").stdout == "alive\n"
+        nxt.files.write(f"/home/user/gen{i}", str(i))
+        Sandbox.delete_snapshot(snap.id, url=corral_url)
+        if current is not sbx:
+            current.kill()
+        current = nxt
+    assert sorted(e.name for e in current.files.list("/home/user") if e.name.startswith("gen")) == [
+        f"gen{i}" for i in range(10)
+    ]
+
+
+def test_fork_into_five_with_divergent_writes(sandbox_factory: Callable[..., Any]) -> None:
+    parent: Sandbox = sandbox_factory()
+    parent.files.write("/home/user/shared.txt", "from the parent\n")
+    parent.commands.run("sleep 1000", background=True)
+    children = parent.fork(5, metadata={"role": "child"})
+    try:
+        assert len({c.id for c in children}) == 5 and parent.id not in {c.id for c in children}
+        assert len({c.info().address for c in children} | {parent.info().address}) == 6
+        for i, child in enumerate(children):
+            assert child.files.read("/home/user/shared.txt") == "from the parent\n"
+            child.files.write("/home/user/mine.txt", f"child {i}\n")
+            assert "sleep 1000" in child.commands.run("ps ax").stdout
+            assert child.info().metadata["corral.forked_from"] == parent.id
+        for i, child in enumerate(children):
+            assert child.files.read("/home/user/mine.txt") == f"child {i}\n"
+        assert not parent.files.exists("/home/user/mine.txt")
+        assert parent.commands.run("echo parent goes on").stdout == "parent goes on\n"
+    finally:
+        for child in children:
+            child.kill()
+            child.close()
+
+
+def test_hibernate_by_idle_time_then_wake_by_an_exec(sandbox_factory: Callable[..., Any], corral_url: str) -> None:
+    sbx: Sandbox = sandbox_factory(auto_pause=2, timeout=600)
+    sbx.commands.run("sleep 1000 & echo kept > /tmp/kept", background=True)
+    deadline = time.monotonic() + 20
+    while sbx.info().state != "hibernated" and time.monotonic() < deadline:
+        time.sleep(0.25)
+    info = sbx.info()
+    assert info.state == "hibernated" and info.ends_at is None and 500 < (info.remaining or 0) <= 600
+    with pytest.raises(httpx.TransportError):  # nothing runs: no agent answers at its address
+        httpx.get(f"http://{info.address}:49983/health", timeout=1.0)
+    r = sbx.commands.run("cat /tmp/kept; pgrep -x sleep >/dev/null && echo sleeping")
+    assert r.stdout == "kept\nsleeping\n"
+    assert sbx.info().state == "running"

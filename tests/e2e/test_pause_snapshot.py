@@ -1,0 +1,74 @@
+"""Pause and resume of real gVisor sandboxes, and pausing at the timeout."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from corral import Sandbox, SandboxPaused
+
+pytestmark = pytest.mark.runsc
+
+
+def test_pause_and_resume_ten_times_keep_processes_and_bytes(sandbox_factory: Callable[..., Any]) -> None:
+    sbx: Sandbox = sandbox_factory()
+    sbx.files.write(
+        "/home/user/counter.py",
+        "import time\nn=0\nwhile True:\n    n+=1\n    open('/tmp/n','w').write(str(n))\n    time.sleep(0.02)\n",
+    )
+    sbx.commands.run("python3 /home/user/counter.py", background=True)
+    blob = bytes(range(256)) * 4096
+    sbx.files.write("/home/user/blob.bin", blob)
+    for _ in range(10):
+        paused = sbx.pause()
+        assert paused.state == "paused" and paused.ends_at is None and paused.remaining is not None
+        with pytest.raises(SandboxPaused):
+            sbx.pause()
+        assert sbx.resume().state == "running"
+    # the counter kept running across every pause, and nothing was lost
+    first = int(sbx.files.read("/tmp/n"))
+    time.sleep(0.3)
+    assert int(sbx.files.read("/tmp/n")) > first
+    assert (
+        hashlib.sha256(sbx.files.read("/home/user/blob.bin", format="bytes")).digest() == hashlib.sha256(blob).digest()
+    )
+
+
+def test_any_call_resumes_a_paused_sandbox(sandbox_factory: Callable[..., Any], corral_url: str) -> None:
+    sbx: Sandbox = sandbox_factory(timeout=120)
+    sbx.pause()
+    assert sbx.commands.run("echo awake").stdout == "awake\n"
+    info = sbx.info()
+    assert info.state == "running" and info.ends_at is not None
+    sbx.pause()
+    again = Sandbox.connect(sbx.id, url=corral_url)  # connect resumes, as E2B's does
+    assert again.info().state == "running"
+    again.close()
+
+
+def test_on_timeout_pause_pauses_instead_of_killing(sandbox_factory: Callable[..., Any]) -> None:
+    sbx: Sandbox = sandbox_factory(timeout=2, on_timeout="pause")
+    sbx.commands.run("sleep 1000", background=True)
+    sbx.files.write("/home/user/x", "still here")
+    deadline = time.monotonic() + 20
+    while sbx.info().state != "paused" and time.monotonic() < deadline:
+        time.sleep(0.25)
+    paused = sbx.info()
+    assert paused.state == "paused" and paused.ends_at is None and paused.remaining == 2
+    assert sbx.files.read("/home/user/x") == "still here"  # a call resumes it, with a whole timeout again
+    resumed = sbx.info()
+    assert resumed.state == "running" and resumed.ends_at is not None
+    assert "sleep 1000" in sbx.commands.run("ps ax").stdout
+
+
+def test_set_timeout_on_a_paused_sandbox_runs_from_its_resume(sandbox_factory: Callable[..., Any]) -> None:
+    sbx: Sandbox = sandbox_factory(timeout=300)
+    sbx.pause()
+    info = sbx.set_timeout(60)
+    assert info.state == "paused" and info.ends_at is None and info.remaining == 60
+    resumed = sbx.resume()
+    assert resumed.ends_at is not None and resumed.remaining is None
