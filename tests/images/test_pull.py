@@ -113,7 +113,8 @@ def test_remove_and_gc(image_server: ServerProcess, registry: Registry, tmp_path
             with pytest.raises(Conflict, match="used by 1 sandbox"):
                 images.remove(ref)
             images.remove(ref, force=True)  # the name goes; the sandbox keeps its files
-            assert images.gc()["layers"] == 0 and layer_dir.is_dir()
+            images.gc()  # may free other tests' build cache, never what a sandbox runs on
+            assert layer_dir.is_dir()
             assert sbx.files.read("/etc/gc") == "gc\n"
         assert images.gc()["layers"] >= 1
         assert not layer_dir.exists()
