@@ -35,6 +35,7 @@ from corral.core.agent_client import AgentClient
 from corral.core.clock import as_utc, utcnow
 from corral.core.images import ImageService
 from corral.core.lifecycle import HIBERNATED, PAUSED, Lifecycle
+from corral.core.pools import POOLED
 from corral.errors import (
     AgentUnavailable,
     Conflict,
@@ -122,6 +123,10 @@ class SandboxManager:
                 log.warning("sandbox %s was still starting when the server stopped; removing it", row.id)
                 await self.runtime.destroy(handle)
                 self.store.delete_sandbox(row.id)
+            elif row.state == POOLED:
+                if await self.runtime.state(handle) is not RuntimeState.RUNNING:
+                    await self.runtime.destroy(handle)  # its pool starts another
+                    self.store.delete_sandbox(row.id)
             elif row.state in (RUNNING, PAUSED, HIBERNATED):
                 seen = await self.runtime.state(handle)
                 expected = {RUNNING: RuntimeState.RUNNING, PAUSED: RuntimeState.PAUSED}.get(row.state)

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corral._version import __version__
 from corral.config import Settings
+from corral.core.pools import Pools
 from corral.core.sandboxes import SandboxManager
 from corral.core.templates import TemplateService
 from corral.errors import (
@@ -28,7 +29,7 @@ from corral.errors import (
 from corral.images.store import ImageStore
 from corral.runtimes.base import Runtime
 from corral.server.middleware import ApiKeyMiddleware, BodyLimitMiddleware
-from corral.server.routes import commands, files, images, sandboxes, snapshots, templates
+from corral.server.routes import commands, files, images, pools, sandboxes, snapshots, templates
 from corral.server.schemas import ErrorEnvelope, Health
 from corral.store.db import Store
 
@@ -62,9 +63,12 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         app.state.manager = manager
         app.state.templates = TemplateService(manager)
         app.state.templates.start()
+        app.state.pools = Pools(manager, app.state.templates)
+        app.state.pools.start()
         try:
             yield
         finally:
+            await app.state.pools.aclose()
             await manager.aclose()
             store.close()
 
@@ -83,6 +87,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.include_router(images.router)
     app.include_router(templates.router)
     app.include_router(snapshots.router)
+    app.include_router(pools.router)
 
     @app.get("/health", tags=["health"])
     async def health() -> Health:

@@ -44,7 +44,7 @@ class Sandbox(BaseModel):
     image: str
     template: str | None = None
     runtime: str
-    state: Literal["starting", "running", "paused", "hibernated", "dead"]
+    state: Literal["starting", "running", "paused", "hibernated", "pooled", "dead"]
     on_timeout: Literal["kill", "pause"] = "kill"
     auto_pause: int | None = None
     remaining: float | None = Field(default=None, description="While paused or hibernated: timeout seconds left.")
@@ -344,3 +344,19 @@ class Fork(Strict):
     timeout: int | None = Field(
         default=None, ge=0, description="Lifetime of each copy in seconds; default: the server's."
     )
+
+
+class PoolSize(Strict):
+    size: int = Field(ge=0, le=64, description="Sandboxes to keep started (0 empties the pool).")
+
+
+class Pool(BaseModel):
+    key: str = Field(description="image:<canonical name> or template:<name>.")
+    size: int
+    ready: int = Field(description="Sandboxes waiting in it now.")
+    hits: int = Field(description="Creates served from it.")
+    misses: int = Field(description="Creates that found it empty.")
+
+
+class PoolList(BaseModel):
+    pools: list[Pool]

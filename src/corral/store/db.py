@@ -16,7 +16,7 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from corral.store.models import SandboxRow, SnapshotRow, TemplateRow
+from corral.store.models import PoolRow, SandboxRow, SnapshotRow, TemplateRow
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -156,5 +156,40 @@ class Store:
     def delete_snapshot(self, snapshot_id: str) -> None:
         with self.session() as s:
             row = s.get(SnapshotRow, snapshot_id)
+            if row is not None:
+                s.delete(row)
+
+    # -- pools -----------------------------------------------------------------
+
+    def list_pools(self) -> list[PoolRow]:
+        with self.session() as s:
+            return list(s.scalars(select(PoolRow).order_by(PoolRow.key)))
+
+    def get_pool(self, key: str) -> PoolRow | None:
+        with self.session() as s:
+            return s.get(PoolRow, key)
+
+    def put_pool(self, key: str, size: int) -> PoolRow:
+        with self.session() as s:
+            row = s.get(PoolRow, key)
+            if row is None:
+                row = PoolRow(key=key, size=size, hits=0, misses=0)
+                s.add(row)
+            else:
+                row.size = size
+        return row
+
+    def count_pool(self, key: str, *, hit: bool) -> None:
+        with self.session() as s:
+            row = s.get(PoolRow, key)
+            if row is not None:
+                if hit:
+                    row.hits += 1
+                else:
+                    row.misses += 1
+
+    def delete_pool(self, key: str) -> None:
+        with self.session() as s:
+            row = s.get(PoolRow, key)
             if row is not None:
                 s.delete(row)

@@ -42,6 +42,20 @@ class SandboxRow(Base):
     """Seconds without any request after which the sandbox hibernates; None: never."""
     remaining: Mapped[float | None] = mapped_column(Float, nullable=True)
     """While paused or hibernated: the seconds of its timeout still to run once it is back."""
+    pool: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    """While it waits in a warm pool (state ``pooled``): that pool's key."""
+
+
+class PoolRow(Base):
+    """A warm pool: ``size`` sandboxes of one image or template kept started, ready to be claimed."""
+
+    __tablename__ = "pools"
+
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    """``image:<canonical name>`` or ``template:<name>``."""
+    size: Mapped[int] = mapped_column(Integer)
+    hits: Mapped[int] = mapped_column(Integer, default=0)
+    misses: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class SnapshotRow(Base):

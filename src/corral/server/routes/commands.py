@@ -39,7 +39,7 @@ async def exec_command(sandbox_id: str, body: Exec, manager: Manager) -> Respons
         cmd=body.cmd,
         argv=body.argv,
         cwd=body.cwd,
-        envs=body.envs,
+        envs={**manager.get(sandbox_id).envs, **body.envs},  # a pooled sandbox learns its envs at claim
         user=body.user,
         timeout=manager.settings.exec_timeout if body.timeout is None else body.timeout,
         stdin=body.stdin,

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 
+from corral.core.pools import Pools
 from corral.core.sandboxes import CreateRequest
 from corral.core.templates import TemplateService
 from corral.errors import InvalidRequest
@@ -26,6 +27,8 @@ from corral.server.schemas import (
 router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
 
 STATES = {"starting", "running", "paused", "hibernated", "dead"}
+KNOWN_STATES = STATES | {"pooled"}
+"""What a list shows (sandboxes waiting in a warm pool are not anyone's yet)."""
 
 
 @router.post("", status_code=201)
@@ -38,6 +41,10 @@ async def create_sandbox(body: CreateSandbox, request: Request, manager: Manager
         raise InvalidRequest("give at most one of image, template and snapshot")
     if snapshot is not None:
         return Sandbox.from_row(await manager.lifecycle.restore(snapshot, create))
+    pools: Pools = request.app.state.pools
+    claimed = await pools.claim(create)
+    if claimed is not None:
+        return Sandbox.from_row(claimed)
     if create.template is not None:
         templates: TemplateService = request.app.state.templates
         return Sandbox.from_row(await templates.spawn(create))
@@ -51,16 +58,16 @@ async def list_sandboxes(
     metadata: Annotated[list[str] | None, Query(description="key=value; repeatable, all must match.")] = None,
 ) -> SandboxList:
     """Every sandbox that exists, oldest first."""
-    unknown = set(state or []) - STATES
+    unknown = set(state or []) - KNOWN_STATES
     if unknown:
-        raise InvalidRequest(f"unknown state(s) {sorted(unknown)}; use {sorted(STATES)}")
+        raise InvalidRequest(f"unknown state(s) {sorted(unknown)}; use {sorted(KNOWN_STATES)}")
     wanted: dict[str, str] = {}
     for item in metadata or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise InvalidRequest(f"metadata filter {item!r} is not key=value")
         wanted[key] = value
-    rows = manager.list_sandboxes(states=set(state) if state else None, metadata=wanted)
+    rows = manager.list_sandboxes(states=set(state) if state else STATES, metadata=wanted)
     return SandboxList(sandboxes=[Sandbox.from_row(r) for r in rows])
 
 
