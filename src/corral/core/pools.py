@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 POOLED = "pooled"
 MAX_POOL_SIZE = 64
 RETRY_DELAY = 5.0
+REFILL_DELAY = 1.0
+"""After a claim, the refill waits this long: the claimant's first commands get the CPU first."""
 
 
 def pool_key(*, image: str | None = None, template: str | None = None) -> str:
@@ -119,20 +121,22 @@ class Pools:
         assert claimed is not None
         self.store.count_pool(key, hit=True)
         self.manager.lifecycle.touch(row.id)
-        self.refill(key)
+        self.refill(key, delay=REFILL_DELAY)
         log.info("sandbox %s claimed from pool %s", row.id, key)
         return claimed
 
     # -- filling -----------------------------------------------------------------
 
-    def refill(self, key: str) -> None:
+    def refill(self, key: str, *, delay: float = 0.0) -> None:
         task = self._filling.get(key)
         if task is None or task.done():
-            self._filling[key] = asyncio.create_task(self._fill(key), name=f"corral-pool-{key}")
+            self._filling[key] = asyncio.create_task(self._fill(key, delay), name=f"corral-pool-{key}")
 
-    async def _fill(self, key: str) -> None:
+    async def _fill(self, key: str, delay: float) -> None:
+        from corral.core import commands
         from corral.core.sandboxes import CreateRequest
 
+        await asyncio.sleep(delay)
         failures = 0
         while True:
             pool = self.store.get_pool(key)
@@ -158,6 +162,10 @@ class Pools:
                     return
                 await asyncio.sleep(RETRY_DELAY)
                 continue
+            # Warm it up: the shell is found and run once, so the claimant's first command is quick.
+            with contextlib.suppress(CorralError):
+                shell = await self.manager.shell(row.id)
+                await commands.run(self.manager.agent(row.id), commands.ExecRequest(cmd="true", timeout=30), shell)
             self.store.update_sandbox(row.id, state=POOLED, pool=key)
 
 

@@ -7,11 +7,14 @@ failure into :class:`ServerUnavailable`. Only the I/O differs between them.
 
 from __future__ import annotations
 
+import functools
+import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+import certifi
 import httpx
 
 from corral.errors import error_from_envelope
@@ -29,6 +32,13 @@ async_transport: httpx.AsyncBaseTransport | None = None
 """When set, every async client sends through it instead of the network (a test seam)."""
 
 Content = bytes | Iterable[bytes] | AsyncIterable[bytes]
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """One TLS context per process: building one loads the CA bundle (tens of ms), and
+    every Sandbox has a client of its own."""
+    return ssl.create_default_context(cafile=certifi.where())
 
 
 def _raw(response: httpx.Response) -> httpx.Response:
@@ -94,6 +104,7 @@ class SyncHTTP:
             headers=config.headers,
             timeout=config.request_timeout,
             transport=sync_transport,
+            verify=_tls(),
         )
 
     def call(self, call: Call[T]) -> T:
@@ -157,6 +168,7 @@ class AsyncHTTP:
             headers=config.headers,
             timeout=config.request_timeout,
             transport=async_transport,
+            verify=_tls(),
         )
 
     async def call(self, call: Call[T]) -> T:
