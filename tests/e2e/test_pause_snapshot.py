@@ -72,3 +72,23 @@ def test_set_timeout_on_a_paused_sandbox_runs_from_its_resume(sandbox_factory: C
     assert info.state == "paused" and info.ends_at is None and info.remaining == 60
     resumed = sbx.resume()
     assert resumed.ends_at is not None and resumed.remaining is None
+
+
+def test_cli_pause_and_resume(sandbox_factory: Callable[..., Any], corral_url: str) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sbx: Sandbox = sandbox_factory()
+    corral = str(Path(sys.executable).with_name("corral"))
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}, "CORRAL_URL": corral_url}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([corral, *args], capture_output=True, text=True, env=env, timeout=60)
+
+    assert run("sandbox", "pause", sbx.id).stdout == f"{sbx.id} is paused\n"
+    assert '"state": "paused"' in run("sandbox", "info", sbx.id, "--json").stdout  # looking does not resume it
+    again = run("sandbox", "pause", sbx.id)
+    assert again.returncode == 1 and again.stderr.startswith("error: sandbox_paused:")
+    assert run("sandbox", "resume", sbx.id).stdout == f"{sbx.id} is running\n"

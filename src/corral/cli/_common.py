@@ -26,8 +26,11 @@ class Connection:
     api_key: str | None = None
 
     def sandbox(self, sandbox_id: str) -> closing[Sandbox]:
-        """Attach to a sandbox for the length of a ``with`` (which closes, not kills, it)."""
-        return closing(Sandbox.connect(sandbox_id, url=self.url, api_key=self.api_key))
+        """Attach to a sandbox for the length of a ``with`` (which closes, not kills, it).
+
+        A paused sandbox stays paused: commands that need it running resume it by using it.
+        """
+        return closing(Sandbox.connect(sandbox_id, resume=False, url=self.url, api_key=self.api_key))
 
 
 def connection(ctx: typer.Context) -> Connection:

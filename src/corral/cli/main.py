@@ -1,6 +1,6 @@
 """``corral``: the command line.
 
-    corral sandbox create | list | info | kill | logs
+    corral sandbox create | list | info | kill | logs | pause | resume
     corral exec ID -- cmd args...
     corral cp SRC DST            (ID:/path in a sandbox, a local path, or -)
     corral serve

@@ -135,6 +135,27 @@ def kill(ctx: typer.Context, sandbox_id: IdArgument, json: JsonOption = False) -
 
 
 @app.command()
+def pause(ctx: typer.Context, sandbox_id: IdArgument, json: JsonOption = False) -> None:
+    """Freeze a sandbox, memory kept (any later command on it resumes it)."""
+    _lifecycle(ctx, sandbox_id, "pause", json)
+
+
+@app.command()
+def resume(ctx: typer.Context, sandbox_id: IdArgument, json: JsonOption = False) -> None:
+    """Thaw a paused sandbox (or wake a hibernated one)."""
+    _lifecycle(ctx, sandbox_id, "resume", json)
+
+
+def _lifecycle(ctx: typer.Context, sandbox_id: str, action: str, json: bool) -> None:
+    with cli_errors(), connection(ctx).sandbox(sandbox_id) as sbx:
+        info = sbx.pause() if action == "pause" else sbx.resume()
+    if json:
+        print_json(info.to_json())
+    else:
+        typer.echo(f"{sandbox_id} is {info.state}")
+
+
+@app.command()
 def logs(
     ctx: typer.Context,
     sandbox_id: IdArgument,

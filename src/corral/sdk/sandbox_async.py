@@ -68,16 +68,17 @@ class AsyncSandbox(SandboxBase[AsyncCommands, AsyncFiles]):
         cls,
         sandbox_id: str,
         *,
+        resume: bool = True,
         url: str | None = None,
         api_key: str | None = None,
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
     ) -> AsyncSandbox:
-        """Attach to an existing sandbox, resuming it if it is paused or hibernated.
+        """Attach to an existing sandbox, resuming it if it is paused or hibernated (unless ``resume=False``).
 
         Raises ``SandboxNotFound`` if there is none.
         """
         sbx = await cls._open(routes.get_sandbox(sandbox_id), url, api_key, request_timeout)
-        if sbx._info.state in ("paused", "hibernated"):
+        if resume and sbx._info.state in ("paused", "hibernated"):
             await sbx.resume()
         return sbx
 
