@@ -1,10 +1,4 @@
-"""Snapshots, restore, fork and hibernation: built on runsc checkpoint/restore, experimental.
-
-With runsc 20240729 a restore now and then brings back an agent spinning in
-user space that never answers (see docs/api.md). These tests are kept out of
-the default run (marker ``checkpoint``) until that is fixed; run them with
-``pytest -m checkpoint tests/e2e/test_checkpoint.py``.
-"""
+"""Snapshots, restore, fork and hibernation of real gVisor sandboxes (runsc checkpoint/restore)."""
 
 from __future__ import annotations
 
@@ -49,8 +43,8 @@ def test_snapshot_restore_keeps_a_repl_and_its_variables(sandbox_factory: Callab
     assert restored.id != sbx.id and restored.info().address != sbx.info().address
     assert restored.files.read("/home/user/kept.txt") == "before the snapshot\n"
     pid = handle.pid
-    restored.commands.send_stdin(pid, "10\n")
     out = restored.commands.connect(pid)
+    restored.commands.send_stdin(pid, "10\n")
     deadline = time.monotonic() + 10
     while "15" not in out.stdout and time.monotonic() < deadline:
         time.sleep(0.05)

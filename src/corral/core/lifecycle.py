@@ -32,10 +32,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from corral.core import commands
 from corral.core.clock import as_utc, utcnow
 from corral.errors import (
-    CorralError,
     InvalidRequest,
     RuntimeFailure,
     SandboxNotRunning,
@@ -80,18 +78,6 @@ class Lifecycle:
                 if entry.name not in known:
                     shutil.rmtree(entry, ignore_errors=True)
 
-    async def _settle(self, sandbox_id: str) -> None:
-        """Have the agent run one short process to its end right before a checkpoint.
-
-        With runsc 20240729, a checkpoint taken of an agent that has not yet run a
-        process to completion since it started (or since its last one began) could
-        restore into an agent spinning in user space, never answering. One finished
-        ``/bin/true`` first made every restore in our trials come back.
-        """
-        agent = self.manager.agent(sandbox_id)
-        with contextlib.suppress(CorralError):
-            await commands.run(agent, commands.ExecRequest(argv=["/bin/true"], timeout=10), [])
-
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
         return self._locks.setdefault(sandbox_id, asyncio.Lock())
 
@@ -127,8 +113,7 @@ class Lifecycle:
                 raise SandboxPaused(f"sandbox '{sandbox_id}' is hibernated already", details={"state": row.state})
             if row.state not in (RUNNING, PAUSED):
                 raise SandboxNotRunning(f"sandbox '{sandbox_id}' is {row.state}", details={"state": row.state})
-            if row.state == RUNNING:
-                await self._settle(sandbox_id)
+            await self.manager.drop_agent_connections(sandbox_id)
             await self.runtime.hibernate(self.manager.runtime_handle(sandbox_id))
             self.manager.forget_agent(sandbox_id)
             log.info("sandbox %s hibernated", sandbox_id)
@@ -222,7 +207,7 @@ class Lifecycle:
         partial.mkdir(parents=True)
         try:
             async with self._lock(sandbox_id):
-                await self._settle(sandbox_id)
+                await self.manager.drop_agent_connections(sandbox_id)
                 await self.runtime.checkpoint(self.manager.runtime_handle(sandbox_id), partial)
             partial.rename(final)
         except BaseException as exc:
@@ -269,7 +254,7 @@ class Lifecycle:
         work.mkdir(parents=True)
         try:
             async with self._lock(sandbox_id):
-                await self._settle(sandbox_id)
+                await self.manager.drop_agent_connections(sandbox_id)
                 await self.runtime.checkpoint(self.manager.runtime_handle(sandbox_id), work)
             source = SnapshotRow(
                 id="", sandbox_id=row.id, image=row.image, image_id=row.image_id or "", template=row.template,

@@ -54,6 +54,8 @@ from corral.store.models import SandboxRow
 log = logging.getLogger(__name__)
 
 STARTING, RUNNING, DEAD = "starting", "running", "dead"
+CLOSE_GRACE = 0.2
+"""Seconds given to an agent to close its side of the connections dropped before a checkpoint."""
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
 
@@ -80,11 +82,9 @@ class SandboxManager:
         self.store = store
         self.runtime = runtime
         self.images = ImageService(settings, images, in_use=self.images_in_use)
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(30.0, connect=5.0),
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
-            trust_env=False,
-        )
+        # One HTTP client per sandbox, so that its connections can be dropped before a
+        # checkpoint (see drop_agent_connections) without touching other sandboxes'.
+        self._clients: dict[str, httpx.AsyncClient] = {}
         self._agents: dict[str, AgentClient] = {}
         self._shells: dict[str, list[str]] = {}
         self._reaper: asyncio.Task[None] | None = None
@@ -107,7 +107,9 @@ class SandboxManager:
                 await self._reaper
         if self._teardowns:
             await asyncio.wait(self._teardowns, timeout=30)
-        await self._http.aclose()
+        for client in list(self._clients.values()):
+            await client.aclose()
+        self._clients.clear()
         await self.runtime.aclose()
 
     async def reconcile(self) -> None:
@@ -324,7 +326,7 @@ class SandboxManager:
             )
         client = self._agents.get(sandbox_id)
         if client is None:
-            client = self._agents[sandbox_id] = AgentClient(row.agent_url, http=self._http)
+            client = self._agents[sandbox_id] = AgentClient(row.agent_url, http=self._http_for(sandbox_id))
         return client
 
     async def shell(self, sandbox_id: str) -> list[str]:
@@ -366,7 +368,7 @@ class SandboxManager:
         raise RuntimeFailure(f"no free addresses left in {self.settings.sandbox_subnet}")
 
     async def wait_for_agent(self, handle: RuntimeHandle) -> None:
-        agent = AgentClient(handle.agent_url, http=self._http)
+        agent = AgentClient(handle.agent_url, http=self._http_for(handle.sandbox_id))
         deadline = time.monotonic() + self.settings.start_timeout
         delay = 0.002
         while time.monotonic() < deadline:
@@ -388,6 +390,35 @@ class SandboxManager:
     def forget_agent(self, sandbox_id: str) -> None:
         self._agents.pop(sandbox_id, None)
         self._shells.pop(sandbox_id, None)
+        client = self._clients.pop(sandbox_id, None)
+        if client is not None:
+            task = asyncio.create_task(client.aclose())
+            self._teardowns.add(task)
+            task.add_done_callback(self._teardowns.discard)
+
+    async def drop_agent_connections(self, sandbox_id: str) -> None:
+        """Close every connection to the sandbox's agent (streams through it end).
+
+        A checkpoint resets open TCP connections (``--net-disconnect-ok``), and an
+        agent restored with such a connection was seen to spin on its dead socket
+        and never answer again; with none open, restores come back.
+        """
+        self._agents.pop(sandbox_id, None)
+        client = self._clients.pop(sandbox_id, None)
+        if client is not None:
+            await client.aclose()
+            await asyncio.sleep(CLOSE_GRACE)  # for the agent to see the closes and drop its sockets
+
+    def _http_for(self, sandbox_id: str) -> httpx.AsyncClient:
+        client = self._clients.get(sandbox_id)
+        if client is None:
+            client = self._clients[sandbox_id] = httpx.AsyncClient(
+                timeout=httpx.Timeout(30.0, connect=5.0),
+                limits=httpx.Limits(max_connections=200, max_keepalive_connections=20),
+                trust_env=False,
+                verify=False,  # agents speak plain HTTP over the sandbox's own link
+            )
+        return client
 
     async def _reap_forever(self) -> None:
         while True:

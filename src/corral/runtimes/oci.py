@@ -359,6 +359,10 @@ class OciRuntime(Runtime):
         self._needs_runsc("wake")
         sdir = self._dir(handle)
         saved = sdir / HIBERNATED
+        # gVisor took the interface's address over when it first started; the restored
+        # netstack reads it from the namespace again, so the link is made afresh.
+        if "slot" in handle.info:
+            await links.create_link(handle.sandbox_id, links.network_from_info(handle.info))
         await self._start(handle.sandbox_id, sdir, "restore", "--image-path", str(saved / "memory"))
         config = json.loads((sdir / "bundle" / "config.json").read_text())
         limit_mb = int(config["linux"]["resources"]["memory"]["limit"]) >> 20
