@@ -37,7 +37,7 @@ from _common import (
 )
 
 from corral import Templates
-from corral.images.store import Image, ImageStore, random_id, tree_size
+from corral.images.store import Image, ImageStore
 
 TARGET = 1.2
 LARGE, TINY, TEMPLATE = "corral/bench/large", "corral/bench/tiny", "bench-web"
@@ -72,21 +72,7 @@ def ensure_images() -> None:
 
 def _add(store: ImageStore, tree: Path, *, parent: Image | None, name: str) -> None:
     tree.chmod(0o755)
-    layer = random_id()
-    with store.locked():
-        store.add_layer(layer, tree)
-        store.add_image(
-            Image(
-                id=random_id(),
-                layers=(*(parent.layers if parent else ()), layer),
-                config=parent.config if parent else Image(id="", layers=()).config,
-                source="commit",
-                created=time.time(),
-                size=tree_size(store.layers_dir / layer),
-                parent=parent.id if parent else None,
-            ),
-            names=(name,),
-        )
+    store.stack(tree, parent=parent, source="commit", names=(name,))
 
 
 def ttfe_once(sandboxes: SandboxSet, **create: Any) -> float:

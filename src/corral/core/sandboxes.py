@@ -45,7 +45,7 @@ from corral.errors import (
     SandboxNotFound,
     SandboxNotRunning,
 )
-from corral.images.store import Image, ImageConfig, ImageStore, canonical, random_id
+from corral.images.store import Image, ImageConfig, ImageStore, canonical
 from corral.net import links
 from corral.runtimes.base import Runtime, RuntimeHandle, RuntimeState, SandboxSpec
 from corral.store.db import Store
@@ -288,21 +288,7 @@ class SandboxManager:
             layer = work / "layer"
             layer.mkdir()
             await self.runtime.export_changes(_handle(row), layer)
-            layer_id = random_id()
-            with self.images.store.locked():
-                size = self.images.store.add_layer(layer_id, layer)
-                image = self.images.store.add_image(
-                    Image(
-                        id=random_id(),
-                        layers=(*base.layers, layer_id),
-                        config=base.config,
-                        source="commit",
-                        created=time.time(),
-                        size=size,
-                        parent=base.id,
-                    ),
-                    names=(name,),
-                )
+            image = self.images.store.stack(layer, parent=base, source="commit", names=(name,))
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
         log.info("sandbox %s committed as %s (%s)", sandbox_id, name, image.id[:12])

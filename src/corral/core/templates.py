@@ -290,6 +290,12 @@ class _Build:
         argv = list(step.argv) if step.argv is not None else ["/bin/sh", "-c", step.shell or ""]
         return await self._run_step(image, key, argv, user=step.user or "root", env=step.env, workdir=step.workdir)
 
+    def _layer_image(self, image: Image, key: str, layer_dir: Path) -> Image:
+        """The step's result: ``layer_dir`` over ``image``, both ids derived from the cache key."""
+        return self.images.store.stack(
+            layer_dir, parent=image, source="build", layer_id=content_id(key, "layer"), image_id=key
+        )
+
     def _config_image(self, image: Image, key: str, config: ImageConfig) -> Image:
         with self.images.store.locked():
             return self.images.store.add_image(
@@ -345,20 +351,7 @@ class _Build:
                     details={"exit_code": exit_code, "output": tail, "argv": argv},
                 )
             await self.manager.runtime.export_changes(self.manager.runtime_handle(sandbox.id), layer_dir)
-            layer_id = content_id(key, "layer")
-            with self.images.store.locked():
-                size = self.images.store.add_layer(layer_id, layer_dir)
-                return self.images.store.add_image(
-                    Image(
-                        id=key,
-                        layers=(*image.layers, layer_id),
-                        config=image.config,
-                        source="build",
-                        created=time.time(),
-                        size=size,
-                        parent=image.id,
-                    )
-                )
+            return self._layer_image(image, key, layer_dir)
         finally:
             shutil.rmtree(layer_dir, ignore_errors=True)
             with contextlib.suppress(Exception):
@@ -375,20 +368,7 @@ class _Build:
         layer_dir = self.images.store.work_dir(f"layer-{key[:12]}")
         try:
             await asyncio.to_thread(make, layer_dir, self.images.store.layer_paths(image))
-            layer_id = content_id(key, "layer")
-            with self.images.store.locked():
-                size = self.images.store.add_layer(layer_id, layer_dir)
-                return self.images.store.add_image(
-                    Image(
-                        id=key,
-                        layers=(*image.layers, layer_id),
-                        config=image.config,
-                        source="build",
-                        created=time.time(),
-                        size=size,
-                        parent=image.id,
-                    )
-                )
+            return self._layer_image(image, key, layer_dir)
         finally:
             shutil.rmtree(layer_dir, ignore_errors=True)
 

@@ -16,12 +16,11 @@ import contextlib
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from corral.errors import InvalidRequest, RuntimeFailure
-from corral.images.store import Image, ImageConfig, ImageStore, random_id
+from corral.images.store import Image, ImageConfig, ImageStore
 
 BASE_IMAGE = "corral/base"
 NODE_IMAGE = "corral/node"
@@ -74,7 +73,7 @@ def _build_base(store: ImageStore, data_dir: Path, on_line: OnLine | None) -> Im
         (rootfs / "etc" / "resolv.conf").write_text("")
         _drop_apt_leftovers(rootfs)
         rootfs.chmod(0o755)
-        return _commit(store, BASE_IMAGE, rootfs, layers=(), parent=None)
+        return store.stack(rootfs, parent=None, config=BASE_CONFIG, source="base", names=(BASE_IMAGE,))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -100,27 +99,9 @@ def _build_node(store: ImageStore, base: Image, on_line: OnLine | None) -> Image
             (merged / "etc" / "resolv.conf").write_text("")
             _drop_apt_leftovers(merged)
         upper.chmod(0o755)
-        return _commit(store, NODE_IMAGE, upper, layers=base.layers, parent=base.id)
+        return store.stack(upper, parent=base, config=BASE_CONFIG, source="base", names=(NODE_IMAGE,))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _commit(store: ImageStore, name: str, tree: Path, *, layers: tuple[str, ...], parent: str | None) -> Image:
-    layer = random_id()
-    with store.locked():
-        size = store.add_layer(layer, tree)
-        return store.add_image(
-            Image(
-                id=random_id(),
-                layers=(*layers, layer),
-                config=BASE_CONFIG,
-                source="base",
-                created=time.time(),
-                size=size,
-                parent=parent,
-            ),
-            names=(name,),
-        )
 
 
 def _drop_apt_leftovers(rootfs: Path) -> None:

@@ -206,20 +206,11 @@ class Puller:
                 )
             config = _image_config(layout)
             rootfs.chmod(0o755)
-            with self.store.locked():
-                size = self.store.add_layer(image_id, rootfs)
-                image = self.store.add_image(
-                    Image(
-                        id=image_id,
-                        layers=(image_id,),
-                        config=config,
-                        source="pull",
-                        created=time.time(),
-                        size=size,
-                        digest=f"sha256:{image_id}",
-                    )
-                )
-            log.info("pulled %s (%s, %d MiB)", ref, image_id[:12], size >> 20)
+            image = self.store.stack(
+                rootfs, parent=None, config=config, source="pull", layer_id=image_id, image_id=image_id,
+                digest=f"sha256:{image_id}",
+            )  # fmt: skip
+            log.info("pulled %s (%s, %d MiB)", ref, image_id[:12], image.size >> 20)
             return image
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)

@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -227,6 +228,39 @@ class ImageStore:
         for name in names:
             self.tag(image.id, name)
         return self.get(image.id)
+
+    def stack(
+        self,
+        tree: Path,
+        *,
+        parent: Image | None,
+        config: ImageConfig | None = None,
+        source: str,
+        layer_id: str | None = None,
+        image_id: str | None = None,
+        names: tuple[str, ...] = (),
+        digest: str | None = None,
+    ) -> Image:
+        """Move ``tree`` into place as a new top layer over ``parent`` and record the image that makes.
+
+        ``config`` defaults to the parent's; ids default to random ones (content ids make builds cache).
+        """
+        layer_id = layer_id or random_id()
+        with self.locked():
+            size = self.add_layer(layer_id, tree)
+            return self.add_image(
+                Image(
+                    id=image_id or random_id(),
+                    layers=(*(parent.layers if parent else ()), layer_id),
+                    config=config if config is not None else (parent.config if parent else ImageConfig()),
+                    source=source,
+                    created=time.time(),
+                    size=size,
+                    digest=digest,
+                    parent=parent.id if parent else None,
+                ),
+                names=names,
+            )
 
     def tag(self, image_id: str, name: str) -> None:
         _write_atomic(self.names_dir / quote(canonical(name), safe=""), image_id + "\n")
