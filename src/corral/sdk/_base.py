@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from types import TracebackType
+from typing import Generic, Self, TypeVar
 
-from corral.sdk.config import ConnectionConfig
+from corral.sdk._http import AsyncHTTP, SyncHTTP
+from corral.sdk.config import DEFAULT_REQUEST_TIMEOUT, ConnectionConfig
 from corral.sdk.models import SandboxInfo
 
 CommandsT = TypeVar("CommandsT")
@@ -46,3 +48,51 @@ class SandboxBase(Generic[CommandsT, FilesT]):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.id} {self._info.state}>"
+
+
+class SyncClient:
+    """A client of one server's non-sandbox resources (images, templates); close it or use ``with``."""
+
+    def __init__(
+        self,
+        *,
+        url: str | None = None,
+        api_key: str | None = None,
+        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+    ) -> None:
+        self._http = SyncHTTP(ConnectionConfig(url, api_key=api_key, request_timeout=request_timeout))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """The async twin of :class:`SyncClient`."""
+
+    def __init__(
+        self,
+        *,
+        url: str | None = None,
+        api_key: str | None = None,
+        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+    ) -> None:
+        self._http = AsyncHTTP(ConnectionConfig(url, api_key=api_key, request_timeout=request_timeout))
+
+    async def close(self) -> None:
+        await self._http.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()

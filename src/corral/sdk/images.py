@@ -12,13 +12,11 @@ from __future__ import annotations
 import builtins
 import json
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any
 
 from corral.errors import InternalError, error_from_envelope
 from corral.sdk import _routes as routes
-from corral.sdk._http import AsyncHTTP, SyncHTTP
-from corral.sdk.config import DEFAULT_REQUEST_TIMEOUT, ConnectionConfig
+from corral.sdk._base import AsyncClient, SyncClient
 from corral.sdk.models import ImageInfo, PullProgress
 
 __all__ = ["AsyncImages", "Images", "PullProgressHandler"]
@@ -51,17 +49,8 @@ class _PullReader:
         return self.image
 
 
-class Images:
+class Images(SyncClient):
     """The image store of one server. ``close()`` (or leaving the ``with``) frees the connection."""
-
-    def __init__(
-        self,
-        *,
-        url: str | None = None,
-        api_key: str | None = None,
-        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
-    ) -> None:
-        self._http = SyncHTTP(ConnectionConfig(url, api_key=api_key, request_timeout=request_timeout))
 
     def pull(self, name: str, *, on_progress: PullProgressHandler | None = None) -> ImageInfo:
         """Pull ``name`` (``python:3.12``, ``host:5000/x:tag``, ``x@sha256:...``) into the server's store."""
@@ -89,29 +78,9 @@ class Images:
         """Delete unused unnamed images and layers; returns what was freed."""
         return self._http.call(routes.gc_images())
 
-    def close(self) -> None:
-        self._http.close()
 
-    def __enter__(self) -> Images:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-
-class AsyncImages:
+class AsyncImages(AsyncClient):
     """The async twin of :class:`Images`."""
-
-    def __init__(
-        self,
-        *,
-        url: str | None = None,
-        api_key: str | None = None,
-        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
-    ) -> None:
-        self._http = AsyncHTTP(ConnectionConfig(url, api_key=api_key, request_timeout=request_timeout))
 
     async def pull(self, name: str, *, on_progress: PullProgressHandler | None = None) -> ImageInfo:
         if on_progress is None:
@@ -134,14 +103,3 @@ class AsyncImages:
 
     async def gc(self) -> dict[str, Any]:
         return await self._http.call(routes.gc_images())
-
-    async def close(self) -> None:
-        await self._http.close()
-
-    async def __aenter__(self) -> AsyncImages:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()

@@ -14,13 +14,11 @@ import builtins
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from corral.errors import InternalError, InvalidRequest, error_from_envelope
 from corral.sdk import _routes as routes
-from corral.sdk._http import AsyncHTTP, SyncHTTP
-from corral.sdk.config import DEFAULT_REQUEST_TIMEOUT, ConnectionConfig
+from corral.sdk._base import AsyncClient, SyncClient
 from corral.sdk.models import TemplateInfo
 
 __all__ = ["AsyncTemplates", "Templates"]
@@ -67,17 +65,8 @@ class _BuildReader:
         return self.template
 
 
-class Templates:
+class Templates(SyncClient):
     """The templates of one server. ``close()`` (or leaving the ``with``) frees the connection."""
-
-    def __init__(
-        self,
-        *,
-        url: str | None = None,
-        api_key: str | None = None,
-        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
-    ) -> None:
-        self._http = SyncHTTP(ConnectionConfig(url, api_key=api_key, request_timeout=request_timeout))
 
     def build(
         self,
@@ -116,29 +105,9 @@ class Templates:
     def delete(self, name: str) -> None:
         self._http.call(routes.delete_template(name))
 
-    def close(self) -> None:
-        self._http.close()
 
-    def __enter__(self) -> Templates:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-
-class AsyncTemplates:
+class AsyncTemplates(AsyncClient):
     """The async twin of :class:`Templates`."""
-
-    def __init__(
-        self,
-        *,
-        url: str | None = None,
-        api_key: str | None = None,
-        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
-    ) -> None:
-        self._http = AsyncHTTP(ConnectionConfig(url, api_key=api_key, request_timeout=request_timeout))
 
     async def build(
         self,
@@ -174,14 +143,3 @@ class AsyncTemplates:
 
     async def delete(self, name: str) -> None:
         await self._http.call(routes.delete_template(name))
-
-    async def close(self) -> None:
-        await self._http.close()
-
-    async def __aenter__(self) -> AsyncTemplates:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
