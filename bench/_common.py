@@ -53,8 +53,10 @@ RUNSC_FLAGS = ("--network=sandbox", "--overlay2=none", "--cpu-num-from-quota", "
 """The flags corral passes to every runsc command (``OciRuntime._runtime_argv``)."""
 HIDE_PROC_SYS_NET = 'mount -t tmpfs none /proc/sys/net && exec "$0" "$@"'
 NETNS_DIR = Path("/var/run/netns")
-CORRAL_SUBNET = "10.180.0.0/16"  # apart from the test suite's 10.200-10.251
-RAW_SUBNET = "10.181.0.0/16"
+# Apart from the test suite's 10.200-10.253; CORRAL_BENCH_SUBNET_BASE moves both.
+_BASE = int(os.environ.get("CORRAL_BENCH_SUBNET_BASE", "180"))
+CORRAL_SUBNET = f"10.{_BASE}.0.0/16"
+RAW_SUBNET = f"10.{_BASE + 1}.0.0/16"
 SANDBOX_LIFETIME = 900
 """Seconds a benchmark's SDK sandbox lives should everything else fail: the server's reaper ends it."""
 

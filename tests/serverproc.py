@@ -21,6 +21,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# Second octet of test servers' sandbox subnets is SUBNET_BASE + an index (+0..53):
+# two test runs on one host at once need different bases.
+SUBNET_BASE = int(os.environ.get("CORRAL_TEST_SUBNET_BASE", "200"))
+
+
 def worker_index() -> int:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     return int(worker.removeprefix("gw") or 0)
@@ -51,7 +56,7 @@ class ServerProcess:
             **os.environ,
             "CORRAL_DATA_DIR": str(data_dir),
             "CORRAL_PORT": str(self.port),
-            "CORRAL_SANDBOX_SUBNET": f"10.{200 + index}.0.0/16",
+            "CORRAL_SANDBOX_SUBNET": f"10.{SUBNET_BASE + index}.0.0/16",
             "CORRAL_LOG_LEVEL": "info",
             **(env or {}),
         }
