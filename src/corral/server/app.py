@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         if runtime is None and settings.runtime in ("runsc", "runc"):
             from corral.net import firewall
 
-            await firewall.install()
+            await firewall.install(settings.sandbox_subnet)
         store = Store(settings.db_url)
         manager = SandboxManager(settings, store, runtime or make_runtime(settings), ImageStore(settings.data_dir))
         await manager.start()
