@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -93,6 +93,22 @@ class Settings(BaseSettings):
     sandbox_subnet: str = "10.88.0.0/16"
     """Addresses for sandboxes' links to the host; each sandbox takes a /30 from it."""
 
+    default_network: dict[str, Any] = Field(default_factory=lambda: {"mode": "public_only"})
+    """Egress policy of sandboxes whose create request gives none, as JSON (see docs/network.md):
+    e.g. ``{"mode": "allowlist", "allow_domains": ["pypi.org"]}``."""
+
+    dns_servers: list[str] = Field(default_factory=list)
+    """Resolvers the sandboxes' DNS forwarder asks (``ip`` or ``ip:port``); default: the host's ``/etc/resolv.conf``."""
+
+    dns_port: int = Field(default=0, ge=0, le=65535)
+    """Host port of the DNS forwarder (sandboxes' port 53 is redirected to it); 0: any free port."""
+
+    preview_port: int = Field(default=7424, ge=0, le=65535)
+    """Port of the preview proxy (``http://{port}-{sandbox_id}.{preview_domain}:{preview_port}/``); 0: no proxy."""
+
+    preview_domain: str = "localhost"
+    """Domain under which preview host names live; browsers resolve ``*.localhost`` to 127.0.0.1 by themselves."""
+
     max_json_body_kb: int = Field(default=1024, ge=1)
     """Largest JSON request body, in KiB."""
 
@@ -115,6 +131,17 @@ class Settings(BaseSettings):
         if net.version != 4 or net.prefixlen > 28:
             raise ValueError("sandbox_subnet must be an IPv4 network of /28 or larger")
         return value
+
+    @field_validator("default_network")
+    @classmethod
+    def _network_is_valid(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from corral.errors import InvalidRequest
+        from corral.net.policy import EgressPolicy
+
+        try:
+            return EgressPolicy.from_json(value).to_json()
+        except InvalidRequest as exc:
+            raise ValueError(exc.message) from None
 
     @property
     def db_url(self) -> str:

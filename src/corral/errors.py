@@ -19,6 +19,7 @@ an HTTP ``status``. The SDK turns an envelope back into the same class through
     ├── Conflict                               409 conflict
     │   ├── SandboxNotRunning                  409 sandbox_not_running
     │   ├── SandboxPaused                      409 sandbox_paused
+    │   ├── PortInUse                          409 port_in_use
     │   ├── FileExists_ (FileExistsError)      409 file_exists
     │   ├── IsADirectory_ (IsADirectoryError)  409 is_a_directory
     │   └── NotADirectory_ (NotADirectoryError) 409 not_a_directory
@@ -56,6 +57,7 @@ __all__ = [
     "NotReady",
     "PayloadTooLarge",
     "PermissionDenied",
+    "PortInUse",
     "ProcessNotFound",
     "RegistryError",
     "RuntimeFailure",
@@ -149,6 +151,12 @@ class SandboxPaused(Conflict):
     """Pausing a sandbox that is paused (or hibernated) already."""
 
     code = "sandbox_paused"
+
+
+class PortInUse(Conflict):
+    """A host port asked for (to publish a sandbox's port on) is taken."""
+
+    code = "port_in_use"
 
 
 class FileExists_(Conflict, FileExistsError):

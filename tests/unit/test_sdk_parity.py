@@ -72,8 +72,8 @@ def test_same_signatures_and_awaitable(sync: type, async_: type) -> None:
             continue
         twin = async_members[name]
         assert _kind(member) == _kind(twin), name
-        if isinstance(member, property):
-            continue
+        if isinstance(member, property) or member is twin:
+            continue  # a property, or one method both inherit (no I/O: get_host)
         assert _params(member) == _params(twin), f"{sync.__name__}.{name}"
         func = twin.__func__ if isinstance(twin, classmethod | staticmethod) else twin
         assert inspect.iscoroutinefunction(func), f"{async_.__name__}.{name} is not async"

@@ -261,7 +261,11 @@ class Lifecycle:
                 vcpus=row.vcpus, memory_mb=row.memory_mb, envs=dict(row.envs), meta={}, state="ready", size=0,
                 created_at=utcnow(),
             )  # fmt: skip
-            request = replace(request, metadata={**row.meta, **request.metadata, "corral.forked_from": row.id})
+            request = replace(
+                request,
+                metadata={**row.meta, **request.metadata, "corral.forked_from": row.id},
+                network=row.network if request.network is None else request.network,  # copies keep its policy
+            )
             results = await asyncio.gather(
                 *(self._restore_from(work, source, request) for _ in range(count)), return_exceptions=True
             )

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from corral.core.clock import utcnow
 from corral.errors import CorralError, InvalidRequest
 from corral.images.store import canonical
+from corral.net.policy import parse_published
 from corral.store.models import PoolRow, SandboxRow
 
 if TYPE_CHECKING:
@@ -105,6 +106,8 @@ class Pools:
         timeout = s.default_timeout if request.timeout is None else request.timeout
         if not 0 <= timeout <= s.max_timeout:
             raise InvalidRequest(f"timeout must be between 0 and {s.max_timeout}, got {timeout}")
+        policy = self.manager.network.resolve_policy(request.network)
+        publish = [parse_published(p) for p in request.publish]
         now = utcnow()
         claimed = self.store.update_sandbox(
             row.id,
@@ -117,8 +120,17 @@ class Pools:
             ends_at=now + timedelta(seconds=timeout) if timeout else None,
             on_timeout=request.on_timeout,
             auto_pause=request.auto_pause,
+            network=policy.to_json(),
+            ports=[p.to_json() for p in publish],
+            auto_publish=request.auto_publish,
         )
         assert claimed is not None
+        try:
+            await self.manager.network.attach(claimed)
+            await self.manager.ports.open(claimed)
+        except BaseException:
+            await self.manager.kill(row.id)  # half-claimed: neither the pool's nor the caller's
+            raise
         self.store.count_pool(key, hit=True)
         self.manager.lifecycle.touch(row.id)
         self.refill(key, delay=REFILL_DELAY)

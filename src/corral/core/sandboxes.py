@@ -27,6 +27,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 import httpx
 
@@ -35,7 +36,10 @@ from corral.core.agent_client import AgentClient
 from corral.core.clock import as_utc, utcnow
 from corral.core.images import ImageService
 from corral.core.lifecycle import HIBERNATED, PAUSED, Lifecycle
+from corral.core.network import Network
 from corral.core.pools import POOLED
+from corral.core.ports import PublishedPorts
+from corral.core.previews import Previews
 from corral.errors import (
     AgentUnavailable,
     Conflict,
@@ -47,6 +51,7 @@ from corral.errors import (
 )
 from corral.images.store import Image, ImageConfig, ImageStore, canonical
 from corral.net import links
+from corral.net.policy import parse_published
 from corral.runtimes.base import Runtime, RuntimeHandle, RuntimeState, SandboxSpec
 from corral.store.db import Store
 from corral.store.models import SandboxRow
@@ -74,13 +79,29 @@ class CreateRequest:
     template: str | None = None
     on_timeout: str = "kill"
     auto_pause: int | None = None
+    network: dict[str, Any] | None = None
+    """Its egress policy (see :mod:`corral.net.policy`); None: the server's default."""
+    publish: list[dict[str, int]] = field(default_factory=list)
+    """Host ports to publish: ``{"host_port": 8080, "port": 3000}``."""
+    auto_publish: bool = False
 
 
 class SandboxManager:
-    def __init__(self, settings: Settings, store: Store, runtime: Runtime, images: ImageStore) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        runtime: Runtime,
+        images: ImageStore,
+        *,
+        network: Network | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.runtime = runtime
+        self.network = network or Network(settings, enabled=False)
+        self.ports = PublishedPorts(self)
+        self.previews = Previews(self)
         self.images = ImageService(settings, images, in_use=self.images_in_use)
         # One HTTP client per sandbox, so that its connections can be dropped before a
         # checkpoint (see drop_agent_connections) without touching other sandboxes'.
@@ -98,6 +119,10 @@ class SandboxManager:
         await asyncio.to_thread(self.images.start)
         self.lifecycle.start()
         await self.reconcile()
+        await self.network.start(self.store.list_sandboxes())
+        await self.ports.start()
+        if self.network.enabled:
+            await self.previews.start()
         self._reaper = asyncio.create_task(self._reap_forever(), name="corral-reaper")
 
     async def aclose(self) -> None:
@@ -110,6 +135,9 @@ class SandboxManager:
         for client in list(self._clients.values()):
             await client.aclose()
         self._clients.clear()
+        await self.previews.aclose()
+        await self.ports.aclose()
+        await self.network.aclose()
         await self.runtime.aclose()
 
     async def reconcile(self) -> None:
@@ -167,6 +195,8 @@ class SandboxManager:
         _check_range("vcpus", vcpus, 1, s.max_vcpus)
         _check_range("memory_mb", memory_mb, 64, s.max_memory_mb)
         _check_range("timeout", timeout, 0, s.max_timeout)
+        policy = self.network.resolve_policy(request.network)
+        publish = [parse_published(p) for p in request.publish]
 
         sandbox_id = new_sandbox_id()
         network = links.network_for_slot(s.sandbox_subnet, self._free_slot())
@@ -191,6 +221,9 @@ class SandboxManager:
                 slot=network.slot,
                 address=network.sandbox_address,
                 agent_url="",
+                network=policy.to_json(),
+                ports=[p.to_json() for p in publish],
+                auto_publish=request.auto_publish,
                 # Enough for a restarted server to tear down a half-made sandbox.
                 runtime_info={
                     "slot": network.slot,
@@ -209,16 +242,19 @@ class SandboxManager:
             envs=sandbox_env(image.config, request.envs),
         )
         try:
+            await self.network.attach(row)  # before it runs: no packet of it leaves unfiltered
             handle = await (start or self.runtime.create)(spec)
             self.store.update_sandbox(sandbox_id, agent_url=handle.agent_url, runtime_info=handle.info)
             await self.wait_for_agent(handle)
+            updated = self.store.update_sandbox(sandbox_id, state=RUNNING)
+            assert updated is not None
+            await self.ports.open(updated)
         except BaseException:
             row_now = self.store.get_sandbox(sandbox_id)
             await self.runtime.destroy(_handle(row_now or row))
+            await self.network.detach(row_now or row)
             self.store.delete_sandbox(sandbox_id)
             raise
-        updated = self.store.update_sandbox(sandbox_id, state=RUNNING)
-        assert updated is not None
         log.info("sandbox %s running (%s, %d vCPU, %d MiB)", sandbox_id, updated.image, vcpus, memory_mb)
         return updated
 
@@ -243,6 +279,8 @@ class SandboxManager:
         row = self.get(sandbox_id)
         handle = _handle(row)
         await self.runtime.stop(handle)
+        await self.ports.close(sandbox_id)
+        await self.network.detach(row)
         self._releasing_slots.add(row.slot)
         self.store.delete_sandbox(sandbox_id)
         self.forget_agent(sandbox_id)
@@ -259,6 +297,16 @@ class SandboxManager:
             log.exception("teardown of sandbox %s failed; it is retried at the next start", handle.sandbox_id)
         finally:
             self._releasing_slots.discard(slot)
+
+    async def set_network(self, sandbox_id: str, network: dict[str, Any]) -> SandboxRow:
+        """Replace a sandbox's egress policy; it holds from the next packet on."""
+        self.get(sandbox_id)
+        policy = self.network.resolve_policy(network)
+        row = self.store.update_sandbox(sandbox_id, network=policy.to_json())
+        assert row is not None
+        await self.network.attach(row)
+        log.info("sandbox %s: egress policy now %s", sandbox_id, policy.mode)
+        return row
 
     def set_timeout(self, sandbox_id: str, timeout: int) -> SandboxRow:
         current = self.get(sandbox_id)

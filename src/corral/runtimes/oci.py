@@ -50,6 +50,7 @@ from corral.runtimes.base import (
     RuntimeState,
     SandboxSpec,
 )
+from corral.runtimes.etc_files import write_own_files
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ OWN_RUNSC = Path("/usr/local/lib/corral/bin/runsc")
 STATE_ROOT = Path("/run/corral")
 HIBERNATED = "hibernated"
 """A hibernated sandbox's saved processes and memory, in its own dir."""
-SANDBOX_OWN_FILES = ("etc/hostname", "etc/hosts")
+SANDBOX_OWN_FILES = ("etc/hostname", "etc/hosts", "etc/resolv.conf")
 """Files corral writes into each sandbox's rootfs: never part of an exported layer (Docker's rule too)."""
 
 CAPABILITIES = [
@@ -402,11 +403,17 @@ class OciRuntime(Runtime):
         tmp = rootfs / "tmp"
         tmp.mkdir(exist_ok=True)
         tmp.chmod(0o1777)
-        etc = rootfs / "etc"
-        etc.mkdir(exist_ok=True)
-        (rootfs / SANDBOX_OWN_FILES[0]).write_text(f"{spec.sandbox_id}\n")
-        (rootfs / SANDBOX_OWN_FILES[1]).write_text(
-            f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n{spec.network.sandbox_address}\t{spec.sandbox_id}\n"
+        net = spec.network
+        write_own_files(
+            rootfs,
+            {
+                "hostname": f"{spec.sandbox_id}\n",
+                "hosts": (
+                    f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n{net.sandbox_address}\t{spec.sandbox_id}\n"
+                ),
+                # The gateway: DNS to any address is answered by corral's forwarder (corral.net.dns).
+                "resolv.conf": f"nameserver {net.host_address}\noptions ndots:0\n",
+            },
         )
         return rootfs
 

@@ -46,6 +46,22 @@ class SandboxBase(Generic[CommandsT, FilesT]):
         """Read, write and manage its files."""
         return self._files
 
+    @property
+    def preview_token(self) -> str | None:
+        """Opens its private preview URLs: header ``X-Corral-Preview-Token``, or ``?corral_preview_token=``."""
+        return self._info.preview_token
+
+    def get_host(self, port: int) -> str:
+        """``{port}-{id}.{preview domain}:{proxy port}``: where the preview proxy serves ``port`` of this sandbox."""
+        return self.get_preview_url(port).removeprefix("http://").rstrip("/")
+
+    def get_preview_url(self, port: int, *, with_token: bool = False) -> str:
+        """The URL of ``port`` through the preview proxy; ``with_token`` adds the token, for a browser link."""
+        if self._info.preview_url is None:
+            raise RuntimeError("this server has no preview proxy (CORRAL_PREVIEW_PORT=0)")
+        url = self._info.preview_url.replace("{port}", str(int(port))) + "/"
+        return f"{url}?corral_preview_token={self._info.preview_token}" if with_token else url
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.id} {self._info.state}>"
 

@@ -15,7 +15,16 @@ import httpx
 
 from corral.errors import InvalidRequest
 from corral.sdk._http import Call, Content
-from corral.sdk.models import CommandResult, EntryInfo, ImageInfo, ProcessInfo, SandboxInfo, SnapshotInfo, TemplateInfo
+from corral.sdk.models import (
+    CommandResult,
+    EntryInfo,
+    ImageInfo,
+    PortInfo,
+    ProcessInfo,
+    SandboxInfo,
+    SnapshotInfo,
+    TemplateInfo,
+)
 
 CREATE_EXTRA_TIME = 120.0
 """Creating a sandbox may unpack an image first: it gets this long beyond the request timeout."""
@@ -115,9 +124,15 @@ def create_sandbox(
     snapshot: str | None = None,
     on_timeout: str | None = None,
     auto_pause: int | None = None,
+    network: Mapping[str, Any] | None = None,
+    publish: Sequence[str | int] | None = None,
+    auto_publish: bool | None = None,
 ) -> Call[SandboxInfo]:
     body = _drop_none(
         {
+            "network": dict(network) if network is not None else None,
+            "publish": [_publish_entry(p) for p in publish] if publish else None,
+            "auto_publish": auto_publish,
             "image": image,
             "template": template,
             "snapshot": snapshot,
@@ -131,6 +146,43 @@ def create_sandbox(
         }
     )
     return Call("POST", "/v1/sandboxes", json=body, extra_time=CREATE_EXTRA_TIME, parse=_sandbox)
+
+
+def _publish_entry(value: str | int) -> dict[str, int]:
+    """``"8080:3000"`` (host port 8080 to port 3000) or ``3000`` (the same number on both)."""
+    if isinstance(value, int):
+        return {"host_port": value, "port": value}
+    host, _, inner = str(value).partition(":")
+    try:
+        return {"host_port": int(host), "port": int(inner or host)}
+    except ValueError:
+        raise ValueError(f"publish: {value!r} is not HOST_PORT:PORT such as '8080:3000'") from None
+
+
+def set_network(sandbox_id: str, policy: Mapping[str, Any]) -> Call[SandboxInfo]:
+    return Call("PUT", f"/v1/sandboxes/{_seg(sandbox_id)}/network", json=dict(policy), parse=_sandbox)
+
+
+def _ports(response: httpx.Response) -> list[PortInfo]:
+    return [PortInfo.from_json(p) for p in response.json()]
+
+
+def list_ports(sandbox_id: str) -> Call[list[PortInfo]]:
+    return Call("GET", f"/v1/sandboxes/{_seg(sandbox_id)}/ports", parse=_ports)
+
+
+def publish_port(sandbox_id: str, port: int, host_port: int | None) -> Call[PortInfo]:
+    body = _drop_none({"port": port, "host_port": host_port})
+    return Call(
+        "POST",
+        f"/v1/sandboxes/{_seg(sandbox_id)}/ports",
+        json=body,
+        parse=lambda r: PortInfo.from_json(r.json()),
+    )
+
+
+def unpublish_port(sandbox_id: str, host_port: int) -> Call[None]:
+    return Call("DELETE", f"/v1/sandboxes/{_seg(sandbox_id)}/ports/{int(host_port)}", parse=_nothing)
 
 
 def list_sandboxes(*, state: str | None, metadata: Mapping[str, str] | None) -> Call[list[SandboxInfo]]:

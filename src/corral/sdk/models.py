@@ -67,6 +67,15 @@ class SandboxInfo(_JsonModel):
     """Seconds without requests after which it hibernates (None: never)."""
     remaining: float | None = None
     """While paused or hibernated: the seconds of its timeout left."""
+    network: dict[str, Any] | None = None
+    """Its egress policy (``mode``, ``allow_cidrs``, ``allow_domains``, ``allow_host``, ``allow_lan``, ``previews``)."""
+    ports: list[PortInfo] = field(default_factory=list)
+    """Host ports published to it."""
+    auto_publish: bool = False
+    preview_url: str | None = None
+    """Its preview URL with ``{port}`` where the port goes (None: the server has no preview proxy)."""
+    preview_token: str | None = None
+    """Opens its private preview URLs (header ``X-Corral-Preview-Token``)."""
 
     @property
     def sandbox_id(self) -> str:
@@ -93,7 +102,26 @@ class SandboxInfo(_JsonModel):
             on_timeout=str(data.get("on_timeout") or "kill"),
             auto_pause=data.get("auto_pause"),
             remaining=data.get("remaining"),
+            network=data.get("network"),
+            ports=[PortInfo.from_json(p) for p in data.get("ports") or []],
+            auto_publish=bool(data.get("auto_publish")),
+            preview_url=data.get("preview_url"),
+            preview_token=data.get("preview_token"),
         )
+
+
+@dataclass(frozen=True)
+class PortInfo(_JsonModel):
+    """A host port published to a port in the sandbox."""
+
+    host_port: int
+    port: int
+    auto: bool = False
+    """Made by ``auto_publish`` for a listener in the sandbox."""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PortInfo:
+        return cls(host_port=int(data["host_port"]), port=int(data["port"]), auto=bool(data.get("auto")))
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
+from typing import Any
 
 from corral.errors import SandboxNotFound
 from corral.sdk import _routes as routes
@@ -13,7 +14,7 @@ from corral.sdk._http import AsyncHTTP, Call
 from corral.sdk.commands_async import AsyncCommands
 from corral.sdk.config import DEFAULT_REQUEST_TIMEOUT, ConnectionConfig
 from corral.sdk.files_async import AsyncFiles
-from corral.sdk.models import ImageInfo, SandboxInfo, SnapshotInfo
+from corral.sdk.models import ImageInfo, PortInfo, SandboxInfo, SnapshotInfo
 
 __all__ = ["AsyncSandbox"]
 
@@ -45,6 +46,9 @@ class AsyncSandbox(SandboxBase[AsyncCommands, AsyncFiles]):
         snapshot: str | None = None,
         on_timeout: str | None = None,
         auto_pause: int | None = None,
+        network: Mapping[str, Any] | None = None,
+        publish: Sequence[str | int] | None = None,
+        auto_publish: bool | None = None,
         url: str | None = None,
         api_key: str | None = None,
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
@@ -56,10 +60,14 @@ class AsyncSandbox(SandboxBase[AsyncCommands, AsyncFiles]):
         With ``snapshot``, it is that snapshot restored: the same processes, memory and files.
         ``on_timeout="pause"`` pauses it at its timeout instead of killing it;
         ``auto_pause`` hibernates it after that many seconds without requests.
+        ``network`` is its egress policy (docs/network.md), e.g. ``{"mode": "allowlist",
+        "allow_domains": ["pypi.org"]}``; ``publish`` forwards host ports to it (``"8080:3000"``
+        or ``3000``), and ``auto_publish`` mirrors every port it listens on.
         """
         call = routes.create_sandbox(
             image, vcpus=vcpus, memory_mb=memory_mb, envs=envs, metadata=metadata, timeout=timeout,
             template=template, snapshot=snapshot, on_timeout=on_timeout, auto_pause=auto_pause,
+            network=network, publish=publish, auto_publish=auto_publish,
         )  # fmt: skip
         return await cls._open(call, url, api_key, request_timeout)
 
@@ -189,6 +197,23 @@ class AsyncSandbox(SandboxBase[AsyncCommands, AsyncFiles]):
             await http.call(routes.delete_snapshot(snapshot_id))
         finally:
             await http.close()
+
+    async def set_network(self, **policy: Any) -> SandboxInfo:
+        """Replace its egress policy (``mode=``, ``allow_cidrs=``, ``allow_domains=``, ``allow_host=``,
+        ``allow_lan=``, ``previews=``); it holds from the next packet on."""
+        self._info = await self._http.call(routes.set_network(self.id, policy))
+        return self._info
+
+    async def publish(self, port: int, *, host_port: int | None = None) -> PortInfo:
+        """Forward ``host_port`` (default: the same number) on the server's address to ``port`` in it."""
+        return await self._http.call(routes.publish_port(self.id, port, host_port))
+
+    async def unpublish(self, host_port: int) -> None:
+        await self._http.call(routes.unpublish_port(self.id, host_port))
+
+    async def list_ports(self) -> builtins.list[PortInfo]:
+        """Host ports published to it (auto-published ones included)."""
+        return await self._http.call(routes.list_ports(self.id))
 
     async def commit(self, name: str) -> ImageInfo:
         """Save its filesystem as a new image called ``name`` (it is frozen for the copy, then goes on)."""

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corral._version import __version__
 from corral.config import Settings
+from corral.core.network import Network
 from corral.core.pools import Pools
 from corral.core.sandboxes import SandboxManager
 from corral.core.templates import TemplateService
@@ -53,12 +54,14 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if runtime is None and settings.runtime in ("runsc", "runc"):
-            from corral.net import firewall
-
-            await firewall.install(settings.sandbox_subnet)
         store = Store(settings.db_url)
-        manager = SandboxManager(settings, store, runtime or make_runtime(settings), ImageStore(settings.data_dir))
+        manager = SandboxManager(
+            settings,
+            store,
+            runtime or make_runtime(settings),
+            ImageStore(settings.data_dir),
+            network=Network(settings, enabled=runtime is None),
+        )
         await manager.start()
         app.state.manager = manager
         app.state.templates = TemplateService(manager)

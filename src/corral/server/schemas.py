@@ -18,6 +18,38 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class NetworkPolicy(Strict):
+    """Where a sandbox may connect (see docs/network.md). Every entry is checked; a bad one is named in a 422."""
+
+    mode: Literal["none", "allowlist", "public_only"] = Field(
+        default="public_only",
+        description="none: nothing out, DNS included; allowlist: only the allow-lists; "
+        "public_only: the public internet (no host, LAN, link-local/metadata), plus the allow-lists.",
+    )
+    allow_cidrs: list[str] = Field(default_factory=list, description="IPv4 networks reachable whatever the mode.")
+    allow_domains: list[str] = Field(
+        default_factory=list, description="Names (pypi.org) or wildcards (*.github.com) to resolve and reach."
+    )
+    allow_host: list[int] = Field(
+        default_factory=list, description="TCP ports of the host reachable at the sandbox's gateway address."
+    )
+    allow_lan: bool = Field(default=False, description="Private ranges (RFC 1918, CGNAT); never other sandboxes.")
+    previews: Literal["private", "public"] = Field(
+        default="private", description="private: preview URLs need the access token; public: they do not."
+    )
+
+
+class PublishedPort(Strict):
+    host_port: int = Field(ge=1, le=65535, description="Port on the server's address (127.0.0.1 by default).")
+    port: int = Field(ge=1, le=65535, description="Port in the sandbox.")
+    auto: bool = Field(default=False, description="Mirrored by auto_publish from a listener in the sandbox.")
+
+
+class PublishPort(Strict):
+    host_port: int | None = Field(default=None, ge=1, le=65535, description="Default: the same as port.")
+    port: int = Field(ge=1, le=65535)
+
+
 class CreateSandbox(Strict):
     image: str | None = Field(default=None, max_length=255, description="Image name; default corral/base.")
     vcpus: int | None = Field(default=None, ge=1, description="vCPUs.")
@@ -36,6 +68,11 @@ class CreateSandbox(Strict):
     )
     auto_pause: int | None = Field(
         default=None, ge=1, description="Hibernate after this many seconds without any request; woken by the next."
+    )
+    network: NetworkPolicy | None = Field(default=None, description="Egress policy; default: the server's.")
+    publish: list[PublishPort] = Field(default_factory=list, max_length=64, description="Host ports to publish.")
+    auto_publish: bool = Field(
+        default=False, description="Publish every port the sandbox listens on, on the same host port, while it does."
     )
 
 
@@ -57,10 +94,28 @@ class Sandbox(BaseModel):
     timeout: int
     address: str
     error: str | None
+    network: NetworkPolicy | None = Field(default=None, description="Its egress policy (None: nothing out).")
+    ports: list[PublishedPort] = Field(default_factory=list)
+    auto_publish: bool = False
+    preview_url: str | None = Field(
+        default=None, description="Preview URL with '{port}' where the port goes; None without a preview proxy."
+    )
+    preview_token: str | None = Field(default=None, description="Access token for its private preview URLs.")
 
     @classmethod
-    def from_row(cls, row: SandboxRow) -> Sandbox:
+    def from_row(
+        cls,
+        row: SandboxRow,
+        *,
+        preview_url: str | None = None,
+        preview_token: str | None = None,
+    ) -> Sandbox:
         return cls(
+            network=NetworkPolicy(**row.network) if row.network is not None else None,
+            ports=[PublishedPort(**p) for p in row.ports or []],
+            auto_publish=bool(row.auto_publish),
+            preview_url=preview_url,
+            preview_token=preview_token,
             id=row.id,
             image=row.image,
             template=row.template,

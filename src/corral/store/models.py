@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -44,6 +44,12 @@ class SandboxRow(Base):
     """While paused or hibernated: the seconds of its timeout still to run once it is back."""
     pool: Mapped[str | None] = mapped_column(String(300), nullable=True)
     """While it waits in a warm pool (state ``pooled``): that pool's key."""
+    network: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """Its egress policy (:class:`corral.net.policy.EgressPolicy` as JSON); None: nothing out (older rows)."""
+    ports: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    """Host ports published to it (:class:`corral.net.policy.Published` as JSON)."""
+    auto_publish: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Whether every port it listens on is published on the same host port while it listens."""
 
 
 class PoolRow(Base):

@@ -8,23 +8,38 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 
 from corral.core.pools import Pools
-from corral.core.sandboxes import CreateRequest
+from corral.core.sandboxes import CreateRequest, SandboxManager
 from corral.core.templates import TemplateService
 from corral.errors import InvalidRequest
+from corral.net.policy import Published
 from corral.server.routes.deps import Manager
 from corral.server.schemas import (
     Commit,
     CreateSandbox,
     Fork,
     ImageInfo,
+    NetworkPolicy,
+    PublishedPort,
+    PublishPort,
     Sandbox,
     SandboxList,
     SetTimeout,
     Snapshot,
     TakeSnapshot,
 )
+from corral.store.models import SandboxRow
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
+
+
+def _out(manager: SandboxManager, row: SandboxRow) -> Sandbox:
+    previews = manager.previews
+    return Sandbox.from_row(
+        row,
+        preview_url=previews.url_template(row.id) if previews.enabled else None,
+        preview_token=previews.token(row.id),
+    )
+
 
 STATES = {"starting", "running", "paused", "hibernated", "dead"}
 KNOWN_STATES = STATES | {"pooled"}
@@ -34,21 +49,22 @@ KNOWN_STATES = STATES | {"pooled"}
 @router.post("", status_code=201)
 async def create_sandbox(body: CreateSandbox, request: Request, manager: Manager) -> Sandbox:
     """Create a sandbox and answer once its agent is up (from a template: once it is ready)."""
-    fields = body.model_dump()
-    snapshot = fields.pop("snapshot")
+    fields = body.model_dump(exclude_unset=True)
+    fields["network"] = body.network.model_dump(exclude_unset=True) if body.network is not None else None
+    snapshot = fields.pop("snapshot", None)
     create = CreateRequest(**fields)
     if sum(x is not None for x in (create.image, create.template, snapshot)) > 1:
         raise InvalidRequest("give at most one of image, template and snapshot")
     if snapshot is not None:
-        return Sandbox.from_row(await manager.lifecycle.restore(snapshot, create))
+        return _out(manager, await manager.lifecycle.restore(snapshot, create))
     pools: Pools = request.app.state.pools
     claimed = await pools.claim(create)
     if claimed is not None:
-        return Sandbox.from_row(claimed)
+        return _out(manager, claimed)
     if create.template is not None:
         templates: TemplateService = request.app.state.templates
-        return Sandbox.from_row(await templates.spawn(create))
-    return Sandbox.from_row(await manager.create(create))
+        return _out(manager, await templates.spawn(create))
+    return _out(manager, await manager.create(create))
 
 
 @router.get("")
@@ -68,12 +84,12 @@ async def list_sandboxes(
             raise InvalidRequest(f"metadata filter {item!r} is not key=value")
         wanted[key] = value
     rows = manager.list_sandboxes(states=set(state) if state else STATES, metadata=wanted)
-    return SandboxList(sandboxes=[Sandbox.from_row(r) for r in rows])
+    return SandboxList(sandboxes=[_out(manager, r) for r in rows])
 
 
 @router.get("/{sandbox_id}")
 async def get_sandbox(sandbox_id: str, manager: Manager) -> Sandbox:
-    return Sandbox.from_row(manager.get(sandbox_id))
+    return _out(manager, manager.get(sandbox_id))
 
 
 @router.delete("/{sandbox_id}", status_code=204)
@@ -86,7 +102,7 @@ async def kill_sandbox(sandbox_id: str, manager: Manager) -> Response:
 @router.post("/{sandbox_id}/timeout")
 async def set_timeout(sandbox_id: str, body: SetTimeout, manager: Manager) -> Sandbox:
     """Kill the sandbox ``timeout`` seconds from now (0: never)."""
-    return Sandbox.from_row(manager.set_timeout(sandbox_id, body.timeout))
+    return _out(manager, manager.set_timeout(sandbox_id, body.timeout))
 
 
 @router.post("/{sandbox_id}/commit", status_code=201)
@@ -99,19 +115,19 @@ async def commit_sandbox(sandbox_id: str, body: Commit, manager: Manager) -> Ima
 @router.post("/{sandbox_id}/pause")
 async def pause_sandbox(sandbox_id: str, manager: Manager) -> Sandbox:
     """Freeze it, memory kept (409 if it is paused already). Any later request for it resumes it."""
-    return Sandbox.from_row(await manager.lifecycle.pause(sandbox_id))
+    return _out(manager, await manager.lifecycle.pause(sandbox_id))
 
 
 @router.post("/{sandbox_id}/resume")
 async def resume_sandbox(sandbox_id: str, manager: Manager) -> Sandbox:
     """Thaw a paused sandbox or wake a hibernated one (a running one is left as it is)."""
-    return Sandbox.from_row(await manager.lifecycle.resume(sandbox_id))
+    return _out(manager, await manager.lifecycle.resume(sandbox_id))
 
 
 @router.post("/{sandbox_id}/hibernate")
 async def hibernate_sandbox(sandbox_id: str, manager: Manager) -> Sandbox:
     """Save it to disk and free its memory; any later request for it wakes it."""
-    return Sandbox.from_row(await manager.lifecycle.hibernate(sandbox_id))
+    return _out(manager, await manager.lifecycle.hibernate(sandbox_id))
 
 
 @router.post("/{sandbox_id}/snapshots", status_code=201)
@@ -125,8 +141,34 @@ async def fork_sandbox(sandbox_id: str, body: Fork, manager: Manager) -> Sandbox
     """``count`` independent copies of it, each with its own id and address; it goes on unchanged."""
     request = CreateRequest(metadata=body.metadata, timeout=body.timeout)
     return SandboxList(
-        sandboxes=[Sandbox.from_row(r) for r in await manager.lifecycle.fork(sandbox_id, body.count, request)]
+        sandboxes=[_out(manager, r) for r in await manager.lifecycle.fork(sandbox_id, body.count, request)]
     )
+
+
+@router.put("/{sandbox_id}/network")
+async def set_network(sandbox_id: str, body: NetworkPolicy, manager: Manager) -> Sandbox:
+    """Replace its egress policy; it holds from the next packet on (connections it no longer allows stop)."""
+    return _out(manager, await manager.set_network(sandbox_id, body.model_dump(exclude_unset=True)))
+
+
+@router.get("/{sandbox_id}/ports")
+async def list_ports(sandbox_id: str, manager: Manager) -> list[PublishedPort]:
+    """Host ports published to it (auto-published ones included)."""
+    manager.get(sandbox_id)
+    return [PublishedPort(**p.to_json()) for p in manager.ports.listed(sandbox_id)]
+
+
+@router.post("/{sandbox_id}/ports", status_code=201)
+async def publish_port(sandbox_id: str, body: PublishPort, manager: Manager) -> PublishedPort:
+    """Forward a host port (on the server's address) to a port in the sandbox; 409 port_in_use if it is taken."""
+    wanted = Published(host_port=body.host_port or body.port, port=body.port)
+    return PublishedPort(**(await manager.ports.publish(sandbox_id, wanted)).to_json())
+
+
+@router.delete("/{sandbox_id}/ports/{host_port}", status_code=204)
+async def unpublish_port(sandbox_id: str, host_port: int, manager: Manager) -> Response:
+    await manager.ports.unpublish(sandbox_id, host_port)
+    return Response(status_code=204)
 
 
 @router.get("/{sandbox_id}/logs", response_class=PlainTextResponse)
