@@ -23,6 +23,15 @@ def test_download(client: httpx.Client, tmp_path: Path) -> None:
     assert r.headers["content-length"] == str(len(data))
 
 
+def test_download_of_a_file_that_says_it_is_empty(client: httpx.Client, tmp_path: Path) -> None:
+    # /proc files report size 0 and are not; an empty regular file stays empty.
+    r = client.get("/files", params={"path": "/proc/self/status"})
+    assert r.status_code == 200 and b"Name:" in r.content
+    (tmp_path / "empty").write_bytes(b"")
+    r = client.get("/files", params={"path": str(tmp_path / "empty")})
+    assert r.status_code == 200 and r.content == b""
+
+
 def test_download_streams_a_large_file(client: httpx.Client, tmp_path: Path) -> None:
     path = tmp_path / "large"
     with open(path, "wb") as f:

@@ -35,6 +35,8 @@ from .users import User, UserDb, resolve_path, username_from_authorization
 
 READ_CHUNK = 256 * 1024
 WRITE_BATCH = 1024 * 1024
+PSEUDO_FILE_LIMIT = 4 << 20
+"""Most bytes read from a file whose size says 0 (such as /proc/net/tcp)."""
 INLINE_READ = 64 * 1024  # smaller files are read without a trip to the thread pool
 
 Read = Callable[[], Awaitable[bytes]]
@@ -175,6 +177,19 @@ class FilesHandler:
 
     async def _send_file(self, request: Request, response: Response, fd: int, st: os.stat_result) -> None:
         size = st.st_size
+        if size == 0:
+            # /proc and /sys files say they are empty and are not: read what there is.
+            chunks: list[bytes] = []
+            while sum(map(len, chunks)) < PSEUDO_FILE_LIMIT and (chunk := os.read(fd, READ_CHUNK)):
+                chunks.append(chunk)
+            data = b"".join(chunks)
+            if data:
+                headers = {"Content-Type": "application/octet-stream", "Last-Modified": _http_date(st.st_mtime)}
+                await response.start(200, headers, length=len(data))
+                if request.method != "HEAD":
+                    await response.write(data)
+                await response.end()
+                return
         start, end, status = 0, size, 200
         headers = {
             "Content-Type": "application/octet-stream",
