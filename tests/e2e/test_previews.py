@@ -116,7 +116,7 @@ def test_streaming_and_large_bodies_pass(app: Sandbox) -> None:
 
 
 def test_websockets_go_through(app: Sandbox) -> None:
-    base, host = proxy(app)
+    _, host = proxy(app)
     port = int(host.rsplit(":", 1)[1])
     sock = socket.create_connection(("127.0.0.1", port))
     with ws_connect(f"ws://{host}/ws", sock=sock, additional_headers={TOKEN: app.preview_token}) as ws:
