@@ -212,6 +212,9 @@ class CorralServer:
             s.bind(("127.0.0.1", 0))
             self.port = int(s.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.preview_port = int(s.getsockname()[1])
         self.subnet = subnet
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -222,6 +225,8 @@ class CorralServer:
             "CORRAL_DATA_DIR": str(self.data_dir),
             "CORRAL_PORT": str(self.port),
             "CORRAL_SANDBOX_SUBNET": self.subnet,
+            "CORRAL_PREVIEW_PORT": str(self.preview_port),
+            "CORRAL_DNS_SERVERS": '["127.0.0.1:9"]',  # benches resolve nothing: no query leaves the host
             "CORRAL_LOG_LEVEL": os.environ.get("CORRAL_LOG_LEVEL", "warning"),
         }
         with (self.data_dir / "server.log").open("ab") as log:

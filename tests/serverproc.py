@@ -57,6 +57,10 @@ class ServerProcess:
             "CORRAL_DATA_DIR": str(data_dir),
             "CORRAL_PORT": str(self.port),
             "CORRAL_SANDBOX_SUBNET": f"10.{SUBNET_BASE + index}.0.0/16",
+            "CORRAL_PREVIEW_PORT": str(free_port()),
+            # Test sandboxes resolve no name unless a test gives them a resolver of its own
+            # (tests/networld.py): this loopback port answers nothing, so no query leaves the host.
+            "CORRAL_DNS_SERVERS": '["127.0.0.1:9"]',
             "CORRAL_LOG_LEVEL": "info",
             **(env or {}),
         }

@@ -87,6 +87,35 @@ def test_create_list_info_logs_kill(corral, cli_sandbox: str) -> None:
     assert sid not in {s["id"] for s in json.loads(corral("sandbox", "list", "--json").stdout)["sandboxes"]}
 
 
+def test_network_publish_and_preview_commands(corral, corral_url: str) -> None:
+    from tests.serverproc import free_port
+
+    host_port = free_port()
+    done = corral("sandbox", "create", "--json", "--publish", f"{host_port}:8000",
+                  "--network-mode", "allowlist", "--allow-domain", "pypi.org", "--allow-host", "5432")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    try:
+        assert info["network"]["mode"] == "allowlist" and info["network"]["allow_domains"] == ["pypi.org"]
+        assert info["network"]["allow_host"] == [5432]
+        assert info["ports"] == [{"host_port": host_port, "port": 8000, "auto": False}]
+        changed = corral("sandbox", "network", info["id"], "--network-mode", "none", "--json")
+        assert changed.returncode == 0, changed.stderr
+        assert json.loads(changed.stdout)["network"]["mode"] == "none"
+        bad = corral("sandbox", "network", info["id"], "--allow-cidr", "10.0.0.0/33")
+        assert bad.returncode != 0 and b"10.0.0.0/33" in bad.stderr
+        extra = free_port()
+        published = corral("sandbox", "publish", info["id"], f"{extra}:9000")
+        assert published.returncode == 0 and f"127.0.0.1:{extra}".encode() in published.stdout
+        assert corral("sandbox", "unpublish", info["id"], str(extra)).returncode == 0
+        link = corral("sandbox", "preview", info["id"], "3000")
+        assert link.returncode == 0
+        assert link.stdout.decode().startswith(f"http://3000-{info['id']}.localhost:")
+        assert f"corral_preview_token={info['preview_token']}".encode() in link.stdout
+    finally:
+        httpx.delete(f"{corral_url}/v1/sandboxes/{info['id']}", timeout=60)
+
+
 def test_unknown_sandbox_is_one_error_line(corral) -> None:
     for args in (
         ("sandbox", "info", "sbnope"),

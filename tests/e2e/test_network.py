@@ -23,7 +23,7 @@ import pytest
 from corral import InvalidRequest, Sandbox
 from tests import networld
 from tests.conftest import kill_all
-from tests.serverproc import ServerProcess, free_port, worker_index
+from tests.serverproc import ServerProcess, worker_index
 
 pytestmark = [pytest.mark.runsc, pytest.mark.xdist_group("network")]
 
@@ -41,7 +41,7 @@ def net_server(world: None, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     proc = ServerProcess(
         tmp_path_factory.mktemp("net"),
         subnet_index=46 + worker_index(),
-        env={"CORRAL_DNS_SERVERS": json.dumps([networld.DNS]), "CORRAL_PREVIEW_PORT": str(free_port())},
+        env={"CORRAL_DNS_SERVERS": json.dumps([networld.DNS])},
     ).start()
     try:
         yield proc

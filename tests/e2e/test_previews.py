@@ -30,8 +30,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     proc = ServerProcess(
         tmp_path_factory.mktemp("previews"),
         subnet_index=48 + worker_index(),
-        # No DNS in these tests: the forwarder asks a loopback port where nothing listens.
-        env={"CORRAL_PREVIEW_PORT": str(free_port()), "CORRAL_DNS_SERVERS": '["127.0.0.1:9"]'},
     ).start()
     try:
         yield proc
@@ -182,9 +180,7 @@ def test_auto_publish_mirrors_listeners(server: ServerProcess) -> None:
 
 
 def test_published_ports_come_back_after_a_restart(tmp_path: Path) -> None:
-    proc = ServerProcess(
-        tmp_path / "data", subnet_index=26 + worker_index(), env={"CORRAL_PREVIEW_PORT": str(free_port())}
-    ).start()
+    proc = ServerProcess(tmp_path / "data", subnet_index=26 + worker_index()).start()
     try:
         host_port = free_port()
         sbx = Sandbox.create(url=proc.url, publish=[f"{host_port}:8000"])

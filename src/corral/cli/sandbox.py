@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -22,6 +22,18 @@ from corral.sdk import Sandbox, SandboxInfo
 app = typer.Typer(help="Create, list, inspect and kill sandboxes.", no_args_is_help=True)
 
 PairsOption = Annotated[list[str] | None, typer.Option(metavar="KEY=VALUE", help="Repeatable.")]
+ModeOption = Annotated[
+    str | None, typer.Option("--network-mode", help="Egress: none, allowlist or public_only (the default).")
+]
+CidrOption = Annotated[list[str] | None, typer.Option("--allow-cidr", help="Reachable IPv4 network; repeatable.")]
+DomainOption = Annotated[
+    list[str] | None, typer.Option("--allow-domain", help="Reachable name (or *.name); repeatable.")
+]
+HostPortOption = Annotated[
+    list[int] | None, typer.Option("--allow-host", help="Host TCP port reachable at the gateway; repeatable.")
+]
+LanOption = Annotated[bool, typer.Option("--allow-lan", help="Let it reach private ranges (RFC 1918, CGNAT).")]
+PublicOption = Annotated[bool, typer.Option("--public-previews", help="Preview URLs need no token.")]
 IdArgument = Annotated[str, typer.Argument(help="The sandbox's id.")]
 
 
@@ -43,11 +55,23 @@ def create(
     ] = None,
     env: PairsOption = None,
     metadata: PairsOption = None,
+    publish: Annotated[
+        list[str] | None,
+        typer.Option(metavar="HOST_PORT:PORT", help="Forward a host port to a port in it; repeatable."),
+    ] = None,
+    auto_publish: Annotated[bool, typer.Option(help="Publish every port it listens on, on the same number.")] = False,
+    network_mode: ModeOption = None,
+    allow_cidr: CidrOption = None,
+    allow_domain: DomainOption = None,
+    allow_host: HostPortOption = None,
+    allow_lan: LanOption = False,
+    public_previews: PublicOption = False,
     json: JsonOption = False,
 ) -> None:
     """Create a sandbox and print its id."""
     conn = connection(ctx)
     envs, labels = parse_pairs(env, "--env"), parse_pairs(metadata, "--metadata")
+    policy = _policy(network_mode, allow_cidr, allow_domain, allow_host, allow_lan, public_previews)
     with cli_errors():
         sbx = Sandbox.create(
             image,
@@ -57,6 +81,9 @@ def create(
             metadata=labels or None,
             timeout=timeout,
             template=template,
+            network=policy,
+            publish=publish or None,
+            auto_publish=auto_publish or None,
             url=conn.url,
             api_key=conn.api_key,
         )
@@ -153,6 +180,95 @@ def _lifecycle(ctx: typer.Context, sandbox_id: str, action: str, json: bool) -> 
         print_json(info.to_json())
     else:
         typer.echo(f"{sandbox_id} is {info.state}")
+
+
+def _policy(
+    mode: str | None,
+    cidrs: list[str] | None,
+    domains: list[str] | None,
+    host_ports: list[int] | None,
+    lan: bool,
+    public: bool,
+) -> dict[str, Any] | None:
+    """The ``network`` object the options describe; None when none was given (the server's default)."""
+    given: dict[str, object] = {
+        "mode": mode,
+        "allow_cidrs": cidrs or None,
+        "allow_domains": domains or None,
+        "allow_host": host_ports or None,
+        "allow_lan": lan or None,
+        "previews": "public" if public else None,
+    }
+    policy: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    return policy or None
+
+
+@app.command()
+def network(
+    ctx: typer.Context,
+    sandbox_id: IdArgument,
+    network_mode: ModeOption = None,
+    allow_cidr: CidrOption = None,
+    allow_domain: DomainOption = None,
+    allow_host: HostPortOption = None,
+    allow_lan: LanOption = False,
+    public_previews: PublicOption = False,
+    json: JsonOption = False,
+) -> None:
+    """Replace a sandbox's egress policy (what is not given takes its default)."""
+    policy = _policy(network_mode, allow_cidr, allow_domain, allow_host, allow_lan, public_previews) or {}
+    with cli_errors(), connection(ctx).sandbox(sandbox_id) as sbx:
+        found = sbx.set_network(**policy)
+    if json:
+        print_json(found.to_json())
+    else:
+        typer.echo(f"{sandbox_id}: egress {found.network['mode'] if found.network else 'none'}")
+
+
+@app.command()
+def publish(
+    ctx: typer.Context,
+    sandbox_id: IdArgument,
+    ports: Annotated[str, typer.Argument(metavar="HOST_PORT:PORT", help="Or PORT: the same number on the host.")],
+    json: JsonOption = False,
+) -> None:
+    """Forward a host port (on the server's address) to a port in the sandbox."""
+    host, _, inner = ports.partition(":")
+    if not (host.isdigit() and (inner or host).isdigit()):
+        raise typer.BadParameter(f"{ports!r} is not HOST_PORT:PORT such as 8080:3000")
+    with cli_errors(), connection(ctx).sandbox(sandbox_id) as sbx:
+        made = sbx.publish(int(inner or host), host_port=int(host))
+    if json:
+        print_json(made.to_json())
+    else:
+        typer.echo(f"127.0.0.1:{made.host_port} -> {sandbox_id}:{made.port}")
+
+
+@app.command()
+def unpublish(
+    ctx: typer.Context, sandbox_id: IdArgument, host_port: Annotated[int, typer.Argument(help="The host port.")]
+) -> None:
+    """Stop forwarding a host port."""
+    with cli_errors(), connection(ctx).sandbox(sandbox_id) as sbx:
+        sbx.unpublish(host_port)
+    typer.echo(f"unpublished {host_port}")
+
+
+@app.command()
+def preview(
+    ctx: typer.Context,
+    sandbox_id: IdArgument,
+    port: Annotated[int, typer.Argument(help="The port in the sandbox.")],
+    json: JsonOption = False,
+) -> None:
+    """Print a browser link to a port in the sandbox (with its access token)."""
+    with cli_errors(), connection(ctx).sandbox(sandbox_id) as sbx:
+        link = sbx.get_preview_url(port, with_token=True)
+        token = sbx.preview_token
+    if json:
+        print_json({"url": link, "host": link.split("/")[2], "token": token})
+    else:
+        typer.echo(link)
 
 
 @app.command()

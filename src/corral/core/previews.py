@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from corral.core.network import policy_of
-from corral.errors import CorralError
+from corral.errors import CorralError, RuntimeFailure
 from corral.net.preview import PreviewError, PreviewProxy, Wanted
 
 if TYPE_CHECKING:
@@ -50,7 +50,13 @@ class Previews:
 
     async def start(self) -> None:
         if self.manager.settings.preview_port:
-            await self.proxy.start()
+            try:
+                await self.proxy.start()
+            except OSError as exc:
+                raise RuntimeFailure(
+                    f"the preview proxy cannot listen on {self.proxy.host}:{self.proxy.port} ({exc.strerror}); "
+                    "set CORRAL_PREVIEW_PORT to a free port, or to 0 for no previews"
+                ) from None
             self.enabled = True
             log.info("preview proxy on http://*.%s:%d", self.proxy.domain, self.proxy.port)
 

@@ -29,6 +29,10 @@ def _time(value: Any) -> datetime | None:
 def _json_value(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, list):
+        return [_json_value(v) for v in value]
+    if isinstance(value, _JsonModel):
+        return value.to_json()
     return value
 
 
