@@ -194,3 +194,14 @@ def test_published_ports_come_back_after_a_restart(tmp_path: Path) -> None:
     finally:
         kill_all(proc.url)
         proc.stop()
+
+
+@pytest.mark.checkpoint
+def test_a_preview_hit_wakes_a_hibernated_sandbox(server: ServerProcess) -> None:
+    with Sandbox.create(url=server.url) as sbx:
+        start_app(sbx, 8000)
+        assert sbx.hibernate().state == "hibernated"
+        base, host = proxy(sbx)
+        r = httpx.get(f"{base}/woken", headers={"Host": host, TOKEN: sbx.preview_token}, timeout=60)
+        assert r.status_code == 200 and r.text == "hello preview /woken\n"
+        assert sbx.info().state == "running"

@@ -97,7 +97,9 @@ class PublishedPorts:
             await self.manager.lifecycle.ensure_awake(sandbox_id)
             return self.manager.get(sandbox_id).address, wanted.port
 
-        forwarder = TcpForwarder(self.host, wanted.host_port, target)
+        forwarder = TcpForwarder(
+            self.host, wanted.host_port, target, activity=lambda: self.manager.lifecycle.touch(sandbox_id)
+        )
         try:
             await forwarder.start()
         except OSError as exc:

@@ -44,7 +44,13 @@ class Previews:
         self.manager = manager
         s = manager.settings
         self._key = load_key(s.data_dir)
-        self.proxy = PreviewProxy(host=s.host, port=s.preview_port, domain=s.preview_domain, route=self.route)
+        self.proxy = PreviewProxy(
+            host=s.host,
+            port=s.preview_port,
+            domain=s.preview_domain,
+            route=self.route,
+            touch=lambda sandbox_id: manager.lifecycle.touch(sandbox_id),  # traffic is activity: no idle hibernation
+        )
         self.enabled = False
         """Whether the proxy listens (it does once started, unless ``preview_port`` is 0)."""
 

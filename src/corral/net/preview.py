@@ -51,15 +51,17 @@ class Wanted:
 
 Route = Callable[[Wanted], Awaitable[str]]
 """Checks a request and returns the sandbox's address; raises :class:`PreviewError` to refuse."""
+Touch = Callable[[str], None]
+"""Told a sandbox's id while its preview connections carry bytes (at most once a second each)."""
 
 _REASONS = {302: "Found", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
             409: "Conflict", 431: "Request Header Fields Too Large", 502: "Bad Gateway"}  # fmt: skip
 
 
 class PreviewProxy:
-    def __init__(self, *, host: str, port: int, domain: str, route: Route) -> None:
+    def __init__(self, *, host: str, port: int, domain: str, route: Route, touch: Touch | None = None) -> None:
         self.host, self.port, self.domain = host, port, domain.lower().strip(".")
-        self.route = route
+        self.route, self.touch = route, touch
         self._host_re = re.compile(rf"^(\d{{1,5}})-([a-z0-9]+)\.{re.escape(self.domain)}(?::\d+)?$", re.IGNORECASE)
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
@@ -134,7 +136,8 @@ class PreviewProxy:
             ("X-Forwarded-Proto", "http"),
         ]
         upstream[1].write(head.encode())  # what the client sent past the head is still in ``reader``
-        await proxy.splice((reader, writer), upstream)
+        touch = self.touch
+        await proxy.splice((reader, writer), upstream, activity=(lambda: touch(sandbox_id)) if touch else None)
 
 
 class _Head:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,9 @@ CONNECT_TIMEOUT = 10.0
 
 Target = Callable[[], Awaitable[tuple[str, int]]]
 """Where a new connection goes: (address, port), found when it arrives (may wake the sandbox)."""
+Activity = Callable[[], None]
+"""Told (at most once a second) that bytes are flowing, so an idle timer does not fire mid-connection."""
+ACTIVITY_EVERY = 1.0
 
 
 async def connect(address: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -32,10 +36,13 @@ async def connect(address: str, port: int) -> tuple[asyncio.StreamReader, asynci
 async def splice(
     a: tuple[asyncio.StreamReader, asyncio.StreamWriter],
     b: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    *,
+    activity: Activity | None = None,
 ) -> None:
     """Copy ``a`` to ``b`` and ``b`` to ``a`` until both directions end; then close both."""
+    seen = _Throttle(activity)
     try:
-        await asyncio.gather(_copy(a[0], b[1]), _copy(b[0], a[1]))
+        await asyncio.gather(_copy(a[0], b[1], seen), _copy(b[0], a[1], seen))
     finally:
         for writer in (a[1], b[1]):
             writer.close()
@@ -43,9 +50,22 @@ async def splice(
                 await writer.wait_closed()
 
 
-async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+class _Throttle:
+    def __init__(self, activity: Activity | None) -> None:
+        self.activity, self.last = activity, 0.0
+
+    def __call__(self) -> None:
+        if self.activity is not None:
+            now = time.monotonic()
+            if now - self.last >= ACTIVITY_EVERY:
+                self.last = now
+                self.activity()
+
+
+async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: _Throttle) -> None:
     try:
         while chunk := await reader.read(CHUNK):
+            seen()
             writer.write(chunk)
             await writer.drain()
         if writer.can_write_eof():
@@ -64,8 +84,8 @@ def _no_delay(writer: asyncio.StreamWriter) -> None:
 class TcpForwarder:
     """Listens on ``host:port``; every connection is spliced to what ``target`` names."""
 
-    def __init__(self, host: str, port: int, target: Target) -> None:
-        self.host, self.port, self.target = host, port, target
+    def __init__(self, host: str, port: int, target: Target, *, activity: Activity | None = None) -> None:
+        self.host, self.port, self.target, self.activity = host, port, target, activity
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
 
@@ -95,6 +115,6 @@ class TcpForwarder:
             self._conns.discard(task)
             return
         try:
-            await splice((reader, writer), upstream)
+            await splice((reader, writer), upstream, activity=self.activity)
         finally:
             self._conns.discard(task)
