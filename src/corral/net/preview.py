@@ -35,9 +35,9 @@ HEAD_TIMEOUT = 30.0
 class PreviewError(Exception):
     """Answered to the client as a small page with this status."""
 
-    def __init__(self, status: int, title: str, message: str) -> None:
+    def __init__(self, status: int, title: str, message: str, *, extra: list[tuple[str, str]] | None = None) -> None:
         super().__init__(message)
-        self.status, self.title, self.message = status, title, message
+        self.status, self.title, self.message, self.extra = status, title, message, extra or []
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +67,12 @@ class PreviewProxy:
         self._conns: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._serve, self.host, self.port, limit=proxy.CHUNK, reuse_address=True
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: proxy.Waiting(self._serve, ready=_head_complete, timeout=HEAD_TIMEOUT),
+            self.host,
+            self.port,
+            reuse_address=True,
         )
         self.port = self._server.sockets[0].getsockname()[1]
 
@@ -78,30 +82,31 @@ class PreviewProxy:
         for task in list(self._conns):
             task.cancel()
 
-    def url(self, sandbox_id: str, port: int) -> str:
-        return f"http://{port}-{sandbox_id}.{self.domain}:{self.port}"
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, client: proxy.Waiting) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._conns.add(task)
         try:
-            await self._handle(reader, writer)
+            await self._handle(client)
         except PreviewError as exc:
-            await _answer(writer, exc.status, _page(exc.title, exc.message))
-        except (ConnectionError, OSError, asyncio.IncompleteReadError, TimeoutError):
-            writer.transport.abort()
+            if client.transport is not None:
+                body = _page(exc.title, exc.message) if exc.message else b""
+                _answer(client.transport, exc.status, body, extra=exc.extra)
+        except Exception:
+            log.exception("preview proxy: a connection failed")
+            if client.transport is not None:
+                client.transport.abort()
         finally:
             self._conns.discard(task)
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
-        except asyncio.LimitOverrunError:
-            raise PreviewError(431, "Request too large", "The request's head is over 64 KiB.") from None
-        if len(raw) > MAX_HEAD:
-            raise PreviewError(431, "Request too large", "The request's head is over 64 KiB.")
-        head = _Head.parse(raw)
+    async def _handle(self, client: proxy.Waiting) -> None:
+        received = bytes(client.buffer)
+        end = received.find(b"\r\n\r\n")
+        if end < 0:
+            if len(received) >= MAX_HEAD:
+                raise PreviewError(431, "Request too large", "The request's head is over 64 KiB.")
+            raise PreviewError(400, "Bad request", "The connection ended before a whole request head came.")
+        head = _Head.parse(received[: end + 4])
         host = head.get("host") or ""
         match = self._host_re.match(host)
         if not match:
@@ -118,10 +123,22 @@ class PreviewProxy:
         address = await self.route(Wanted(sandbox_id=sandbox_id, port=port, token=token))
         if from_query and head.method in ("GET", "HEAD"):
             cookie = f"{TOKEN_NAME}={from_query}; Path=/; HttpOnly; SameSite=Lax"
-            await _answer(writer, 302, b"", extra=[("Location", head.target), ("Set-Cookie", cookie)])
-            return
+            raise PreviewError(302, "Found", "", extra=[("Location", head.target), ("Set-Cookie", cookie)])
+        peer = client.transport.get_extra_info("peername") if client.transport else None
+        head.headers += [
+            ("X-Forwarded-For", str(peer[0]) if peer else ""),
+            ("X-Forwarded-Host", host),
+            ("X-Forwarded-Proto", "http"),
+        ]
+        touch = self.touch
         try:
-            upstream = await proxy.connect(address, port)
+            await proxy.relay(
+                client,
+                address,
+                port,
+                first=lambda sent: head.encode() + sent[end + 4 :],  # the head without the token, then the rest
+                activity=(lambda: touch(sandbox_id)) if touch else None,
+            )
         except (OSError, TimeoutError):
             raise PreviewError(
                 502,
@@ -129,15 +146,10 @@ class PreviewProxy:
                 f"Nothing in sandbox {sandbox_id} accepts connections on port {port}. "
                 "Start a server there that listens on 0.0.0.0 (not only 127.0.0.1).",
             ) from None
-        peer = writer.get_extra_info("peername")
-        head.headers += [
-            ("X-Forwarded-For", str(peer[0]) if peer else ""),
-            ("X-Forwarded-Host", host),
-            ("X-Forwarded-Proto", "http"),
-        ]
-        upstream[1].write(head.encode())  # what the client sent past the head is still in ``reader``
-        touch = self.touch
-        await proxy.splice((reader, writer), upstream, activity=(lambda: touch(sandbox_id)) if touch else None)
+
+
+def _head_complete(received: bytes) -> bool:
+    return b"\r\n\r\n" in received or len(received) >= MAX_HEAD
 
 
 class _Head:
@@ -210,9 +222,7 @@ def _page(title: str, message: str) -> bytes:
     ).encode()
 
 
-async def _answer(
-    writer: asyncio.StreamWriter, status: int, body: bytes, *, extra: list[tuple[str, str]] | None = None
-) -> None:
+def _answer(client: asyncio.Transport, status: int, body: bytes, *, extra: list[tuple[str, str]] | None = None) -> None:
     headers = [
         ("Content-Type", "text/html; charset=utf-8"),
         ("Content-Length", str(len(body))),
@@ -221,9 +231,6 @@ async def _answer(
         *(extra or []),
     ]
     head = f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers)
-    with contextlib.suppress(ConnectionError, OSError):
-        writer.write(head.encode("latin-1") + b"\r\n" + body)
-        await writer.drain()
-    writer.close()
-    with contextlib.suppress(ConnectionError, OSError):
-        await writer.wait_closed()
+    if not client.is_closing():
+        client.write(head.encode("latin-1") + b"\r\n" + body)
+        client.close()  # after what was written is sent
