@@ -11,7 +11,6 @@ import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.serverproc import ServerProcess
@@ -19,20 +18,8 @@ from tests.serverproc import ServerProcess
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path_factory.mktemp("corral-data")).start()
-    try:
+    with ServerProcess(tmp_path_factory.mktemp("corral-data")).running() as proc:
         yield proc
-    finally:
-        kill_all(proc.url)
-        proc.stop()
-
-
-def kill_all(url: str, api_key: str | None = None) -> None:
-    headers = {"X-API-Key": api_key} if api_key else {}
-    with contextlib.suppress(httpx.HTTPError):
-        found = httpx.get(f"{url}/v1/sandboxes", headers=headers, timeout=30).json()["sandboxes"]
-        for sbx in found:
-            httpx.delete(f"{url}/v1/sandboxes/{sbx['id']}", headers=headers, timeout=60)
 
 
 @pytest.fixture
@@ -71,15 +58,33 @@ def sandbox(sandbox_factory: Callable[..., object]) -> object:
     return sandbox_factory()
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark e2e tests ``runsc``; and make ``--dist loadgroup`` keep each ``xdist_group`` on one worker again.
+
+    pytest-xdist 3.8 tags a grouped test by setting ``item._nodeid``; pytest 9
+    keeps node ids in ``item._id``, so the tag was lost and every group was
+    spread over the workers (tests that share a host-wide resource then ran at
+    once). Set it where pytest 9 reads it.
+    """
+    here = Path(__file__).parent
+    for item in items:
+        if "e2e" in Path(str(item.fspath)).relative_to(here).parts:
+            item.add_marker(pytest.mark.runsc)
+    if not getattr(config.option, "loadgroup", False):
+        return
+    from _pytest.nodeid import coerce_node_id
+
+    for item in items:
+        names = sorted(
+            {str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")}
+        )
+        if names and "@" not in item.nodeid.rsplit("::", 1)[-1]:
+            item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(names)}")  # type: ignore[attr-defined]
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if "e2e" in Path(str(item.fspath)).relative_to(here).parts:
-            item.add_marker(pytest.mark.runsc)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+
+from corral.net import firewall
 
 IMAGES = Path(os.environ.get("CORRAL_TEST_IMAGES", "/var/lib/corral/images"))
 
@@ -105,5 +109,27 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.kill9()
 
+    @contextlib.contextmanager
+    def running(self, *, api_key: str | None = None) -> Iterator[ServerProcess]:
+        """Started for the length of a ``with``; then its sandboxes are killed and it stops."""
+        self.start()
+        try:
+            yield self
+        finally:
+            kill_all(self.url, api_key)
+            self.stop()
+            # Its sandboxes are gone: so may its firewall table be (a real server leaves it for them).
+            table = firewall.table_name(self.env["CORRAL_SANDBOX_SUBNET"])
+            subprocess.run(["nft", "delete", "table", "inet", table], capture_output=True, check=False)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""
+
+
+def kill_all(url: str, api_key: str | None = None) -> None:
+    """Kill every sandbox a server has (tests' clean-up)."""
+    headers = {"X-API-Key": api_key} if api_key else {}
+    with contextlib.suppress(httpx.HTTPError):
+        found = httpx.get(f"{url}/v1/sandboxes", headers=headers, timeout=30).json()["sandboxes"]
+        for sbx in found:
+            httpx.delete(f"{url}/v1/sandboxes/{sbx['id']}", headers=headers, timeout=60)

@@ -22,8 +22,7 @@ import pytest
 
 from corral import Sandbox
 from corral.errors import AuthenticationError
-from tests.conftest import kill_all
-from tests.serverproc import ServerProcess, free_port, worker_index
+from tests.serverproc import ServerProcess, free_port, kill_all, worker_index
 
 CORRAL = str(Path(sys.executable).with_name("corral"))
 

@@ -1,7 +1,7 @@
 """Egress policies, DNS and isolation, against hosts in a network namespace of the test's own.
 
 Every destination is a host this module creates (tests/networld.py): a
-"public" one on 203.0.113.x, a LAN one on 10.250.0.10, a metadata service on
+"public" one on 203.0.113.x, a LAN one on 172.31.250.10, a metadata service on
 169.254.169.254 and a resolver; plus a TCP service on the host itself and
 other sandboxes. Each rule is checked both ways: closed where the policy
 says so, open where it says so (so a test cannot pass by everything being
@@ -22,7 +22,6 @@ import pytest
 
 from corral import InvalidRequest, Sandbox
 from tests import networld
-from tests.conftest import kill_all
 from tests.serverproc import ServerProcess, worker_index
 
 pytestmark = [pytest.mark.runsc, pytest.mark.xdist_group("network")]
@@ -38,16 +37,9 @@ def world() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def net_server(world: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(
-        tmp_path_factory.mktemp("net"),
-        subnet_index=46 + worker_index(),
-        env={"CORRAL_DNS_SERVERS": json.dumps([networld.DNS])},
-    ).start()
-    try:
+    env = {"CORRAL_DNS_SERVERS": json.dumps([networld.DNS])}
+    with ServerProcess(tmp_path_factory.mktemp("net"), subnet_index=46 + worker_index(), env=env).running() as proc:
         yield proc
-    finally:
-        kill_all(proc.url)
-        proc.stop()
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from corral import CommandHandle, PortInUse, Sandbox
-from tests.conftest import kill_all
 from tests.serverproc import ServerProcess, free_port, worker_index
 
 pytestmark = pytest.mark.runsc
@@ -27,15 +26,8 @@ TOKEN = "X-Corral-Preview-Token"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(
-        tmp_path_factory.mktemp("previews"),
-        subnet_index=48 + worker_index(),
-    ).start()
-    try:
+    with ServerProcess(tmp_path_factory.mktemp("previews"), subnet_index=48 + worker_index()).running() as proc:
         yield proc
-    finally:
-        kill_all(proc.url)
-        proc.stop()
 
 
 @pytest.fixture(scope="module")
@@ -180,8 +172,7 @@ def test_auto_publish_mirrors_listeners(server: ServerProcess) -> None:
 
 
 def test_published_ports_come_back_after_a_restart(tmp_path: Path) -> None:
-    proc = ServerProcess(tmp_path / "data", subnet_index=26 + worker_index()).start()
-    try:
+    with ServerProcess(tmp_path / "data", subnet_index=26 + worker_index()).running() as proc:
         host_port = free_port()
         sbx = Sandbox.create(url=proc.url, publish=[f"{host_port}:8000"])
         start_app(sbx, 8000)
@@ -191,9 +182,6 @@ def test_published_ports_come_back_after_a_restart(tmp_path: Path) -> None:
         again = Sandbox.connect(sbx.id, url=proc.url)
         base, host = proxy(again)
         assert httpx.get(base, headers={"Host": host, TOKEN: again.preview_token}).status_code == 200  # same token
-    finally:
-        kill_all(proc.url)
-        proc.stop()
 
 
 @pytest.mark.checkpoint

@@ -10,8 +10,7 @@ import httpx
 import pytest
 
 from corral import Sandbox
-from tests.conftest import kill_all
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, kill_all
 
 
 @pytest.fixture

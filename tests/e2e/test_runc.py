@@ -18,7 +18,6 @@ import pytest
 
 from corral import CommandExitError, Sandbox
 from corral.errors import SandboxNotFound
-from tests.conftest import kill_all
 from tests.serverproc import ServerProcess, worker_index
 
 pytestmark = pytest.mark.runc
@@ -33,11 +32,8 @@ def runc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
         subnet_index=40 + worker_index(),
         env={"CORRAL_RUNTIME": "runc"},
     )
-    try:
-        yield proc.start()
-    finally:
-        kill_all(proc.url)
-        proc.stop()
+    with proc.running():
+        yield proc
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import kill_all
 from tests.registry import Registry, busybox_layer, write_layout
 from tests.serverproc import ServerProcess, worker_index
 
@@ -38,12 +37,8 @@ def image_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
     proc = ServerProcess(
         tmp_path_factory.mktemp("images-server"), subnet_index=50 + worker_index(), shared_images=False
     )
-    proc.start()
-    try:
+    with proc.running():
         yield proc
-    finally:
-        kill_all(proc.url)
-        proc.stop()
 
 
 def store_root(server: ServerProcess) -> Path:

@@ -8,9 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import kill_all
 from tests.registry import Registry, busybox_layer, write_layout
-from tests.serverproc import ServerProcess, worker_index
+from tests.serverproc import ServerProcess, kill_all, worker_index
 
 pytestmark = [pytest.mark.runsc, pytest.mark.xdist_group("images")]
 

@@ -103,6 +103,8 @@ class Firewall:
     # -- rules ---------------------------------------------------------------
 
     def _base(self) -> str:
+        # Nothing here may match traffic that is not this subnet's: a table outlives its
+        # server (its sandboxes do), and a rule on a port it held would hit whoever holds it next.
         s, ifs, dns = self.subnet, f'"{HOST_IFACE_PREFIX}*"', self.dns_port
         return f"""
 table inet {self.table} {{
@@ -122,7 +124,6 @@ table inet {self.table} {{
         ip saddr {s} ct direction reply accept
         ip saddr {s} ip saddr vmap @to_host
         ip saddr {s} drop
-        meta l4proto {{ tcp, udp }} th dport {dns} drop
     }}
     chain forward {{
         type filter hook forward priority filter - 10; policy accept;
