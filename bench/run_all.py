@@ -12,6 +12,7 @@ import time
 
 import density
 import exec as exec_bench
+import preview as preview_bench
 import ttfe
 from _common import base_parser, corral_url, print_table, run_main, write_json
 
@@ -36,6 +37,8 @@ def main() -> int:
         mem = density.run(url, args.api_key, count=args.count)
         print(f"\n== images and templates ({args.image_runs} runs)")
         img = images_bench.run(url, args.api_key, runs=args.image_runs)
+        print("\n== preview proxy")
+        pre = preview_bench.run(url, args.api_key, runs=200, mib=64)
 
     def met(ok: bool) -> str:
         return "met" if ok else "NOT met"
@@ -97,12 +100,28 @@ def main() -> int:
             "",
             "",
         ],
+        [
+            "preview proxy throughput (vs a direct connection)",
+            f"{pre['proxy_mib_s']:.0f} MiB/s",
+            f"{pre['direct_mib_s']:.0f} MiB/s (direct)",
+            f"{pre['throughput_ratio']:.2f}x",
+            f">= {preview_bench.TARGET_THROUGHPUT}x",
+            met(pre["throughput_ratio"] >= preview_bench.TARGET_THROUGHPUT),
+        ],
+        [
+            "preview proxy added p50 latency (kept-alive)",
+            f"{pre['added_p50_kept_ms']:+.2f} ms",
+            "",
+            "",
+            f"<= {preview_bench.TARGET_ADDED_P50 * 1000:g} ms",
+            met(pre["added_p50_kept_ms"] <= preview_bench.TARGET_ADDED_P50 * 1000),
+        ],
     ]
     headers = ["", "corral", "raw runsc", "ratio", "target", ""]
     print_table(f"corral against the raw runsc floor ({time.monotonic() - started:.0f} s)", headers, rows)
     keys = ["measure", "corral", "raw", "ratio", "target", "verdict"]
     table = [dict(zip(keys, row, strict=True)) for row in rows]
-    write_json("summary", {"table": table, "ttfe": first, "exec": lat, "density": mem, "images": img})
+    write_json("summary", {"table": table, "ttfe": first, "exec": lat, "density": mem, "images": img, "preview": pre})
     return 0 if mem["all_answered"] else 1
 
 
