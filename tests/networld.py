@@ -4,7 +4,7 @@ The namespace is joined to the host by a veth pair on 198.51.100.0/30, and
 holds, all on its own interface:
 
 - ``PUBLIC`` and ``PUBLIC_OTHER`` (203.0.113.x): "the internet";
-- ``LAN`` (172.31.250.10): a private host;
+- ``LAN``, ``LAN_172``, ``CGNAT`` (10.254.0.10, 172.31.250.10, 100.64.0.10): private hosts;
 - ``METADATA`` (169.254.169.254): a cloud metadata service;
 - ``DNS`` (203.0.113.53): a resolver that knows ``NAMES``.
 
@@ -29,8 +29,9 @@ NETNS = f"corral-test-world-{os.getpid()}"
 HOST_IFACE = f"cwh{os.getpid() % 100000}"
 HOST_LINK, WORLD_LINK = "198.51.100.1", "198.51.100.2"
 PUBLIC, PUBLIC_OTHER, DNS = "203.0.113.10", "203.0.113.11", "203.0.113.53"
-LAN, METADATA = "172.31.250.10", "169.254.169.254"  # apart from every corral test subnet (10.x)
-ROUTES = ("203.0.113.0/24", "172.31.250.0/24", f"{METADATA}/32")
+# Private hosts apart from every subnet corral's tests and benches give sandboxes (10.60-10.253).
+LAN, LAN_172, CGNAT, METADATA = "10.254.0.10", "172.31.250.10", "100.64.0.10", "169.254.169.254"
+ROUTES = ("203.0.113.0/24", "10.254.0.0/24", "172.31.250.0/24", "100.64.0.0/24", f"{METADATA}/32")
 NAMES = {"public.test": PUBLIC, "other.test": PUBLIC_OTHER, "lan.test": LAN, "www.allowed.test": PUBLIC_OTHER}
 
 _SERVE = Path(__file__).with_name("networld_serve.py")
@@ -53,7 +54,10 @@ def world() -> Iterator[None]:
         for cmd in (
             ["link", "set", "lo", "up"],
             ["addr", "add", f"{WORLD_LINK}/30", "dev", "eth0"],
-            *(["addr", "add", f"{a}/32", "dev", "eth0"] for a in (PUBLIC, PUBLIC_OTHER, DNS, LAN, METADATA)),
+            *(
+                ["addr", "add", f"{a}/32", "dev", "eth0"]
+                for a in (PUBLIC, PUBLIC_OTHER, DNS, LAN, LAN_172, CGNAT, METADATA)
+            ),
             ["link", "set", "eth0", "up"],
             ["route", "add", "default", "via", HOST_LINK],
         ):

@@ -1,7 +1,7 @@
 """Egress policies, DNS and isolation, against hosts in a network namespace of the test's own.
 
 Every destination is a host this module creates (tests/networld.py): a
-"public" one on 203.0.113.x, a LAN one on 172.31.250.10, a metadata service on
+"public" one on 203.0.113.x, LAN ones on 10.254.0.10, 172.31.250.10 and 100.64.0.10 (CGNAT), a metadata service on
 169.254.169.254 and a resolver; plus a TCP service on the host itself and
 other sandboxes. Each rule is checked both ways: closed where the policy
 says so, open where it says so (so a test cannot pass by everything being
@@ -101,8 +101,8 @@ def test_public_only_reaches_the_public_internet_and_nothing_private(make) -> No
     assert sbx.info().network["mode"] == "public_only"
     assert fetch(sbx, f"http://{networld.PUBLIC}/") == HELLO_PUBLIC
     assert fetch(sbx, "http://public.test/") == HELLO_PUBLIC  # DNS through corral's forwarder
-    assert fetch(sbx, f"http://{networld.LAN}/").startswith("refused")
-    assert fetch(sbx, f"http://{networld.METADATA}/").startswith("refused")
+    for private in (networld.LAN, networld.LAN_172, networld.CGNAT, networld.METADATA):
+        assert fetch(sbx, f"http://{private}/").startswith("refused"), private
     assert fetch(sbx, "http://lan.test/").startswith("refused")  # resolving a private name opens nothing
 
 
@@ -143,7 +143,8 @@ def test_allowlist_opens_exactly_what_it_names(make) -> None:
 
 def test_allow_lan_opens_private_ranges_but_not_link_local(make) -> None:
     sbx = make(network={"allow_lan": True})
-    assert fetch(sbx, f"http://{networld.LAN}/") == f"hello from {networld.LAN}\n"
+    for private in (networld.LAN, networld.LAN_172, networld.CGNAT):
+        assert fetch(sbx, f"http://{private}/") == f"hello from {private}\n"
     assert fetch(sbx, f"http://{networld.METADATA}/").startswith("refused")
     assert fetch(sbx, f"http://{networld.PUBLIC}/") == HELLO_PUBLIC
 
