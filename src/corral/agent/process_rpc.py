@@ -83,7 +83,7 @@ class ProcessService:
         user = call_user(self._users, call)
         timeout = call.timeout
         subscriber = Subscriber()
-        process = self._manager.start(user, message, subscriber)
+        process = await self._manager.start(user, message, subscriber)
         deadline = None
         if timeout is not None:
             process.set_deadline(timeout)

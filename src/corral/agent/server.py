@@ -14,9 +14,10 @@ from .filesystem import FilesystemService
 from .http import Request, Response, serve
 from .limits import OomKiller, apply_pids_limit
 from .log import log
-from .process import ProcessManager
+from .process import ProcessManager, credentials
 from .process_rpc import ProcessService
 from .reaper import Reaper
+from .spawners import START_DELAY
 from .users import UserDb
 from .watch import WatchService
 
@@ -65,17 +66,16 @@ async def run(fd: int, address: str, *, users: UserDb, base_env: dict[str, str])
     stopping: asyncio.Future[int] = loop.create_future()
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(stop_signal, _stop, stopping, int(stop_signal))
-    log(
-        "listening",
-        address=address,
-        pid=os.getpid(),
-        default_user=users.default().name,
-    )
+    default_user = users.default()
+    log("listening", address=address, pid=os.getpid(), default_user=default_user.name)
+    if credentials(default_user)[0] is not None:
+        loop.call_later(START_DELAY, manager.spawners.start, default_user)
     received = await stopping
     log("shutting down", signal=signal.Signals(received).name)
     server.close()
     if oom_killer is not None:
         oom_killer.stop()
+    manager.spawners.close()
     manager.signal_all(signal.SIGTERM)
     if not await manager.wait_idle(SHUTDOWN_GRACE):
         manager.signal_all(signal.SIGKILL)
