@@ -122,7 +122,7 @@ class ProcessService:
                         await stream.send(KEEPALIVE_EVENT)
                     continue
                 if isinstance(event, Exit):
-                    await stream.send({"event": {"end": event.to_json()}})
+                    await stream.send({"event": {"end": event.to_json()}}, last=True)
                     return
                 kind, data = event
                 encoded = base64.b64encode(data).decode("ascii")
