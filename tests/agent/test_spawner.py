@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import signal
 import time
 from collections.abc import Iterator
 
@@ -23,6 +24,9 @@ def spawner_agent(tmp_path_factory: pytest.TempPathFactory, user_world: UserWorl
         pytest.skip("switching users needs root")
     running = start_agent(tmp_path_factory.mktemp("spawner-agent"), env={"CORRAL_AGENT_ETC": str(user_world.etc)})
     try:
+        with httpx.Client(base_url=running.url, timeout=30) as c:
+            first = server_stream(c, START, sh("echo $PPID"))  # the first command starts its spawner
+        assert int(first.output("stdout")) == running.process.pid
         wait_ready(running, 1)
         yield running
     finally:
@@ -123,8 +127,9 @@ def test_a_killed_spawner_is_replaced(tmp_path_factory: pytest.TempPathFactory, 
         pytest.skip("switching users needs root")
     agent = start_agent(tmp_path_factory.mktemp("killed-spawner"), env={"CORRAL_AGENT_ETC": str(user_world.etc)})
     try:
-        wait_ready(agent, 1)
         with httpx.Client(base_url=agent.url, timeout=30) as c:
+            server_stream(c, START, sh("true"))
+            wait_ready(agent, 1)
             with live_stream(c, START, start_message("/bin/sleep", "30")) as frames:
                 next(frames)
                 (spawner_pid,) = spawner_pids(agent)
@@ -148,3 +153,24 @@ def test_a_killed_spawner_is_replaced(tmp_path_factory: pytest.TempPathFactory, 
 def _started_pid(agent: Agent) -> int:
     lines = [line for line in agent.log().splitlines() if "process started" in line]
     return int(lines[-1].split("pid=", 1)[1].split()[0])
+
+
+def test_a_stopped_spawner_is_killed_and_replaced(
+    tmp_path_factory: pytest.TempPathFactory, user_world: UserWorld
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("switching users needs root")
+    agent = start_agent(tmp_path_factory.mktemp("stopped-spawner"), env={"CORRAL_AGENT_ETC": str(user_world.etc)})
+    try:
+        with httpx.Client(base_url=agent.url, timeout=30) as c:
+            server_stream(c, START, sh("true"))
+            wait_ready(agent, 1)
+            (spawner_pid,) = spawner_pids(agent)
+            os.kill(spawner_pid, signal.SIGSTOP)  # as a user's `kill -STOP -1` would
+            stuck = server_stream(c, START, sh("echo never"))
+            after = server_stream(c, START, sh("id -u"))
+    finally:
+        stop(agent.process)
+        print(agent.log())
+    assert stuck.error is not None and "did not answer" in stuck.error["message"]
+    assert after.output("stdout") == f"{USER_UID}\n".encode()

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from .connect import Message, RpcError, as_message, field
 from .log import log
 from .reaper import Reaper
-from .spawners import Spawner, SpawnError, Spawners, Unavailable
+from .spawners import REPLY_TIMEOUT, Spawner, SpawnError, Spawners, Unavailable
 from .users import FALLBACK_PATH, User, resolve_path
 
 READ_CHUNK = 64 * 1024
@@ -608,7 +608,10 @@ class ProcessManager:
         except Unavailable:
             return None
         try:
-            return await future
+            return await asyncio.wait_for(asyncio.shield(future), REPLY_TIMEOUT)
+        except TimeoutError:  # stopped, or worse: a user can signal (and trace) its own spawner
+            spawner.abandon(f"it did not answer within {REPLY_TIMEOUT:g} s")
+            raise OSError(f"the spawner for {spawner.name} did not answer; the command may not have started") from None
         except SpawnError as exc:
             if exc.errno == errno.EAGAIN and not exc.in_cwd:
                 return None  # the user is at its process limit: nothing ran, and root may still start it
@@ -616,7 +619,9 @@ class ProcessManager:
         except Unavailable as exc:  # it died with the request: whether it ran is unknown, so no second try
             raise OSError(f"{exc}; the command may or may not have started") from None
         except asyncio.CancelledError:
-            if future.done() and not future.cancelled() and future.exception() is None:
+            if not future.done():
+                future.cancel()  # its answer, when it comes, kills what it started
+            elif not future.cancelled() and future.exception() is None:
                 pid = future.result()  # started, but nobody is left to see it
                 with contextlib.suppress(OSError):
                     os.killpg(pid, signal.SIGKILL)

@@ -14,10 +14,9 @@ from .filesystem import FilesystemService
 from .http import Request, Response, serve
 from .limits import OomKiller, apply_pids_limit
 from .log import log
-from .process import ProcessManager, credentials
+from .process import ProcessManager
 from .process_rpc import ProcessService
 from .reaper import Reaper
-from .spawners import START_DELAY
 from .users import UserDb
 from .watch import WatchService
 
@@ -66,10 +65,7 @@ async def run(fd: int, address: str, *, users: UserDb, base_env: dict[str, str])
     stopping: asyncio.Future[int] = loop.create_future()
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(stop_signal, _stop, stopping, int(stop_signal))
-    default_user = users.default()
-    log("listening", address=address, pid=os.getpid(), default_user=default_user.name)
-    if credentials(default_user)[0] is not None:
-        loop.call_later(START_DELAY, manager.spawners.start, default_user)
+    log("listening", address=address, pid=os.getpid(), default_user=users.default().name)
     received = await stopping
     log("shutting down", signal=signal.Signals(received).name)
     server.close()

@@ -1,9 +1,10 @@
 """The agent's side of the spawners (:mod:`corral.agent.spawner`): one per user, started on demand.
 
 :class:`Spawners` keeps at most one spawner per set of credentials. The first
-command for a user starts one in the background (the default user's starts
-:data:`START_DELAY` after the agent itself) and is itself started the old
-way; once the spawner says it is ready, that user's commands go through it.
+command for a user is started the old way, and :data:`START_DELAY` later a
+spawner starts for that user; once it says it is ready, that user's commands
+go through it. Until a user runs a command, its spawner costs nothing (a
+running one costs about 5 MiB).
 
 Each spawner's children are the agent's grandchildren, so their exit statuses
 come from the spawner (``EXITED`` records) and are handed to the
@@ -33,8 +34,10 @@ from .reaper import Reaper
 from .spawner import EXITED, FAILED, MAX_REQUEST, READY, RECORD, SPAWNED, WHERE_CWD
 from .users import User
 
-START_DELAY = 1.0
-"""Seconds after the agent's start at which the default user's spawner starts (not to slow the first command)."""
+START_DELAY = 0.2
+"""Seconds after a user's first command at which its spawner starts (its boot must not slow that command)."""
+REPLY_TIMEOUT = 5.0
+"""Seconds a spawner has to answer a request before it is killed and replaced."""
 RETRY_AFTER = 5.0
 """Seconds after a spawner failed to start (died before it was ready) before another is tried for the same user."""
 _SPAWNER_CODE = "from corral.agent.spawner import main; main()"
@@ -145,11 +148,13 @@ class Spawner:
                 self.children.discard(a)
                 self._owner.reaper.exited(a, b)
         elif kind == SPAWNED:
+            if not self._is_child(b):
+                self.close(f"it reported pid {b}, not a child of its own")
+                return
             future = self._pending.pop(a, None)
             if future is None or future.done():  # the caller gave up: nobody would see it
-                if b > 1:
-                    with contextlib.suppress(OSError):
-                        os.killpg(b, signal.SIGKILL)
+                with contextlib.suppress(OSError):
+                    os.killpg(b, signal.SIGKILL)
                 return
             self.children.add(b)
             future.set_result(b)
@@ -161,10 +166,30 @@ class Spawner:
             self.ready = self.served = True
             log("spawner ready", user=self.name, pid=self.pid)
 
+    def _is_child(self, pid: int) -> bool:
+        """Whether ``pid`` is the spawner's child (or already gone): a spawner runs as a user, so it is checked."""
+        if pid <= 1:
+            return False
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            return True  # ended and reaped already: its EXITED record follows
+        try:
+            return int(stat.rsplit(b")", 1)[1].split()[1]) == self.pid
+        except (IndexError, ValueError):
+            return False
+
     def _on_own_exit(self, wait_status: int) -> None:
         self._popen.returncode = os.waitstatus_to_exitcode(wait_status)
         self._on_readable()  # what it sent before it went
         self.close(f"it exited ({os.waitstatus_to_exitcode(wait_status)})")
+
+    def abandon(self, reason: str) -> None:
+        """Kill it and stop using it: it stopped answering."""
+        with contextlib.suppress(OSError):
+            os.kill(self.pid, signal.SIGKILL)
+        self.close(reason)
 
     def close(self, reason: str | None = None) -> None:
         """Stop using it (it exits once its socket closes); hand its running children to whoever reaps them."""
@@ -210,19 +235,21 @@ class Spawners:
         self.command = interpreter_command()
         self._spawners: dict[Credentials, Spawner] = {}
         self._retry_at: dict[Credentials, float] = {}
+        self._scheduled: set[Credentials] = set()
 
     def get(self, user: User) -> Spawner | None:
-        """``user``'s spawner if it is ready; else ``None``, and one is started for next time."""
+        """``user``'s spawner if it is ready; else ``None``, and one starts soon for the next command."""
         key = (user.uid, user.gid, user.groups)
         spawner = self._spawners.get(key)
-        if spawner is None:
-            self.start(user)
-            return None
-        return spawner if spawner.ready else None
+        if spawner is None and key not in self._scheduled:
+            self._scheduled.add(key)
+            self.loop.call_later(START_DELAY, self.start, user)
+        return spawner if spawner is not None and spawner.ready else None
 
     def start(self, user: User) -> None:
         """Start ``user``'s spawner unless it runs, or failed a moment ago."""
         key = (user.uid, user.gid, user.groups)
+        self._scheduled.discard(key)
         if key in self._spawners or time.monotonic() < self._retry_at.get(key, 0.0):
             return
         try:
