@@ -1,9 +1,11 @@
 """Processes the agent starts: spawning, output fan-out, input, signals, exit.
 
 Each :class:`ManagedProcess` runs in its own session (``setsid``) as the
-calling user, with its stdout/stderr pipes (or its PTY master) watched by the
-event loop. Output goes to every :class:`Subscriber` (the ``Start`` stream and
-any ``Connect`` streams) as it arrives. The exit status comes from the
+calling user (started by that user's spawner once one is ready, see
+:mod:`corral.agent.spawners`, else by ``subprocess``), with its
+stdout/stderr pipes (or its PTY master) watched by the event loop. Output
+goes to every :class:`Subscriber` (the ``Start`` stream and any ``Connect``
+streams) as it arrives. The exit status comes from the
 :class:`~corral.agent.reaper.Reaper`; once the process has exited and its
 output is drained, subscribers get an :class:`Exit` and the process is
 forgotten.
