@@ -113,6 +113,14 @@ def test_signals_reach_the_process_group(spawner_agent: Agent) -> None:
     assert end["status"] == "signal: terminated"
 
 
+def test_a_command_too_large_for_the_spawner_starts_without_it(spawner_agent: Agent) -> None:
+    big = "x" * (100 * 1024)
+    with httpx.Client(base_url=spawner_agent.url, timeout=30) as c:
+        result = server_stream(c, START, sh("echo ${#BIG} $PPID; id -u", envs={"BIG": big}))
+    size, parent, uid = result.output("stdout").decode().split()
+    assert (int(size), int(parent), uid) == (len(big), spawner_agent.process.pid, str(USER_UID))
+
+
 def test_start_errors_are_the_same(spawner_agent: Agent) -> None:
     with httpx.Client(base_url=spawner_agent.url, timeout=30) as c:
         missing = server_stream(c, START, start_message("no-such-program-here"))

@@ -172,7 +172,7 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def credentials(user: User) -> tuple[int | None, int | None, list[int] | None]:
+def _credentials(user: User) -> tuple[int | None, int | None, list[int] | None]:
     """What ``Popen`` must switch to: nothing if not root (it cannot) or already ``user``.
 
     Not switching lets ``Popen`` use ``vfork``, which is markedly faster.
@@ -536,7 +536,7 @@ class ProcessManager:
         if cwd_arg is not None:
             config["cwd"] = cwd_arg
         cmdline = " ".join([cmd, *args])
-        uid, gid, groups = credentials(user)
+        uid, gid, groups = _credentials(user)
         spawner = self.spawners.get(user) if uid is not None and pty is None else None
         popen: subprocess.Popen[bytes] | None = None
 

@@ -65,7 +65,12 @@ async def run(fd: int, address: str, *, users: UserDb, base_env: dict[str, str])
     stopping: asyncio.Future[int] = loop.create_future()
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(stop_signal, _stop, stopping, int(stop_signal))
-    log("listening", address=address, pid=os.getpid(), default_user=users.default().name)
+    log(
+        "listening",
+        address=address,
+        pid=os.getpid(),
+        default_user=users.default().name,
+    )
     received = await stopping
     log("shutting down", signal=signal.Signals(received).name)
     server.close()

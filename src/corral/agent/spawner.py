@@ -36,7 +36,7 @@ import sys
 RECORD = struct.Struct("<Bxxxiii")
 READY, SPAWNED, FAILED, EXITED = range(4)
 WHERE_PROGRAM, WHERE_CWD = 0, 1
-MAX_REQUEST = 256 * 1024
+MAX_REQUEST = 64 * 1024
 """The largest request (command, arguments, environment) sent to a spawner; larger ones start without it."""
 STDIO_FDS = 3
 _RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)  # ignored by Python, inherited across exec

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import marshal
 import os
 import signal
@@ -122,6 +123,8 @@ class Spawner:
         except BlockingIOError:
             raise Unavailable(f"the spawner for {self.name} is busy") from None
         except OSError as exc:
+            if exc.errno == errno.EMSGSIZE:
+                raise Unavailable(f"a request of {len(data)} bytes is too large for a spawner") from None
             self.close(f"cannot reach it: {exc}")
             raise Unavailable(f"the spawner for {self.name} is gone") from None
         future: asyncio.Future[int] = self._loop.create_future()
