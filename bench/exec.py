@@ -13,12 +13,16 @@ in turn, after a warm-up:
 
 and, to tell transport from process start, two round trips that start no
 process: ``sbx.info()`` (SDK -> server) and ``GET /health`` of the agent.
+Last, to tell the network path from the agent's own work, a client inside
+the sandbox (``python3`` of the image, on the sandbox's loopback) times
+``Start`` of ``/bin/true`` as the default user and ``GET /health``.
 
     .venv/bin/python bench/exec.py [--runs 200] [--warmup 20] [--url URL]
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -52,6 +56,45 @@ LAYERS = {
     "sdk_info": "  no process: SDK sbx.info()",
     "agent_health": "  no process: agent GET /health",
 }
+
+
+INSIDE = {
+    "inside_agent": "  inside the sandbox: agent Start /bin/true",
+    "inside_health": "  inside the sandbox: agent GET /health",
+}
+
+# Run by the image's python3 in the sandbox: Start and /health over one keep-alive connection on loopback.
+INSIDE_CLIENT = r"""
+import json, socket, struct, sys, time
+runs, port = int(sys.argv[1]), int(sys.argv[2])
+sock = socket.create_connection(("127.0.0.1", port))
+body = json.dumps({"process": {"cmd": "/bin/true"}, "stdin": False}).encode()
+envelope = struct.pack(">BI", 0, len(body)) + body
+start = (
+    b"POST /process.Process/Start HTTP/1.1\r\nHost: agent\r\nContent-Type: application/connect+json\r\n"
+    b"Content-Length: %d\r\n\r\n%b" % (len(envelope), envelope)
+)
+health = b"GET /health HTTP/1.1\r\nHost: agent\r\n\r\n"
+def call(request, end):
+    sock.sendall(request)
+    data = b""
+    while not data.endswith(end):
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise SystemExit("the agent closed the connection")
+        data += chunk
+    return data
+samples = {"inside_agent": [], "inside_health": []}
+for i in range(runs + 10):
+    for key, request, end in (("inside_agent", start, b"0\r\n\r\n"), ("inside_health", health, b"\r\n\r\n")):
+        t0 = time.perf_counter()
+        reply = call(request, end)
+        if key == "inside_agent" and b'"exitCode":0' not in reply:
+            raise SystemExit(f"/bin/true did not succeed: {reply!r}")
+        if i >= 10:
+            samples[key].append(time.perf_counter() - t0)
+print(json.dumps(samples))
+"""
 
 
 def timed(call: Callable[[], object]) -> float:
@@ -91,6 +134,8 @@ def measure(url: str, api_key: str | None, runs: int, warmup: int) -> dict[str, 
                     samples[name].append(elapsed)
             if i >= warmup and (i - warmup + 1) % 50 == 0:
                 print(f"  {i - warmup + 1}/{runs} rounds")
+        inside = sbx.commands.run(["python3", "-c", INSIDE_CLIENT, str(runs), str(AGENT_PORT)], timeout=600)
+        samples.update(json.loads(inside.stdout))
     return {"stats": {k: summary(v) for k, v in samples.items()}, "samples": samples}
 
 
@@ -105,7 +150,7 @@ def report(result: dict[str, Any]) -> dict[str, Any]:
             ms(stats[key]["min"]),
             f"{ratio(stats[key]['median'], floor['median']):.2f}x",
         ]
-        for key, label in LAYERS.items()
+        for key, label in {**LAYERS, **INSIDE}.items()
     ]
     n = floor["n"]
     print_table(f"exec latency, {n} rounds (ms)", ["", "p50", "p99", "min", "p50 / floor"], rows)
@@ -116,6 +161,7 @@ def report(result: dict[str, Any]) -> dict[str, Any]:
         "sdk_argv_p50_ms": stats["sdk_argv"]["median"] * 1000,
         "agent_p50_ms": stats["agent"]["median"] * 1000,
         "agent_root_p50_ms": stats["agent_root"]["median"] * 1000,
+        "inside_agent_p50_ms": stats["inside_agent"]["median"] * 1000,
         "raw_p50_ms": floor["median"] * 1000,
         "raw_p99_ms": floor["p99"] * 1000,
         "ratio_p50": ratio(p50, floor["median"]),

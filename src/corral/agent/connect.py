@@ -162,8 +162,9 @@ class ServerStream:
     def __init__(self, response: Response) -> None:
         self._response = response
 
-    async def send(self, message: Message) -> None:
-        await self._response.write(pack(message))
+    async def send(self, message: Message, *, last: bool = False) -> None:
+        """Send ``message``; ``last``: nothing follows it but the end of the stream (sent together)."""
+        await self._response.write(pack(message), hold=last)
 
 
 Unary = Callable[[Call, Message], Awaitable[Message]]
@@ -258,8 +259,7 @@ class Router:
                 raise
             except Exception as exc:
                 error = _internal(call, exc)
-        await response.write(end_of_stream(error))
-        await response.end()
+        await response.end(end_of_stream(error))
 
     async def _handle_client_streaming(self, handler: ClientStreaming, call: Call, response: Response) -> None:
         if _media_type(call.request) != _STREAM_JSON:
@@ -290,9 +290,8 @@ class Router:
             await call.request.body.discard(limit=MAX_MESSAGE)
         await response.start(200, {"Content-Type": _STREAM_JSON})
         if error is None:
-            await response.write(pack(result))
-        await response.write(end_of_stream(error))
-        await response.end()
+            await response.write(pack(result), hold=True)
+        await response.end(end_of_stream(error))
 
 
 # A client gone or talking nonsense: the HTTP layer ends the connection.

@@ -167,6 +167,7 @@ class Response:
         self.started = False
         self.finished = False
         self._chunked = False
+        self._held = b""  # body parts kept to go out with the next write, in one packet
 
     def _head(self, status: int, headers: dict[str, str]) -> bytes:
         lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}"]
@@ -205,20 +206,31 @@ class Response:
         self.started = True
         self._writer.write(self._head(status, all_headers))
 
-    async def write(self, data: bytes) -> None:
-        """Send part of a streamed body and wait until the socket takes it."""
+    def _frame(self, data: bytes) -> bytes:
+        if self._chunked and data:
+            return b"%x\r\n%b\r\n" % (len(data), data)
+        return data
+
+    async def write(self, data: bytes, *, hold: bool = False) -> None:
+        """Send part of a streamed body and wait until the socket takes it.
+
+        With ``hold`` it is kept and sent with the next write (or :meth:`end`):
+        for a part that is known to be followed at once, so that both travel
+        in one packet (each costs a round through gVisor's network stack).
+        """
         if not data:
             return
-        if self._chunked:
-            self._writer.write(b"%x\r\n%b\r\n" % (len(data), data))
-        else:
-            self._writer.write(data)
+        if hold:
+            self._held += self._frame(data)
+            return
+        self._writer.write(self._held + self._frame(data))
+        self._held = b""
         await self._writer.drain()
 
-    async def end(self) -> None:
-        """Finish a streamed body."""
-        if self._chunked:
-            self._writer.write(b"0\r\n\r\n")
+    async def end(self, data: bytes = b"") -> None:
+        """Finish a streamed body, with ``data`` as its last part."""
+        self._writer.write(self._held + self._frame(data) + (b"0\r\n\r\n" if self._chunked else b""))
+        self._held = b""
         self.finished = True
         await self._writer.drain()
 

@@ -1,9 +1,11 @@
 """Processes the agent starts: spawning, output fan-out, input, signals, exit.
 
 Each :class:`ManagedProcess` runs in its own session (``setsid``) as the
-calling user, with its stdout/stderr pipes (or its PTY master) watched by the
-event loop. Output goes to every :class:`Subscriber` (the ``Start`` stream and
-any ``Connect`` streams) as it arrives. The exit status comes from the
+calling user (started by that user's spawner once one is ready, see
+:mod:`corral.agent.spawners`, else by ``subprocess``), with its
+stdout/stderr pipes (or its PTY master) watched by the event loop. Output
+goes to every :class:`Subscriber` (the ``Start`` stream and any ``Connect``
+streams) as it arrives. The exit status comes from the
 :class:`~corral.agent.reaper.Reaper`; once the process has exited and its
 output is drained, subscribers get an :class:`Exit` and the process is
 forgotten.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import os
 import signal
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 from .connect import Message, RpcError, as_message, field
 from .log import log
 from .reaper import Reaper
+from .spawners import REPLY_TIMEOUT, Spawner, SpawnError, Spawners, Unavailable
 from .users import FALLBACK_PATH, User, resolve_path
 
 READ_CHUNK = 64 * 1024
@@ -182,6 +186,36 @@ def _credentials(user: User) -> tuple[int | None, int | None, list[int] | None]:
     return user.uid, user.gid, list(user.groups)
 
 
+def _popen(
+    argv: list[str],
+    cwd: str,
+    env: dict[str, str],
+    stdio: tuple[int, int, int],
+    *,
+    pty: bool,
+    credentials: tuple[int | None, int | None, list[int] | None],
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` the ``subprocess`` way: ``vfork`` unless it must switch user or set up a PTY."""
+    uid, gid, groups = credentials
+    return subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+        stdin=stdio[0],
+        stdout=stdio[1],
+        stderr=stdio[2],
+        preexec_fn=_make_controlling_tty if pty else None,
+        user=uid,
+        group=gid,
+        extra_groups=groups,
+    )
+
+
+def _ignore_exit(wait_status: int) -> None:
+    pass
+
+
 def _make_controlling_tty() -> None:
     # Runs in the child between fork and exec: stdin is the PTY slave.
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
@@ -197,7 +231,8 @@ class ManagedProcess:
     def __init__(
         self,
         manager: ProcessManager,
-        popen: subprocess.Popen[bytes],
+        pid: int,
+        popen: subprocess.Popen[bytes] | None,
         config: Message,
         tag: str | None,
         user: User,
@@ -206,14 +241,14 @@ class ManagedProcess:
         input_fd: int | None,
         pty_fd: int | None,
     ) -> None:
-        self.pid = popen.pid
+        self.pid = pid
         self.config = config
         self.tag = tag
         self.user = user
         self.exit: Exit | None = None
         self._manager = manager
         self._loop = manager.loop
-        self._popen = popen  # kept so that Popen never waits for (or warns about) the child
+        self._popen = popen  # kept so that Popen never waits for (or warns about) the child; None from a spawner
         self._outputs = outputs
         self._input_fd = input_fd
         self._pty_fd = pty_fd
@@ -307,7 +342,8 @@ class ManagedProcess:
     def on_exit(self, wait_status: int) -> None:
         """Called by the reaper with the process's wait status."""
         self.exit = exit_of(wait_status)
-        self._popen.returncode = self.exit.exit_code if self.exit.exited else -os.WTERMSIG(wait_status)
+        if self._popen is not None:
+            self._popen.returncode = self.exit.exit_code if self.exit.exited else -os.WTERMSIG(wait_status)
         if self._pty_fd is not None and self._outputs:
             # PTY output reaches the master asynchronously: give it a moment
             # (EIO ends it early unless a background job keeps the slave open).
@@ -408,6 +444,7 @@ class ProcessManager:
     def __init__(self, loop: asyncio.AbstractEventLoop, reaper: Reaper, base_env: dict[str, str]) -> None:
         self.loop = loop
         self._reaper = reaper
+        self.spawners = Spawners(loop, reaper)
         self._base_env = base_env
         # The image's WORKDIR: where commands start when they name no cwd (else the user's home).
         self._workdir = os.environ.get("CORRAL_AGENT_WORKDIR", "")
@@ -462,8 +499,14 @@ class ProcessManager:
         env.update(envs)
         return env
 
-    def start(self, user: User, request: Message, subscriber: Subscriber) -> ManagedProcess:
-        """Spawn what a ``StartRequest`` describes; ``subscriber`` sees all its output."""
+    async def start(self, user: User, request: Message, subscriber: Subscriber) -> ManagedProcess:
+        """Spawn what a ``StartRequest`` describes; ``subscriber`` sees all its output.
+
+        A command as another user than the agent's own goes through that
+        user's spawner when one is ready (:mod:`corral.agent.spawners`): no
+        ``fork`` of the agent. PTY commands, and any command while no spawner
+        is ready, are started by ``subprocess.Popen``.
+        """
         spec = as_message(field(request, "process"), "process")
         cmd = field(spec, "cmd")
         if not cmd or not isinstance(cmd, str):
@@ -494,6 +537,8 @@ class ProcessManager:
             config["cwd"] = cwd_arg
         cmdline = " ".join([cmd, *args])
         uid, gid, groups = _credentials(user)
+        spawner = self.spawners.get(user) if uid is not None and pty is None else None
+        popen: subprocess.Popen[bytes] | None = None
 
         child_fds: list[int] = []  # the child's ends: closed here once it has them
         parent_fds: list[int] = []  # ours: closed here only if the spawn fails
@@ -522,29 +567,25 @@ class ProcessManager:
                     input_fd = stdin_write
                 stdio = (stdin_read, out_write, err_write)
                 outputs = {out_read: "stdout", err_read: "stderr"}
-            popen = subprocess.Popen(
-                [cmd, *args],
-                cwd=cwd,
-                env=env,
-                start_new_session=True,
-                stdin=stdio[0],
-                stdout=stdio[1],
-                stderr=stdio[2],
-                preexec_fn=_make_controlling_tty if pty is not None else None,
-                user=uid,
-                group=gid,
-                extra_groups=groups,
-            )
+            pid = await self._spawn_with(spawner, cmd, args, env, cwd, stdio) if spawner is not None else None
+            if pid is None:
+                popen = _popen([cmd, *args], cwd, env, stdio, pty=pty is not None, credentials=(uid, gid, groups))
+                pid = popen.pid
         except (OSError, subprocess.SubprocessError, ValueError, TypeError) as exc:
             for fd in parent_fds:
                 os.close(fd)
             raise RpcError("invalid_argument", f"error starting process '{cmdline}': {exc}") from None
+        except BaseException:  # cancelled: the caller is gone
+            for fd in parent_fds:
+                os.close(fd)
+            raise
         finally:
             for fd in child_fds:
                 os.close(fd)
 
         process = ManagedProcess(
             self,
+            pid,
             popen,
             config,
             tag if isinstance(tag, str) else None,
@@ -559,6 +600,35 @@ class ProcessManager:
         self._reaper.watch(process.pid, process.on_exit)  # before yielding to the loop
         log("process started", pid=process.pid, cmd=cmdline, user=user.name, cwd=cwd)
         return process
+
+    async def _spawn_with(
+        self, spawner: Spawner, cmd: str, args: list[str], env: dict[str, str], cwd: str, stdio: tuple[int, int, int]
+    ) -> int | None:
+        """The pid of the command ``spawner`` started; ``None`` if it cannot take it (start it another way)."""
+        try:
+            future = spawner.spawn(cmd, [cmd, *args], env, cwd, stdio)
+        except Unavailable:
+            return None
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), REPLY_TIMEOUT)
+        except TimeoutError:  # stopped, or worse: a user can signal (and trace) its own spawner
+            spawner.abandon(f"it did not answer within {REPLY_TIMEOUT:g} s")
+            raise OSError(f"the spawner for {spawner.name} did not answer; the command may not have started") from None
+        except SpawnError as exc:
+            if exc.errno == errno.EAGAIN and not exc.in_cwd:
+                return None  # the user is at its process limit: nothing ran, and root may still start it
+            raise OSError(exc.errno, exc.strerror, cwd if exc.in_cwd else cmd) from None
+        except Unavailable as exc:  # it died with the request: whether it ran is unknown, so no second try
+            raise OSError(f"{exc}; the command may or may not have started") from None
+        except asyncio.CancelledError:
+            if not future.done():
+                future.cancel()  # its answer, when it comes, kills what it started
+            elif not future.cancelled() and future.exception() is None:
+                pid = future.result()  # started, but nobody is left to see it
+                with contextlib.suppress(OSError):
+                    os.killpg(pid, signal.SIGKILL)
+                self._reaper.watch(pid, _ignore_exit)
+            raise
 
     def signal_all(self, signum: int) -> None:
         for process in list(self._processes.values()):

@@ -83,7 +83,7 @@ class ProcessService:
         user = call_user(self._users, call)
         timeout = call.timeout
         subscriber = Subscriber()
-        process = self._manager.start(user, message, subscriber)
+        process = await self._manager.start(user, message, subscriber)
         deadline = None
         if timeout is not None:
             process.set_deadline(timeout)
@@ -122,7 +122,7 @@ class ProcessService:
                         await stream.send(KEEPALIVE_EVENT)
                     continue
                 if isinstance(event, Exit):
-                    await stream.send({"event": {"end": event.to_json()}})
+                    await stream.send({"event": {"end": event.to_json()}}, last=True)
                     return
                 kind, data = event
                 encoded = base64.b64encode(data).decode("ascii")

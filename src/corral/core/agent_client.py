@@ -152,7 +152,8 @@ class AgentClient:
             if resp.status_code != 200:
                 raise connect_error(resp.status_code, _json_or_none(await resp.aread()), missing=ProcessNotFound)
             buffer = b""
-            async for chunk in resp.aiter_bytes():
+            chunks = resp.aiter_bytes()
+            async for chunk in chunks:
                 buffer += chunk
                 while len(buffer) >= _HEADER.size:
                     flags, length = _HEADER.unpack_from(buffer)
@@ -162,6 +163,10 @@ class AgentClient:
                     buffer = buffer[_HEADER.size + length :]
                     body = _json_or_none(payload) or {}
                     if flags & END_STREAM:
+                        # Read the body to its end (it follows at once), so the connection is reused:
+                        # a new one costs a TCP handshake through the sandbox's network stack.
+                        async for _ in chunks:
+                            pass
                         if isinstance(body, dict) and body.get("error"):
                             raise connect_error(500, body["error"], missing=ProcessNotFound)
                         return

@@ -16,6 +16,9 @@ from typing import Any
 from corral.core.agent_client import AgentClient, ProcessEvent
 from corral.errors import AgentUnavailable, CorralError, ExecTimeout, InternalError, InvalidRequest
 
+END_GRACE = 1.0
+"""Seconds to wait for the rest of a process stream after its end event (it comes at once)."""
+
 
 @dataclass(slots=True)
 class ExecRequest:
@@ -110,6 +113,7 @@ async def stream(
                 raise AgentUnavailable("the process stream ended without an end event")
             if event.kind == "end":
                 ended = True
+                await _read_to_end(events)
                 yield {"type": "end", "exit_code": event.exit_code, "error": event.error}
                 return
             if event.kind in ("stdout", "stderr", "pty"):
@@ -141,6 +145,14 @@ async def run(agent: AgentClient, request: ExecRequest, shell: list[str]) -> Exe
             details={"pid": pid, "stdout": result.stdout, "stderr": result.stderr},
         )
     return result
+
+
+async def _read_to_end(events: AsyncIterator[ProcessEvent]) -> None:
+    """Read what follows the end event (the stream's end, sent with it), so the agent's connection is reused."""
+    with contextlib.suppress(CorralError, TimeoutError):
+        async with asyncio.timeout(END_GRACE):
+            async for _ in events:
+                pass
 
 
 async def _kill(agent: AgentClient, pid: int) -> None:
