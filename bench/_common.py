@@ -42,6 +42,7 @@ from corral import Sandbox
 from corral.core.agent_client import AgentClient
 from corral.images.agent_bundle import MOUNT_POINT, agent_command, build_agent_bundle
 from corral.images.store import ImageStore
+from corral.net import firewall
 from corral.runtimes.base import AGENT_PORT
 from corral.runtimes.oci import CAPABILITIES, OciRuntime
 
@@ -268,6 +269,11 @@ class CorralServer:
             asyncio.run(runtime.destroy(handle))
         sandboxes = self.data_dir / "sandboxes"
         if not any(is_mount(p) for p in sandboxes.glob("*/rootfs")):
+            for bundle in (self.data_dir / "agent").glob("agent-*"):
+                if is_mount(bundle):  # the server's read-only mount of its agent bundle
+                    unmount(bundle)
+            nft = ["nft", "delete", "table", "inet", firewall.table_name(self.subnet)]
+            subprocess.run(nft, capture_output=True, check=False)
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
 

@@ -13,7 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, unmount_under
+
+pytest_plugins = ["tests.hostile_report"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_mounts_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Servers mount their agent bundle read-only on the host: undo what any left in this run's tmp."""
+    yield
+    unmount_under(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="session")

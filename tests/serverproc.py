@@ -118,12 +118,23 @@ class ServerProcess:
         finally:
             kill_all(self.url, api_key)
             self.stop()
-            # Its sandboxes are gone: so may its firewall table be (a real server leaves it for them).
+            # Its sandboxes are gone: so may its firewall table and its read-only agent
+            # bundle mount be (a real server leaves both for the sandboxes that outlive it).
             table = firewall.table_name(self.env["CORRAL_SANDBOX_SUBNET"])
             subprocess.run(["nft", "delete", "table", "inet", table], capture_output=True, check=False)
+            unmount_under(self.data_dir)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""
+
+
+def unmount_under(directory: Path) -> None:
+    """Lazily unmount whatever is still mounted below ``directory`` (deepest first)."""
+    prefix = str(directory.resolve()) + "/"
+    with open("/proc/self/mounts") as mounts:
+        points = [line.split()[1] for line in mounts if line.split()[1].startswith(prefix)]
+    for point in sorted(points, key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
 
 
 def kill_all(url: str, api_key: str | None = None) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from corral.images.agent_bundle import agent_command, agent_env, build_agent_bundle
+from corral.images.agent_bundle import agent_command, agent_env, build_agent_bundle, bundle_intact
 from corral.net.links import network_for_slot
 from corral.runtimes.base import SandboxSpec
 from corral.runtimes.oci import OciRuntime
@@ -169,3 +169,13 @@ def test_bundle_runs_as_pid_1_under_gvisor(tmp_path: Path) -> None:
     finally:
         print(asyncio.run(runtime.logs(handle)))
         asyncio.run(runtime.destroy(handle))
+
+
+def test_a_bundle_changed_on_disk_is_built_again(tmp_path: Path) -> None:
+    bundle = build_agent_bundle(tmp_path)
+    assert bundle_intact(bundle)
+    (bundle / "bin" / "python3").write_bytes(b"")  # what a sandbox did once through gVisor's mount
+    assert not bundle_intact(bundle)
+    again = build_agent_bundle(tmp_path)
+    assert again == bundle and bundle_intact(again)
+    assert (again / "bin" / "python3").stat().st_size > 0

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import py_compile
@@ -55,12 +56,14 @@ from pathlib import Path
 
 import corral.agent
 
+log = logging.getLogger(__name__)
+
 MOUNT_POINT = "/.corral"
 # glibc's dynamic loader, by machine; the bundle runs it explicitly.
 LOADERS = {"x86_64": "ld-linux-x86-64.so.2", "aarch64": "ld-linux-aarch64.so.1"}
 LOADER = LOADERS.get(platform.machine(), "ld-linux-x86-64.so.2")
 STALE_BUILD = 3600.0  # seconds after which a leftover build directory is removed
-BUNDLE_FORMAT = 1  # bump when the layout or the module selection changes
+BUNDLE_FORMAT = 2  # bump when the layout or the module selection changes
 
 # Imported lazily by the agent or at the interpreter's start, so an import
 # scan of the agent's modules alone would miss them.
@@ -157,7 +160,11 @@ def build_agent_bundle(dest_root: Path) -> Path:
     dest_root = Path(dest_root)
     final = dest_root / f"agent-{bundle_key()[:16]}"
     if (final / "BUNDLE").exists():
-        return final
+        if bundle_intact(final):
+            return final
+        log.error("agent bundle %s was changed on disk; building it again", final)
+        subprocess.run(["umount", "-l", str(final)], capture_output=True, check=False)
+        shutil.rmtree(final, ignore_errors=True)
     dest_root.mkdir(parents=True, exist_ok=True)
     for leftover in dest_root.glob(".agent-build-*"):  # from a builder that crashed
         if time.time() - leftover.stat().st_mtime > STALE_BUILD:
@@ -218,6 +225,7 @@ def _build(root: Path) -> None:
     if not (lib / LOADER).exists():
         raise RuntimeError(f"{python} is not loaded by {LOADER}: cannot bundle it")
     _compile(pylib)
+    files = {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
     manifest = {
         "format": BUNDLE_FORMAT,
         "python": str(python),
@@ -225,11 +233,25 @@ def _build(root: Path) -> None:
         "command": agent_command(49983),
         "libraries": {name: str(path) for name, path in sorted(libraries.items())},
         "modules": sorted(modules),
+        "files": files,
     }
     (root / "BUNDLE").write_text(json.dumps(manifest, indent=2) + "\n")
     for path in root.rglob("*"):
         if path.is_dir():
             path.chmod(0o755)
+
+
+def bundle_intact(root: Path) -> bool:
+    """Whether every file of a built bundle is there with the size it was built with.
+
+    The bundle is shared by every sandbox, read-only; this catches one changed
+    on disk anyway (by hand, or before the host-side read-only mount existed).
+    """
+    try:
+        files = json.loads((root / "BUNDLE").read_text())["files"]
+        return all((root / name).lstat().st_size == size for name, size in files.items())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _copy(source: Path, dest: Path, *, mode: int = 0o644) -> None:

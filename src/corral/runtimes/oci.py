@@ -129,6 +129,20 @@ def host_memory_limit(memory_mb: int) -> int:
     return (memory_mb + max(256, memory_mb)) << 20
 
 
+async def seal_read_only(path: Path) -> None:
+    """Make ``path`` a read-only bind mount on the host (idempotent).
+
+    The agent bundle is bind-mounted read-only into every sandbox, but gVisor
+    was seen to let a sandbox's root truncate a file through that mount (an
+    ``open(O_TRUNC)`` of ``/.corral/bin/python3``), breaking every later
+    sandbox. A read-only mount on the host is enforced by the host's kernel,
+    whatever the sandbox's file server does.
+    """
+    if not os.path.ismount(path):
+        await hostcmd.run(["mount", "--bind", str(path), str(path)])
+    await hostcmd.run(["mount", "-o", "remount,bind,ro", str(path)])
+
+
 class OciRuntime(Runtime):
     """Sandboxes as OCI containers under ``runsc`` or ``runc``."""
 
@@ -158,7 +172,9 @@ class OciRuntime(Runtime):
                 if self.kind == "runsc" and await runsc_release(self.binary) < 20230101:
                     self.platform = "ptrace"  # systrap arrived in 2023
                 self.state_root.mkdir(parents=True, exist_ok=True)
-                self._bundle = await asyncio.to_thread(build_agent_bundle, self.data_dir / "agent")
+                bundle = await asyncio.to_thread(build_agent_bundle, self.data_dir / "agent")
+                await seal_read_only(bundle)
+                self._bundle = bundle
             return self._bundle
 
     def sandbox_dir(self, sandbox_id: str) -> Path:
