@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, worker_index
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +23,19 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     try:
         yield proc
     finally:
+        kill_all(proc.url)
+        proc.stop()
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server of the test's own (and its own address range), for tests that kill it."""
+    proc = ServerProcess(tmp_path / "data", subnet_index=20 + worker_index()).start()
+    try:
+        yield proc
+    finally:
+        if proc.proc is not None and proc.proc.poll() is not None:
+            proc.start()
         kill_all(proc.url)
         proc.stop()
 

@@ -265,6 +265,9 @@ class OciRuntime(Runtime):
         await self.stop(handle)
         await hostcmd.run(self._runtime_argv("delete", "--force", sid), check=False, timeout=30)
         sdir = Path(handle.info.get("dir") or self.sandbox_dir(sid))
+        # What runsc no longer knows of: a start or restore a crash cut short (its sandbox
+        # process made, its state not yet saved), or a copy into its disk.
+        await asyncio.to_thread(hostcmd.kill_processes_naming, f"{sdir}/")
         rootfs = sdir / "rootfs"
         for target in (rootfs / "tmp", rootfs):
             if os.path.ismount(target):
@@ -545,6 +548,16 @@ class OciRuntime(Runtime):
         if code != 0:
             lines = console.read_text(errors="replace").strip().splitlines()
             raise RuntimeFailure(
-                f"{self.kind} could not start sandbox {sandbox_id}: {lines[-1] if lines else f'exit {code}'}",
+                f"{self.kind} could not {command} sandbox {sandbox_id}: {failure_line(lines) or f'exit {code}'}",
                 details={"console": "\n".join(lines[-20:])},
             )
+
+
+def failure_line(console: list[str]) -> str:
+    """The line of a runtime's output that says why it failed: the last one before a Go stack trace."""
+    for i, line in enumerate(console):
+        if line.startswith(("goroutine ", "panic(")):
+            console = console[:i]
+            break
+    said = [line.strip() for line in console if line.strip()]
+    return said[-1].rstrip(":") if said else ""
