@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -45,6 +46,12 @@ async def run(
         proc.kill()
         await proc.wait()
         raise RuntimeFailure(f"{argv[0]} did not finish within {timeout:g}s", details={"argv": list(argv)}) from None
+    except asyncio.CancelledError:
+        # Whoever cancelled may be about to undo what this command does: it must not go on.
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await asyncio.shield(proc.wait())
+        raise
     done = Completed(
         tuple(argv),
         proc.returncode or 0,

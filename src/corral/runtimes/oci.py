@@ -211,10 +211,21 @@ class OciRuntime(Runtime):
         try:
             sdir.mkdir(parents=True, exist_ok=True)
             (sdir / "handle.json").write_text(json.dumps({"agent_url": handle.agent_url, "info": handle.info}))
-            if before_mount is not None:
-                await before_mount(sdir)
-            rootfs = await self._mount_rootfs(sdir, spec)
-            await links.create_link(spec.sandbox_id, spec.network)
+
+            async def disk() -> Path:
+                if before_mount is not None:
+                    await before_mount(sdir)
+                return await self._mount_rootfs(sdir, spec)
+
+            # Disk and link are independent: made side by side (a TaskGroup stops the
+            # other half should one fail, so destroy below never races it).
+            try:
+                async with asyncio.TaskGroup() as group:
+                    rootfs_task = group.create_task(disk())
+                    group.create_task(links.create_link(spec.sandbox_id, spec.network))
+            except BaseExceptionGroup as failed:
+                raise failed.exceptions[0] from None  # what went wrong, not the group that carried it
+            rootfs = rootfs_task.result()
             config = self._oci_config(spec, rootfs, bundle_dir)
             if memory_limit is not None:
                 config["linux"]["resources"]["memory"].update(limit=memory_limit, swap=memory_limit)
