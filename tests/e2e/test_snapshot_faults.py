@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from corral import Sandbox
-from tests.leftovers import assert_nothing_left, sandbox_ids_in
+from tests.leftovers import assert_nothing_left, processes_naming, sandbox_ids_in
 from tests.serverproc import ServerProcess
 
 pytestmark = [pytest.mark.runsc, pytest.mark.checkpoint]
@@ -37,6 +37,10 @@ while True:
 Each is synced: gVisor would otherwise keep recent writes in its own memory, and
 a copy of the disk taken at the wrong moment would still look right.
 """
+
+
+HOG = 'python3 -c \'import os, time; x = os.urandom(768 << 20); open("/tmp/hog-ready", "w"); time.sleep(1000)\''
+"""Holds 768 MiB that compress to nothing less: a checkpoint of it takes seconds."""
 
 
 def check_sequence(text: str) -> int:
@@ -195,24 +199,40 @@ def snapshot_rows(server: ServerProcess, sandbox_id: str) -> list[dict[str, Any]
     return rows
 
 
-@pytest.mark.parametrize("moment", ["row", "checkpoint"])
+@pytest.mark.parametrize("moment", ["row", "checkpoint", "copy"])
 def test_server_killed_during_a_snapshot(own_server: ServerProcess, moment: str) -> None:
-    """``row``: once the snapshot is recorded as ``creating``; ``checkpoint``: while runsc writes its image."""
-    sbx = Sandbox.create(url=own_server.url)
+    """``row``: once the snapshot is recorded as ``creating``; ``checkpoint``: while runsc writes its
+    image; ``copy``: while the disk's upper dir is copied.
+
+    For ``checkpoint`` the sandbox holds 768 MiB of random bytes, for ``copy`` a
+    1.5 GiB file, so that the work outlasts the server's restart: the restarted
+    server finds it still going (gVisor finishes a save its client no longer
+    waits for; a ``cp`` would go on writing into a dir that is to be removed).
+    """
+    sbx = Sandbox.create(url=own_server.url, memory_mb=2048)
     sbx.files.write("/home/user/writer.py", WRITER)
     sbx.commands.run("python3 /home/user/writer.py /home/user/seq.txt", background=True)
+    if moment == "checkpoint":
+        sbx.commands.run(HOG, background=True)
+        wait_for("the memory hog", lambda: sbx.files.exists("/tmp/hog-ready"), every=0.1)
+    elif moment == "copy":
+        sbx.commands.run("head -c 1536M /dev/urandom > /home/user/big", timeout=120)
     snapshots = own_server.data_dir / "snapshots"
     thread, answer = in_background(
         lambda: httpx.post(f"{own_server.url}/v1/sandboxes/{sbx.id}/snapshots", json={}, timeout=60)
     )
     if moment == "row":
         wait_for("a snapshot row", lambda: snapshot_rows(own_server, sbx.id), every=0.01)
-    else:
+    elif moment == "checkpoint":
         wait_for("runsc checkpoint writing", lambda: list(snapshots.glob("*.partial/memory")))
+    else:
+        wait_for("the copy of the disk", lambda: list(snapshots.glob("*.partial/upper")), timeout=60)
     own_server.kill9()
     thread.join(10)
     assert answer and isinstance(answer[0], httpx.TransportError), f"the snapshot finished first: {answer}"
 
+    if moment != "row":  # the kill must have come while there was still work to do
+        assert processes_naming(str(snapshots)), "the work was over before the server was killed"
     own_server.start()
     rows = snapshot_rows(own_server, sbx.id)
     assert [(r["state"], bool(r["error"])) for r in rows] == [("failed", True)], rows
@@ -252,3 +272,38 @@ def test_server_killed_during_a_restore(own_server: ServerProcess) -> None:
     # The snapshot is untouched and restores.
     restored = Sandbox.create(snapshot=snap.id, url=url)
     assert restored.commands.run("pgrep -x sleep >/dev/null && echo restored").stdout == "restored\n"
+
+
+@pytest.mark.parametrize("moment", ["checkpoint", "restores"])
+def test_server_killed_during_a_fork(own_server: ServerProcess, moment: str) -> None:
+    """``checkpoint``: while the parent is frozen and saved; ``restores``: while its children are being made."""
+    url = own_server.url
+    parent = Sandbox.create(url=url)
+    parent.files.write("/home/user/writer.py", WRITER)
+    parent.commands.run("python3 /home/user/writer.py /home/user/seq.txt", background=True)
+    log_start = len(own_server.log_path.read_text(errors="replace"))
+    thread, answer = in_background(
+        lambda: httpx.post(f"{url}/v1/sandboxes/{parent.id}/fork", json={"count": 3}, timeout=60)
+    )
+    sandboxes, begun = own_server.data_dir / "sandboxes", set()
+    if moment == "checkpoint":
+        wait_for("runsc checkpoint writing", lambda: list((own_server.data_dir / "snapshots").glob(".fork-*/memory")))
+    else:
+        begun = wait_for(
+            "a child's runsc restore", lambda: {d.parent.name for d in sandboxes.glob("*/bundle")} - {parent.id}
+        )
+    own_server.kill9()
+    thread.join(10)
+    assert answer and isinstance(answer[0], httpx.TransportError), f"the fork finished first: {answer}"
+
+    own_server.start()
+    assert [s.id for s in Sandbox.list(url=url)] == [parent.id]  # no child half-made
+    assert list((own_server.data_dir / "snapshots").iterdir()) == []  # its work dir is gone
+    children = begun | sandbox_ids_in(own_server.log_path.read_text(errors="replace")[log_start:]) - {parent.id}
+    if moment == "restores":
+        assert children, "the log names no child begun"
+    assert_nothing_left(own_server.data_dir, children)
+    again = Sandbox.connect(parent.id, url=url)  # thawed, its writer going on
+    assert again.info().state == "running"
+    count = check_sequence(again.files.read("/home/user/seq.txt"))
+    wait_for("more lines", lambda: check_sequence(again.files.read("/home/user/seq.txt")) > count, every=0.1)

@@ -556,6 +556,7 @@ class OciRuntime(Runtime):
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 raise RuntimeFailure(f"{self.kind} {command} did not return within 60s") from None
+        log.debug("%s %s of sandbox %s -> %s", self.kind, command, sandbox_id, code)
         if code != 0:
             lines = console.read_text(errors="replace").strip().splitlines()
             raise RuntimeFailure(
