@@ -50,7 +50,10 @@ BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 IMAGES = Path(os.environ.get("CORRAL_BENCH_IMAGES", "/var/lib/corral/images"))
 RUNSC = "/usr/local/lib/corral/bin/runsc"
-RUNSC_FLAGS = ("--network=sandbox", "--overlay2=none", "--cpu-num-from-quota", "--platform=systrap")
+RUNSC_FLAGS = (
+    "--network=sandbox", "--overlay2=none", "--cpu-num-from-quota", "--net-disconnect-ok", "--platform=systrap",
+)  # fmt: skip
+"""The global flags corral gives runsc (``OciRuntime._runtime_argv``)."""
 """The flags corral passes to every runsc command (``OciRuntime._runtime_argv``)."""
 HIDE_PROC_SYS_NET = 'mount -t tmpfs none /proc/sys/net && exec "$0" "$@"'
 NETNS_DIR = Path("/var/run/netns")
@@ -331,9 +334,13 @@ class SandboxSet:
         finally:
             sbx.close()
         if wait:
-            deadline = time.monotonic() + 30
-            while (NETNS_DIR / f"corral-{sbx.id}").exists() and time.monotonic() < deadline:
-                time.sleep(0.01)
+            self.wait_torn_down(sbx.id)
+
+    def wait_torn_down(self, sandbox_id: str, timeout: float = 30.0) -> None:
+        """Until a killed sandbox's teardown is over (its namespace gone), so it weighs on no later measure."""
+        deadline = time.monotonic() + timeout
+        while (NETNS_DIR / f"corral-{sandbox_id}").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def kill_all(self) -> None:
         with uninterrupted():
@@ -477,8 +484,24 @@ class RawSandbox:
 
     def run(self) -> None:
         """``runsc run -detach``, in a mount namespace whose ``/proc/sys/net`` is hidden."""
+        self._start("run")
+
+    def checkpoint(self, dest: Path) -> None:
+        """What corral's snapshot does: freeze, ``runsc checkpoint --leave-running``, copy the upper dir, thaw."""
+        runsc(self.state_root, "pause", self.id)
+        try:
+            runsc(self.state_root, "checkpoint", "--leave-running", "--image-path", str(dest / "memory"), self.id)
+            sh(["cp", "-a", "--reflink=auto", str(self.dir / "upper"), str(dest / "upper")])
+        finally:
+            runsc(self.state_root, "resume", self.id, check=False)
+
+    def restore(self, snapshot: Path) -> None:
+        """``runsc restore -detach`` of a :meth:`checkpoint` into this (prepared) sandbox."""
+        self._start("restore", "--image-path", str(snapshot / "memory"))
+
+    def _start(self, command: str, *options: str) -> None:
         argv = [RUNSC, "--root", str(self.state_root), *RUNSC_FLAGS]
-        argv += ["run", "-detach", "--bundle", str(self.dir / "bundle"), self.id]
+        argv += [command, "-detach", *options, "--bundle", str(self.dir / "bundle"), self.id]
         self.started = True
         # A detached runsc keeps the stdio it is given: a file, never a pipe we would wait on.
         with (self.dir / "console.log").open("ab") as console:
@@ -490,7 +513,7 @@ class RawSandbox:
                 check=False,
             ).returncode
         if code != 0:
-            raise RuntimeError(f"runsc run {self.id} failed ({code}): {self.console()[-2000:]}")
+            raise RuntimeError(f"runsc {command} {self.id} failed ({code}): {self.console()[-2000:]}")
 
     def exec(self, *argv: str) -> bytes:
         """``runsc exec`` to its end; its stdout."""

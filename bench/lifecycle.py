@@ -1,7 +1,10 @@
 """Restore, fork and hibernation through the SDK.
 
-- restore: ``Sandbox.create(snapshot=...)`` until the first ``echo`` returns (no raw
-  ``runsc restore`` floor beside it yet);
+- restore: ``Sandbox.create(snapshot=...)`` until the first ``echo`` returns, beside
+  the raw floor: a raw sandbox with corral's agent as init, frozen and
+  ``runsc checkpoint``-ed as corral does it, then restored by hand into a fresh
+  namespace and disk (the upper dir copied, the overlay mounted, the veth made)
+  with ``runsc restore -detach`` and answered by a ``runsc exec echo``;
 - fork: ``sbx.fork(10)`` in one call, until all ten answer an ``echo``;
 - hibernation: host memory (PSS of the sandbox's processes) before and after
   ``sbx.hibernate()``, and the time an ``echo`` takes to wake it.
@@ -16,11 +19,26 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import SandboxSet, base_parser, corral_url, ms, print_table, run_main, summary, write_json
+from _common import (
+    AgentCaller,
+    RawRunsc,
+    SandboxSet,
+    base_parser,
+    corral_url,
+    ms,
+    print_table,
+    ratio,
+    run_main,
+    sh,
+    summary,
+    verdict,
+    write_json,
+)
 
 from corral import Sandbox
 
 FORK_TARGET_S = 1.5
+RESTORE_TARGET_RATIO = 1.2
 
 
 def sandbox_pss_kib(sandbox_id: str) -> int:
@@ -37,22 +55,52 @@ def sandbox_pss_kib(sandbox_id: str) -> int:
     return total
 
 
+def raw_restore(raw: RawRunsc, snapshot: Path) -> dict[str, float]:
+    """One restore by hand of a raw checkpoint: prepare (disk copy, overlay, netns), ``runsc restore``, an exec."""
+    sbx = raw.new(agent=True)
+    try:
+        t0 = time.perf_counter()
+        sbx.dir.mkdir(parents=True)
+        sh(["cp", "-a", "--reflink=auto", str(snapshot / "upper"), str(sbx.dir / "upper")])
+        sbx.prepare()
+        t1 = time.perf_counter()
+        sbx.restore(snapshot)
+        out = sbx.exec("echo", "hi")
+        t2 = time.perf_counter()
+        assert out == b"hi\n", out
+    finally:
+        raw.destroy(sbx)
+    return {"prepare": t1 - t0, "restore_exec": t2 - t1, "total": t2 - t0}
+
+
 def measure(url: str, api_key: str | None, runs: int) -> dict[str, Any]:
     restore: list[float] = []
+    floor: list[dict[str, float]] = []
     fork: list[float] = []
     wake: list[float] = []
     memory: list[tuple[int, int]] = []
-    with SandboxSet(url, api_key) as sandboxes:
+    with SandboxSet(url, api_key) as sandboxes, RawRunsc() as raw:
         source = sandboxes.create()
         source.commands.run("sleep 1000", background=True)
         snap = source.snapshot()
+        raw_source = raw.start(agent=True)
+        with AgentCaller() as agent:
+            agent.wait_healthy(raw_source.agent_url)  # checkpointed once booted, as corral's source is
+        raw_snapshot = raw.work / "snapshot"
+        t0 = time.perf_counter()
+        raw_source.checkpoint(raw_snapshot)
+        raw_checkpoint = time.perf_counter() - t0
         try:
             for i in range(runs):
+                if i % 2:  # each goes first in half the runs
+                    floor.append(raw_restore(raw, raw_snapshot))
                 t0 = time.perf_counter()
                 sbx = sandboxes.create(snapshot=snap.id)
                 sbx.commands.run("echo hi")
                 restore.append(time.perf_counter() - t0)
                 sandboxes.kill(sbx, wait=True)
+                if not i % 2:
+                    floor.append(raw_restore(raw, raw_snapshot))
 
                 t0 = time.perf_counter()
                 children = source.fork(10, timeout=300)
@@ -62,6 +110,8 @@ def measure(url: str, api_key: str | None, runs: int) -> dict[str, Any]:
                 for child in children:
                     sandboxes.live[child.id] = child
                     sandboxes.kill(child, wait=False)
+                for child in children:  # ten teardowns must not overlap the next measures
+                    sandboxes.wait_torn_down(child.id)
 
                 sleeper = sandboxes.create()
                 sleeper.commands.run("python3 -c 'x = bytearray(64 << 20); import time; time.sleep(1000)'",
@@ -75,36 +125,59 @@ def measure(url: str, api_key: str | None, runs: int) -> dict[str, Any]:
                 wake.append(time.perf_counter() - t0)
                 memory.append((before, after))
                 sandboxes.kill(sleeper, wait=True)
-                print(f"  run {i + 1}/{runs}: restore {ms(restore[-1])} ms, fork 10 {ms(fork[-1])} ms, "
+                print(f"  run {i + 1}/{runs}: restore {ms(restore[-1])} ms (raw {ms(floor[-1]['total'])} ms), "
+                      f"fork 10 {ms(fork[-1])} ms, "
                       f"wake {ms(wake[-1])} ms, memory {before >> 10} -> {after >> 10} MiB")  # fmt: skip
         finally:
             Sandbox.delete_snapshot(snap.id, url=url, api_key=api_key)
     return {
         "restore": summary(restore),
+        "raw_restore": {key: summary([f[key] for f in floor]) for key in ("prepare", "restore_exec", "total")},
+        "raw_checkpoint_s": raw_checkpoint,
         "fork10": summary(fork),
         "wake": summary(wake),
         "memory_kib": memory,
-        "samples": {"restore": restore, "fork10": fork, "wake": wake},
+        "samples": {"restore": restore, "raw_restore": floor, "fork10": fork, "wake": wake},
     }
 
 
 def report(result: dict[str, Any]) -> dict[str, Any]:
     r, f, w = result["restore"], result["fork10"], result["wake"]
+    floor = result["raw_restore"]
     before = max(b for b, _ in result["memory_kib"]) >> 10
     after = max(a for _, a in result["memory_kib"]) >> 10
+
+    def cols(s: dict[str, float]) -> list[str]:
+        return [ms(s["median"]), ms(s["p99"]), ms(s["min"]), ms(s["max"])]
+
+    restore_ratio = ratio(r["median"], floor["total"]["median"])
+    runsc_only_ratio = ratio(r["median"], floor["restore_exec"]["median"])
     print_table(
         f"lifecycle, {r['n']} runs (ms)",
         ["", "median", "p99", "min", "max", "target"],
         [
-            ["create(snapshot=...) + first echo", ms(r["median"]), ms(r["p99"]), ms(r["min"]), ms(r["max"]), ""],
-            ["fork(10) + an echo in each", ms(f["median"]), ms(f["p99"]), ms(f["min"]), ms(f["max"]),
-             f"<= {FORK_TARGET_S * 1000:g}"],
-            ["wake a hibernated sandbox by an echo", ms(w["median"]), ms(w["p99"]), ms(w["min"]), ms(w["max"]), ""],
+            ["create(snapshot=...) + first echo", *cols(r), f"<= {RESTORE_TARGET_RATIO:g}x floor"],
+            ["raw floor: prepare + runsc restore + runsc exec", *cols(floor["total"]), ""],
+            ["  prepare (copy upper, overlay, netns + veth, spec)", *cols(floor["prepare"]), ""],
+            ["  runsc restore -detach + runsc exec echo", *cols(floor["restore_exec"]), ""],
+            ["fork(10) + an echo in each", *cols(f), f"<= {FORK_TARGET_S * 1000:g}"],
+            ["wake a hibernated sandbox by an echo", *cols(w), ""],
         ],
-    )  # fmt: skip
+    )
+    print(f"restore, corral / raw floor: {restore_ratio:.2f}x (target <= {RESTORE_TARGET_RATIO:g}x: "
+          f"{verdict(restore_ratio, RESTORE_TARGET_RATIO)}); "
+          f"against runsc restore + exec alone: {runsc_only_ratio:.2f}x")  # fmt: skip
+    print(f"fork into 10, total: {ms(f['median'])} ms (target <= {FORK_TARGET_S * 1000:g} ms: "
+          f"{verdict(f['median'], FORK_TARGET_S)})")  # fmt: skip
+    print(f"raw runsc checkpoint (pause, checkpoint, copy upper, resume): {ms(result['raw_checkpoint_s'])} ms")
     print(f"host memory of a sandbox holding 64 MiB: {before} MiB running, {after} MiB hibernated")
     return {
         "restore_median_ms": r["median"] * 1000,
+        "raw_restore_median_ms": floor["total"]["median"] * 1000,
+        "raw_runsc_restore_exec_median_ms": floor["restore_exec"]["median"] * 1000,
+        "restore_ratio_median": restore_ratio,
+        "restore_ratio_vs_runsc_only": runsc_only_ratio,
+        "restore_met": restore_ratio <= RESTORE_TARGET_RATIO,
         "fork10_median_ms": f["median"] * 1000,
         "wake_median_ms": w["median"] * 1000,
         "running_mib": before,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serverproc import ServerProcess, unmount_under
+from tests.serverproc import ServerProcess, unmount_under, worker_index
 
 pytest_plugins = ["tests.hostile_report"]
 
@@ -29,6 +29,18 @@ def _no_mounts_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     with ServerProcess(tmp_path_factory.mktemp("corral-data")).running() as proc:
         yield proc
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server of the test's own (and its own address range), for tests that kill it."""
+    proc = ServerProcess(tmp_path / "data", subnet_index=20 + worker_index())
+    with proc.running():
+        try:
+            yield proc
+        finally:
+            if proc.proc is not None and proc.proc.poll() is not None:
+                proc.start()  # the test killed it: back up, so that its sandboxes can be killed
 
 
 @pytest.fixture

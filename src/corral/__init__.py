@@ -43,6 +43,7 @@ from corral.errors import (
     SandboxNotRunning,
     SandboxPaused,
     SnapshotNotFound,
+    SnapshotUnusable,
     TemplateNotFound,
 )
 
@@ -128,6 +129,7 @@ __all__ = [
     "ServerUnavailable",
     "SnapshotInfo",
     "SnapshotNotFound",
+    "SnapshotUnusable",
     "TemplateInfo",
     "TemplateNotFound",
     "Templates",

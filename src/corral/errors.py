@@ -20,6 +20,7 @@ an HTTP ``status``. The SDK turns an envelope back into the same class through
     │   ├── SandboxNotRunning                  409 sandbox_not_running
     │   ├── SandboxPaused                      409 sandbox_paused
     │   ├── PortInUse                          409 port_in_use
+    │   ├── SnapshotUnusable                   409 snapshot_unusable
     │   ├── FileExists_ (FileExistsError)      409 file_exists
     │   ├── IsADirectory_ (IsADirectoryError)  409 is_a_directory
     │   └── NotADirectory_ (NotADirectoryError) 409 not_a_directory
@@ -65,6 +66,7 @@ __all__ = [
     "SandboxNotRunning",
     "SandboxPaused",
     "SnapshotNotFound",
+    "SnapshotUnusable",
     "TemplateNotFound",
     "error_from_envelope",
 ]
@@ -157,6 +159,12 @@ class PortInUse(Conflict):
     """A host port asked for (to publish a sandbox's port on) is taken."""
 
     code = "port_in_use"
+
+
+class SnapshotUnusable(Conflict):
+    """A snapshot that exists but cannot be restored: it failed, is still being taken, or its files are damaged."""
+
+    code = "snapshot_unusable"
 
 
 class FileExists_(Conflict, FileExistsError):

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import signal
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,6 +46,12 @@ async def run(
         proc.kill()
         await proc.wait()
         raise RuntimeFailure(f"{argv[0]} did not finish within {timeout:g}s", details={"argv": list(argv)}) from None
+    except asyncio.CancelledError:
+        # Whoever cancelled may be about to undo what this command does: it must not go on.
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await asyncio.shield(proc.wait())
+        raise
     done = Completed(
         tuple(argv),
         proc.returncode or 0,
@@ -61,3 +70,39 @@ async def run(
         )
     log.debug("ran %s -> %s", argv, done.returncode)
     return done
+
+
+def kill_processes_naming(text: str, *, wait: float = 2.0) -> list[int]:
+    """SIGKILL every process whose command line contains ``text``; answers their pids.
+
+    For host commands a crashed server left running (a ``runsc checkpoint``, a
+    ``cp`` of a sandbox's disk): they are no children of the server that finds
+    them, so only their command lines tell whose they are. Blocks until they
+    are gone (at most ``wait`` seconds).
+    """
+    needle = text.encode()
+    killed = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                if needle not in f.read().replace(b"\0", b" "):
+                    continue
+            os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
+        log.warning("killed a leftover process %s naming %s", entry.name, text)
+        killed.append(int(entry.name))
+    deadline = time.monotonic() + wait
+    while killed and time.monotonic() < deadline and any(_alive(pid) for pid in killed):
+        time.sleep(0.01)
+    return killed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"  # a zombie is gone but for its parent's wait
+    except (OSError, IndexError):
+        return False

@@ -7,29 +7,9 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from corral import Sandbox
-from tests.serverproc import ServerProcess, kill_all
-
-
-@pytest.fixture
-def own_server(tmp_path: Path):
-    # Its own server (and address range), since this test kills it.
-    proc = ServerProcess(tmp_path / "data", subnet_index=20 + _worker()).start()
-    try:
-        yield proc
-    finally:
-        if proc.proc is not None and proc.proc.poll() is not None:
-            proc.start()
-        kill_all(proc.url)
-        proc.stop()
-
-
-def _worker() -> int:
-    from tests.serverproc import worker_index
-
-    return worker_index()
+from tests.serverproc import ServerProcess
 
 
 def test_kill9_and_restart_loses_nothing(own_server: ServerProcess) -> None:

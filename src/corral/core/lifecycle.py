@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import secrets
 import shutil
@@ -32,6 +34,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from corral import hostcmd
 from corral.core.clock import as_utc, utcnow
 from corral.errors import (
     InvalidRequest,
@@ -39,6 +42,7 @@ from corral.errors import (
     SandboxNotRunning,
     SandboxPaused,
     SnapshotNotFound,
+    SnapshotUnusable,
 )
 from corral.images.store import tree_size
 from corral.runtimes.base import RuntimeHandle, SandboxSpec
@@ -51,10 +55,52 @@ log = logging.getLogger(__name__)
 
 RUNNING, PAUSED, HIBERNATED, DEAD = "running", "paused", "hibernated", "dead"
 MAX_FORK = 20
+MEMORY, UPPER, MANIFEST = "memory", "upper", "manifest.json"
+"""A snapshot's dir: the checkpoint image, the copy of the disk's upper dir, and the image's sizes and checksums."""
 
 
 def new_snapshot_id() -> str:
     return "sn" + secrets.token_hex(8)
+
+
+def image_manifest(memory: Path) -> dict[str, dict[str, object]]:
+    """Size and SHA-256 of every file of a checkpoint image, by name."""
+    manifest: dict[str, dict[str, object]] = {}
+    for path in sorted(p for p in memory.rglob("*") if p.is_file()):
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        manifest[str(path.relative_to(memory))] = {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+    return manifest
+
+
+def check_snapshot_files(path: Path, *, checksums: bool) -> str | None:
+    """What is wrong with a snapshot's files, said for a person; None if nothing is.
+
+    Snapshots taken before manifests existed are only checked for their dirs.
+    """
+    memory = path / MEMORY
+    if not memory.is_dir() or not any(memory.iterdir()):
+        return f"its checkpoint image ({memory}) is missing"
+    if not (path / UPPER).is_dir():
+        return f"its copy of the sandbox's disk ({path / UPPER}) is missing"
+    try:
+        taken = json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return f"its manifest ({path / MANIFEST}) is unreadable"
+    now = image_manifest(memory) if checksums else None
+    for name, was in taken.items():
+        file = memory / name
+        if not file.is_file():
+            return f"its checkpoint image lacks {file}"
+        if (size := file.stat().st_size) != was["size"]:
+            return f"its checkpoint image {file} is {size} bytes, {was['size']} when it was taken"
+        if now is not None and now[name]["sha256"] != was["sha256"]:
+            return f"its checkpoint image {file} has changed since it was taken (its checksum differs)"
+    return None
 
 
 class Lifecycle:
@@ -67,16 +113,30 @@ class Lifecycle:
         self._last_activity: dict[str, float] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
-    def start(self) -> None:
-        """Snapshots a crash cut short are failed, and their partial files removed."""
+    def start(self) -> set[str]:
+        """Snapshots and forks a crash cut short: their host commands are stopped, the
+        snapshots failed, their files removed.
+
+        Answers the ids of the sandboxes they were taken of: a checkpoint freezes its
+        sandbox, so the crash may have left them frozen (see ``SandboxManager.reconcile``).
+        """
+        # A killed server's children live on: a runsc checkpoint or a cp into a snapshot
+        # dir would go on writing into what is removed below. Nothing of this server
+        # runs yet, so whatever names the snapshots dir is such a leftover.
+        hostcmd.kill_processes_naming(f"{self.snapshots_dir}/")
+        interrupted = set()
         for row in self.store.list_snapshots():
             if row.state == "creating":
                 self.store.update_snapshot(row.id, state="failed", error="the server stopped while it was being taken")
+                interrupted.add(row.sandbox_id)
         if self.snapshots_dir.is_dir():
             known = {row.id for row in self.store.list_snapshots() if row.state == "ready"}
             for entry in self.snapshots_dir.iterdir():
+                if entry.name.startswith(".fork-"):  # .fork-<sandbox id>-<random>
+                    interrupted.add(entry.name.split("-")[1])
                 if entry.name not in known:
                     shutil.rmtree(entry, ignore_errors=True)
+        return interrupted
 
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
         return self._locks.setdefault(sandbox_id, asyncio.Lock())
@@ -209,6 +269,8 @@ class Lifecycle:
             async with self._lock(sandbox_id):
                 await self.manager.drop_agent_connections(sandbox_id)
                 await self.runtime.checkpoint(self.manager.runtime_handle(sandbox_id), partial)
+            manifest = await asyncio.to_thread(image_manifest, partial / MEMORY)
+            (partial / MANIFEST).write_text(json.dumps(manifest, indent=1))
             partial.rename(final)
         except BaseException as exc:
             await asyncio.to_thread(shutil.rmtree, partial, True)
@@ -230,19 +292,40 @@ class Lifecycle:
         shutil.rmtree(self.snapshot_dir(snapshot_id), ignore_errors=True)
 
     async def restore(self, snapshot_id: str, request: CreateRequest) -> SandboxRow:
-        """A new sandbox from a snapshot: the same processes, memory and files."""
+        """A new sandbox from a snapshot: the same processes, memory and files.
+
+        A snapshot whose files are missing or changed since it was taken is marked
+        ``failed`` and refused (``snapshot_unusable``). Sizes are checked before the
+        restore; checksums only once runsc has failed on it, which keeps a good
+        snapshot's restore as fast as runsc's own.
+        """
         snapshot = self.get_snapshot(snapshot_id)
         if snapshot.state != "ready":
-            raise SnapshotNotFound(
-                f"snapshot '{snapshot_id}' is {snapshot.state}" + (f": {snapshot.error}" if snapshot.error else ""),
+            why = "it is still being taken" if snapshot.state == "creating" else f"it {snapshot.state}"
+            raise SnapshotUnusable(
+                f"snapshot '{snapshot_id}' cannot be restored: {why}"
+                + (f" ({snapshot.error})" if snapshot.error else "")
+                + ("" if snapshot.state == "creating" else "; delete it and take a new snapshot"),
                 details={"snapshot_id": snapshot_id, "state": snapshot.state},
             )
         path = self.snapshot_dir(snapshot_id)
-        if not (path / "memory").is_dir() or not (path / "upper").is_dir():
-            raise SnapshotNotFound(
-                f"snapshot '{snapshot_id}' has lost its files on disk", details={"snapshot_id": snapshot_id}
-            )
-        return await self._restore_from(path, snapshot, request)
+        if damage := await asyncio.to_thread(check_snapshot_files, path, checksums=False):
+            raise self._unusable(snapshot, damage)
+        try:
+            return await self._restore_from(path, snapshot, request)
+        except RuntimeFailure as exc:
+            if damage := await asyncio.to_thread(check_snapshot_files, path, checksums=True):
+                raise self._unusable(snapshot, damage) from exc
+            raise
+
+    def _unusable(self, snapshot: SnapshotRow, damage: str) -> SnapshotUnusable:
+        """Mark a snapshot whose files are damaged ``failed``; the error to answer."""
+        log.warning("snapshot %s is damaged: %s", snapshot.id, damage)
+        self.store.update_snapshot(snapshot.id, state="failed", error=damage)
+        return SnapshotUnusable(
+            f"snapshot '{snapshot.id}' cannot be restored: {damage}; delete it and take a new snapshot",
+            details={"snapshot_id": snapshot.id, "state": "failed"},
+        )
 
     async def fork(self, sandbox_id: str, count: int, request: CreateRequest) -> list[SandboxRow]:
         """``count`` independent copies of a running sandbox; it goes on unchanged."""

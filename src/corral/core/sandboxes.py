@@ -24,7 +24,7 @@ import secrets
 import shutil
 import string
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -117,8 +117,8 @@ class SandboxManager:
 
     async def start(self) -> None:
         await asyncio.to_thread(self.images.start)
-        self.lifecycle.start()
-        await self.reconcile()
+        interrupted = self.lifecycle.start()
+        await self.reconcile(interrupted=interrupted)
         await self.network.start(self.store.list_sandboxes())
         await self.ports.start()
         if self.network.enabled:
@@ -140,8 +140,12 @@ class SandboxManager:
         await self.network.aclose()
         await self.runtime.aclose()
 
-    async def reconcile(self) -> None:
-        """Match the store to what the runtime really runs (at server start)."""
+    async def reconcile(self, *, interrupted: Collection[str] = ()) -> None:
+        """Match the store to what the runtime really runs (at server start).
+
+        ``interrupted``: sandboxes a crash caught in a snapshot or fork. Their checkpoint
+        froze them; one the store has as running is thawed, not taken for paused.
+        """
         rows = self.store.list_sandboxes()
         for orphan in await self.runtime.leftovers({row.id for row in rows}):
             # Killed (or never acknowledged) before a crash cut its teardown short.
@@ -162,6 +166,13 @@ class SandboxManager:
                 expected = {RUNNING: RuntimeState.RUNNING, PAUSED: RuntimeState.PAUSED}.get(row.state)
                 if seen.value == row.state or seen is expected:
                     continue
+                if row.state == RUNNING and seen is RuntimeState.PAUSED and row.id in interrupted:
+                    log.warning("sandbox %s was frozen by a snapshot the server did not finish; thawing it", row.id)
+                    with contextlib.suppress(RuntimeFailure):
+                        await self.runtime.resume(handle)
+                    seen = await self.runtime.state(handle)
+                    if seen is RuntimeState.RUNNING:
+                        continue
                 if seen is RuntimeState.HIBERNATED or (seen is RuntimeState.RUNNING and row.state == PAUSED):
                     # A crash came between the runtime's change and the store's: the runtime is right.
                     self.store.update_sandbox(row.id, state=seen.value)
@@ -249,7 +260,8 @@ class SandboxManager:
             updated = self.store.update_sandbox(sandbox_id, state=RUNNING)
             assert updated is not None
             await self.ports.open(updated)
-        except BaseException:
+        except BaseException as exc:
+            log.warning("sandbox %s did not start (%s); removing it", sandbox_id, getattr(exc, "message", repr(exc)))
             row_now = self.store.get_sandbox(sandbox_id)
             await self.runtime.destroy(_handle(row_now or row))
             await self.network.detach(row_now or row)

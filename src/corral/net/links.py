@@ -9,6 +9,7 @@ of the slot and needs no allocator state beyond the slot itself.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from pathlib import Path
 
 from corral import hostcmd
@@ -82,6 +83,16 @@ async def create_link(sandbox_id: str, spec: NetworkSpec) -> None:
 
 async def delete_link(sandbox_id: str, spec: NetworkSpec) -> None:
     """Remove the namespace and both ends of the pair; missing pieces are fine."""
-    await hostcmd.run(["ip", "link", "del", host_iface(spec)], check=False)
+    if _exists(host_iface(spec)):  # asking costs nothing; an ip command, ~10 ms of each create
+        await hostcmd.run(["ip", "link", "del", host_iface(spec)], check=False)
     if netns_path(sandbox_id).exists():
         await hostcmd.run(["ip", "netns", "del", netns_name(sandbox_id)], check=False)
+
+
+def _exists(iface: str) -> bool:
+    """Whether the server's own namespace has that interface."""
+    try:
+        socket.if_nametoindex(iface)
+    except OSError:
+        return False
+    return True

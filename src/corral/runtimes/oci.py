@@ -227,10 +227,21 @@ class OciRuntime(Runtime):
         try:
             sdir.mkdir(parents=True, exist_ok=True)
             (sdir / "handle.json").write_text(json.dumps({"agent_url": handle.agent_url, "info": handle.info}))
-            if before_mount is not None:
-                await before_mount(sdir)
-            rootfs = await self._mount_rootfs(sdir, spec)
-            await links.create_link(spec.sandbox_id, spec.network)
+
+            async def disk() -> Path:
+                if before_mount is not None:
+                    await before_mount(sdir)
+                return await self._mount_rootfs(sdir, spec)
+
+            # Disk and link are independent: made side by side (a TaskGroup stops the
+            # other half should one fail, so destroy below never races it).
+            try:
+                async with asyncio.TaskGroup() as group:
+                    rootfs_task = group.create_task(disk())
+                    group.create_task(links.create_link(spec.sandbox_id, spec.network))
+            except BaseExceptionGroup as failed:
+                raise failed.exceptions[0] from None  # what went wrong, not the group that carried it
+            rootfs = rootfs_task.result()
             config = self._oci_config(spec, rootfs, bundle_dir)
             if memory_limit is not None:
                 config["linux"]["resources"]["memory"].update(limit=memory_limit, swap=memory_limit)
@@ -281,6 +292,9 @@ class OciRuntime(Runtime):
         await self.stop(handle)
         await hostcmd.run(self._runtime_argv("delete", "--force", sid), check=False, timeout=30)
         sdir = Path(handle.info.get("dir") or self.sandbox_dir(sid))
+        # What runsc no longer knows of: a start or restore a crash cut short (its sandbox
+        # process made, its state not yet saved), or a copy into its disk.
+        await asyncio.to_thread(hostcmd.kill_processes_naming, f"{sdir}/")
         rootfs = sdir / "rootfs"
         for target in (rootfs / "tmp", rootfs):
             if os.path.ismount(target):
@@ -558,9 +572,20 @@ class OciRuntime(Runtime):
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 raise RuntimeFailure(f"{self.kind} {command} did not return within 60s") from None
+        log.debug("%s %s of sandbox %s -> %s", self.kind, command, sandbox_id, code)
         if code != 0:
             lines = console.read_text(errors="replace").strip().splitlines()
             raise RuntimeFailure(
-                f"{self.kind} could not start sandbox {sandbox_id}: {lines[-1] if lines else f'exit {code}'}",
+                f"{self.kind} could not {command} sandbox {sandbox_id}: {failure_line(lines) or f'exit {code}'}",
                 details={"console": "\n".join(lines[-20:])},
             )
+
+
+def failure_line(console: list[str]) -> str:
+    """The line of a runtime's output that says why it failed: the last one before a Go stack trace."""
+    for i, line in enumerate(console):
+        if line.startswith(("goroutine ", "panic(")):
+            console = console[:i]
+            break
+    said = [line.strip() for line in console if line.strip()]
+    return said[-1].rstrip(":") if said else ""
