@@ -252,11 +252,14 @@ class SandboxManager:
             pids_limit=pids_limit(s.pids_limit, memory_mb),
             envs=sandbox_env(image.config, request.envs),
         )
+        # The policy loads while the runtime builds: until it is in, the firewall drops
+        # every packet the sandbox starts (an address it does not know), so none leaves unfiltered.
+        attached = asyncio.create_task(self.network.attach(row))
         try:
-            await self.network.attach(row)  # before it runs: no packet of it leaves unfiltered
             handle = await (start or self.runtime.create)(spec)
             self.store.update_sandbox(sandbox_id, agent_url=handle.agent_url, runtime_info=handle.info)
             await self.wait_for_agent(handle)
+            await attached
             updated = self.store.update_sandbox(sandbox_id, state=RUNNING)
             assert updated is not None
             await self.ports.open(updated)
