@@ -1,5 +1,5 @@
 # One task runner. CI calls `make test` (through .ci/run).
-.PHONY: install install-dev run stop lint typecheck test test-fast bench clean
+.PHONY: install install-dev run stop lint typecheck test test-fast hostile bench clean
 
 PY := .venv/bin/python
 PORT ?= 7423
@@ -28,6 +28,9 @@ test: lint typecheck  ## everything CI runs
 
 test-fast: install-dev
 	.venv/bin/pytest -n 2 --dist loadgroup -m "not runsc"
+
+hostile: install-dev  ## the hostile-workload cases alone; writes their table into docs/security.md
+	CORRAL_HOSTILE_REPORT=docs/security.md .venv/bin/pytest -n 2 --dist loadgroup -m hostile tests
 
 bench: install-dev  ## speed against the raw runsc floor
 	$(PY) bench/run_all.py

@@ -96,6 +96,7 @@ def host_service(world: None) -> Iterator[int]:
     srv.close()
 
 
+@pytest.mark.hostile("network", "reach the LAN (10/8, 172.16/12, CGNAT) and the metadata service under public_only")
 def test_public_only_reaches_the_public_internet_and_nothing_private(make) -> None:
     sbx = make()
     assert sbx.info().network["mode"] == "public_only"
@@ -106,6 +107,7 @@ def test_public_only_reaches_the_public_internet_and_nothing_private(make) -> No
     assert fetch(sbx, "http://lan.test/").startswith("refused")  # resolving a private name opens nothing
 
 
+@pytest.mark.hostile("network", "connect to a service on the host (at the gateway and at another host address)")
 def test_the_host_is_closed_except_for_allowed_ports_at_the_gateway(make, host_service: int) -> None:
     closed = make()
     gateway = closed.commands.run("ip route 2>/dev/null | awk '/default/ {print $3}'; true").stdout.strip()
@@ -119,6 +121,7 @@ def test_the_host_is_closed_except_for_allowed_ports_at_the_gateway(make, host_s
     assert fetch(opened, f"http://{networld.HOST_LINK}:{host_service}/").startswith("refused")  # only the gateway
 
 
+@pytest.mark.hostile("network", "get anything out under none, DNS included, also by asking a resolver directly")
 def test_none_lets_nothing_out_and_dns_fails_fast(make) -> None:
     sbx = make(network={"mode": "none"})
     assert fetch(sbx, f"http://{networld.PUBLIC}/").startswith("refused")
@@ -127,6 +130,7 @@ def test_none_lets_nothing_out_and_dns_fails_fast(make) -> None:
     assert _raw_dns(sbx, networld.DNS, "public.test") == "REFUSED"
 
 
+@pytest.mark.hostile("network", "reach addresses and names outside its allowlist (a resolver of its own choosing too)")
 def test_allowlist_opens_exactly_what_it_names(make) -> None:
     sbx = make(network={"mode": "allowlist", "allow_domains": ["public.test", "*.allowed.test"],
                         "allow_cidrs": [f"{networld.LAN}/32"]})  # fmt: skip
@@ -141,6 +145,7 @@ def test_allowlist_opens_exactly_what_it_names(make) -> None:
     assert fetch(other, f"http://{networld.METADATA}/").startswith("refused")
 
 
+@pytest.mark.hostile("network", "reach the metadata service with allow_lan")
 def test_allow_lan_opens_private_ranges_but_not_link_local(make) -> None:
     sbx = make(network={"allow_lan": True})
     for private in (networld.LAN, networld.LAN_172, networld.CGNAT):
@@ -149,6 +154,7 @@ def test_allow_lan_opens_private_ranges_but_not_link_local(make) -> None:
     assert fetch(sbx, f"http://{networld.PUBLIC}/") == HELLO_PUBLIC
 
 
+@pytest.mark.hostile("network", "connect to another sandbox's server (also with allow_lan)")
 def test_sandboxes_cannot_reach_each_other_unless_asked(make) -> None:
     server = make()
     server.commands.run("cd /tmp && echo neighbour > index.html && exec python3 -m http.server 8000", background=True)
@@ -159,6 +165,7 @@ def test_sandboxes_cannot_reach_each_other_unless_asked(make) -> None:
     assert fetch(make(network={"allow_cidrs": [address]}), f"http://{address}:8000/") == "neighbour\n"
 
 
+@pytest.mark.hostile("network", "keep egress after its policy was tightened to none")
 def test_a_policy_change_holds_at_once_on_a_running_sandbox(make) -> None:
     sbx = make()
     assert fetch(sbx, f"http://{networld.PUBLIC}/") == HELLO_PUBLIC

@@ -63,6 +63,7 @@ def proxy(sbx: Sandbox) -> tuple[str, str]:
     return f"http://127.0.0.1:{host.rsplit(':', 1)[1]}", host
 
 
+@pytest.mark.hostile("network", "open another sandbox's private preview without its token, or with a wrong one")
 def test_private_preview_needs_the_token(app: Sandbox) -> None:
     base, host = proxy(app)
     assert host.startswith(f"8000-{app.id}.localhost:")

@@ -295,23 +295,23 @@ class SandboxManager:
         handle = _handle(row)
         await self.runtime.stop(handle)
         await self.ports.close(sandbox_id)
-        await self.network.detach(row)
         self._releasing_slots.add(row.slot)
         self.store.delete_sandbox(sandbox_id)
         self.forget_agent(sandbox_id)
         self.lifecycle.forget(sandbox_id)
-        task = asyncio.create_task(self._teardown(handle, row.slot), name=f"corral-teardown-{sandbox_id}")
+        task = asyncio.create_task(self._teardown(handle, row), name=f"corral-teardown-{sandbox_id}")
         self._teardowns.add(task)
         task.add_done_callback(self._teardowns.discard)
         log.info("sandbox %s killed", sandbox_id)
 
-    async def _teardown(self, handle: RuntimeHandle, slot: int) -> None:
+    async def _teardown(self, handle: RuntimeHandle, row: SandboxRow) -> None:
         try:
             await self.runtime.destroy(handle)
+            await self.network.detach(row)  # before its address can be someone else's
         except Exception:
             log.exception("teardown of sandbox %s failed; it is retried at the next start", handle.sandbox_id)
         finally:
-            self._releasing_slots.discard(slot)
+            self._releasing_slots.discard(row.slot)
 
     async def set_network(self, sandbox_id: str, network: dict[str, Any]) -> SandboxRow:
         """Replace a sandbox's egress policy; it holds from the next packet on."""
