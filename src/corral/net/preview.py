@@ -121,7 +121,7 @@ class PreviewProxy:
         from_query = head.take_query_token()
         token = head.take_header(TOKEN_HEADER) or head.take_cookie_token() or from_query
         address = await self.route(Wanted(sandbox_id=sandbox_id, port=port, token=token))
-        if from_query and head.method in ("GET", "HEAD"):
+        if from_query and from_query == token and head.method in ("GET", "HEAD"):
             cookie = f"{TOKEN_NAME}={from_query}; Path=/; HttpOnly; SameSite=Lax"
             raise PreviewError(302, "Found", "", extra=[("Location", head.target), ("Set-Cookie", cookie)])
         peer = client.transport.get_extra_info("peername") if client.transport else None
