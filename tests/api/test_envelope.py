@@ -347,3 +347,23 @@ def test_check_bind(tmp_path: Path) -> None:
             check_bind(Settings(data_dir=tmp_path, host=host, api_key=""))
         check_bind(Settings(data_dir=tmp_path, host=host, api_key="s3cret"))
         check_bind(Settings(data_dir=tmp_path, host=host, api_key_sha256="ab" * 32))
+
+
+# -- numbers too large to store (found by tests/proof/test_fuzz.py) ----------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("POST", "/v1/sandboxes", {"auto_pause": 2**63}, "auto_pause"),
+        ("PUT", "/v1/templates/big", {"dockerfile": "FROM corral/base", "vcpus": 2**63}, "vcpus"),
+        ("PUT", "/v1/templates/big", {"dockerfile": "FROM corral/base", "memory_mb": 2**63}, "memory_mb"),
+    ],
+)
+async def test_a_number_too_large_to_store_is_refused(
+    client: httpx.AsyncClient, runtime: RecordingRuntime, method: str, path: str, body: dict[str, Any], field: str
+) -> None:
+    # Each was a 500: SQLite stores 64-bit integers, and nothing bounded these.
+    error = error_of(await client.request(method, path, json=body), 422, "invalid_request")
+    assert error["details"]["errors"][0]["where"] == field, error
+    assert runtime.calls == []
