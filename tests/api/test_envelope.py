@@ -23,6 +23,7 @@ from corral.images.store import Image, ImageStore
 from corral.runtimes.base import Runtime, RuntimeHandle, RuntimeState, SandboxSpec
 from corral.server.app import create_app
 from corral.server.serve import check_bind, is_loopback
+from tests.envelope import envelope_error
 
 pytestmark = pytest.mark.anyio
 
@@ -115,16 +116,8 @@ async def client(data_dir: Path, runtime: RecordingRuntime) -> AsyncIterator[htt
 def error_of(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
     """The envelope's ``error``, after checking the envelope's exact shape."""
     assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"error"}, body
-    error = body["error"]
-    assert set(error) in ({"code", "message"}, {"code", "message", "details"}), error
+    error = envelope_error(status, response.headers["content-type"], response.content)
     assert error["code"] == code, error
-    assert isinstance(error["message"], str) and error["message"]
-    assert ERRORS_BY_CODE[code].status == status
-    if "details" in error:
-        assert isinstance(error["details"], dict) and error["details"]
     return error
 
 
@@ -354,3 +347,23 @@ def test_check_bind(tmp_path: Path) -> None:
             check_bind(Settings(data_dir=tmp_path, host=host, api_key=""))
         check_bind(Settings(data_dir=tmp_path, host=host, api_key="s3cret"))
         check_bind(Settings(data_dir=tmp_path, host=host, api_key_sha256="ab" * 32))
+
+
+# -- numbers too large to store (found by tests/proof/test_fuzz.py) ----------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("POST", "/v1/sandboxes", {"auto_pause": 2**63}, "auto_pause"),
+        ("PUT", "/v1/templates/big", {"dockerfile": "FROM corral/base", "vcpus": 2**63}, "vcpus"),
+        ("PUT", "/v1/templates/big", {"dockerfile": "FROM corral/base", "memory_mb": 2**63}, "memory_mb"),
+    ],
+)
+async def test_a_number_too_large_to_store_is_refused(
+    client: httpx.AsyncClient, runtime: RecordingRuntime, method: str, path: str, body: dict[str, Any], field: str
+) -> None:
+    # Each was a 500: SQLite stores 64-bit integers, and nothing bounded these.
+    error = error_of(await client.request(method, path, json=body), 422, "invalid_request")
+    assert error["details"]["errors"][0]["where"] == field, error
+    assert runtime.calls == []

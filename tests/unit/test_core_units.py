@@ -53,6 +53,9 @@ def test_host_wall_sits_above_the_sandbox_limits() -> None:
         (400, {"code": "invalid_argument", "message": "bad"}, errors.InvalidRequest),
         (504, {"code": "deadline_exceeded", "message": "late"}, errors.ExecTimeout),
         (503, {"code": "unavailable", "message": "down"}, errors.AgentUnavailable),
+        # An unknown sandbox user: the agent says so as envd does (Connect, then its /files route).
+        (401, {"code": "unauthenticated", "message": "invalid username: 'nobody2'"}, errors.InvalidRequest),
+        (401, {"message": "invalid username: 'nobody2'"}, errors.InvalidRequest),
         (500, {"code": "internal", "message": "boom"}, errors.InternalError),
         (500, None, errors.InternalError),
     ],

@@ -143,8 +143,11 @@ def username_from_authorization(value: str | None) -> str | None:
 def resolve_path(path: str, user: User) -> str:
     """An absolute, normalized path: ``~`` is the user's home, relative paths start there.
 
-    ``~otheruser`` is refused (``ValueError``) as envd does.
+    ``~otheruser`` is refused (``ValueError``) as envd does; so is a NUL byte,
+    which no path can hold (the OS would refuse it with a ``ValueError`` later on).
     """
+    if "\0" in path:
+        raise ValueError(f"a path cannot hold a NUL byte: {path!r}")
     if path.startswith("~"):
         if len(path) > 1 and path[1] != "/":
             raise ValueError(f"cannot expand user-specific home dir in {path!r}")

@@ -74,6 +74,8 @@ def connect_error(status: int, body: Any, *, missing: type[NotFound] = NotFound)
         cls = FileExists_
     elif code == "permission_denied":
         cls = PermissionDenied
+    elif code == "unauthenticated" or status == 401:
+        cls = InvalidRequest  # the agent knows no such user: a bad request, not a failed API key
     elif code == "deadline_exceeded":
         cls = ExecTimeout
     elif code in ("unavailable", "unknown") and status >= 502:

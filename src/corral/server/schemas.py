@@ -50,6 +50,11 @@ class PublishPort(Strict):
     port: int = Field(ge=1, le=65535)
 
 
+MAX_COUNT = 2**31 - 1
+"""The largest value a count or a number of seconds may take: any store holds it (SQLite's
+INTEGER is 64-bit; a larger number is refused here, not failed on at the store)."""
+
+
 class CreateSandbox(Strict):
     image: str | None = Field(default=None, max_length=255, description="Image name; default corral/base.")
     vcpus: int | None = Field(default=None, ge=1, description="vCPUs.")
@@ -67,7 +72,10 @@ class CreateSandbox(Strict):
         default="kill", description="At its timeout: kill it, or pause it (memory kept; any request resumes it)."
     )
     auto_pause: int | None = Field(
-        default=None, ge=1, description="Hibernate after this many seconds without any request; woken by the next."
+        default=None,
+        ge=1,
+        le=MAX_COUNT,
+        description="Hibernate after this many seconds without any request; woken by the next.",
     )
     network: NetworkPolicy | None = Field(default=None, description="Egress policy; default: the server's.")
     publish: list[PublishPort] = Field(default_factory=list, max_length=64, description="Host ports to publish.")
@@ -302,8 +310,12 @@ class TemplateBody(Strict):
         max_length=256 * 1024, description="The recipe: FROM, RUN, COPY/ADD, ENV, WORKDIR, USER, ARG."
     )
     build_args: dict[str, str] = Field(default_factory=dict, description="Values for ARG, as --build-arg.")
-    vcpus: int | None = Field(default=None, ge=1, description="Default vCPUs of its sandboxes (and its builds).")
-    memory_mb: int | None = Field(default=None, ge=64, description="Default memory of its sandboxes, in MiB.")
+    vcpus: int | None = Field(
+        default=None, ge=1, le=MAX_COUNT, description="Default vCPUs of its sandboxes (and its builds)."
+    )
+    memory_mb: int | None = Field(
+        default=None, ge=64, le=MAX_COUNT, description="Default memory of its sandboxes, in MiB."
+    )
     start_cmd: str | None = Field(default=None, description="Started in the background in every new sandbox.")
     ready_cmd: str | None = Field(default=None, description="A sandbox is handed out once this exits 0.")
     ready_timeout: float = Field(default=60.0, gt=0, description="Seconds the readiness check may take.")

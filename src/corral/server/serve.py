@@ -10,6 +10,11 @@ from pathlib import Path
 from corral.config import Settings
 from corral.errors import InvalidRequest
 
+KEEP_ALIVE = 75
+"""Seconds an idle client connection is kept open. Longer than any client keeps one idle
+(httpx, the SDK's and the E2B SDK's client, closes them after 5): a server that closes
+first can do it just as the client sends a request on it, which then fails (ReadError)."""
+
 
 def is_loopback(host: str) -> bool:
     if host == "localhost":
@@ -54,4 +59,5 @@ def run_server(*, host: str | None = None, port: int | None = None, data_dir: Pa
         log_level=settings.log_level,
         access_log=False,
         timeout_graceful_shutdown=5,
+        timeout_keep_alive=KEEP_ALIVE,
     )
