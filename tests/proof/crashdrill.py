@@ -60,7 +60,7 @@ class Drill:
     _order: list[str] = field(default_factory=list)
     _thread: threading.Thread | None = None
 
-    def run(self, kills: int, *, uptime: tuple[float, float] = (0.3, 3.0), deadline: float = 200.0) -> int:
+    def run(self, kills: int, *, uptime: tuple[float, float] = (0.2, 2.5), deadline: float = 240.0) -> int:
         """Kill the server ``kills`` times (fewer if ``deadline`` seconds pass), restarting it each time.
 
         Returns how many kills were done. The server is running on return.

@@ -12,7 +12,8 @@ import pytest
 from corral import AsyncSandbox
 from tests.serverproc import ServerProcess, worker_index
 
-pytestmark = [pytest.mark.load, pytest.mark.runsc, pytest.mark.anyio]
+# One group for the proof suites: each loads the host, and two at once starve each other.
+pytestmark = [pytest.mark.load, pytest.mark.runsc, pytest.mark.anyio, pytest.mark.xdist_group("proof")]
 
 SANDBOXES = 20
 EXECS = 1000
