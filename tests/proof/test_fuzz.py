@@ -90,7 +90,7 @@ def target(fuzz_server: ServerProcess) -> str:
     return str(r.json()["id"])
 
 
-@pytest.mark.skip(reason="flaky on a quiet host: PUT /network negative cases give unreliable results; to be fixed, see the issue note")
+@pytest.mark.skip(reason="flaky: PUT /network negative cases give unreliable results; see the issue note")
 def test_no_request_breaks_the_server(fuzz_server: ServerProcess, target: str) -> None:
     schema = schemathesis.openapi.from_url(f"{fuzz_server.url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]

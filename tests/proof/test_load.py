@@ -78,7 +78,7 @@ async def test_a_thousand_concurrent_execs(load_server: ServerProcess) -> None:
     assert failures == [], f"{len(failures)} of {EXECS} execs failed, first: {failures[:5]}"
 
 
-@pytest.mark.skip(reason="reads the body where it expects the status line on some runs; to be fixed, see the issue note")
+@pytest.mark.skip(reason="reads the body where it expects the status line on some runs; see the issue note")
 def test_an_idle_connection_outlives_the_clients_keep_alive(load_server: ServerProcess) -> None:
     """Found by the load above: now and then an exec failed with a ReadError.
 
