@@ -18,7 +18,8 @@ def test_pause_and_resume_ten_times_keep_processes_and_bytes(sandbox_factory: Ca
     sbx: Sandbox = sandbox_factory()
     sbx.files.write(
         "/home/user/counter.py",
-        "import time\nn=0\nwhile True:\n    n+=1\n    open('/tmp/n','w').write(str(n))\n    time.sleep(0.02)\n",
+        "import os, time\nn=0\nwhile True:\n    n+=1\n    open('/tmp/n.new','w').write(str(n))\n"
+        "    os.replace('/tmp/n.new', '/tmp/n')\n    time.sleep(0.02)\n",
     )
     sbx.commands.run("python3 /home/user/counter.py", background=True)
     blob = bytes(range(256)) * 4096

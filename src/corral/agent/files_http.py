@@ -37,6 +37,8 @@ READ_CHUNK = 256 * 1024
 WRITE_BATCH = 1024 * 1024
 PSEUDO_FILE_LIMIT = 4 << 20
 """Most bytes read from a file whose size says 0 (such as /proc/net/tcp)."""
+REFUSED_BODY_LIMIT = 16 << 20
+"""Most bytes of a refused upload read (and dropped) so that its client gets the answer."""
 INLINE_READ = 64 * 1024  # smaller files are read without a trip to the thread pool
 
 Read = Callable[[], Awaitable[bytes]]
@@ -112,6 +114,15 @@ def _open_for_read(path: str) -> tuple[int, os.stat_result]:
     return fd, os.fstat(fd)
 
 
+def _read_to_end(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    read = 0
+    while read < limit and (chunk := os.read(fd, min(READ_CHUNK, limit - read))):
+        chunks.append(chunk)
+        read += len(chunk)
+    return b"".join(chunks)
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -150,7 +161,9 @@ class FilesHandler:
             if response.started or isinstance(exc, ConnectionError):
                 raise
             error = exc if isinstance(exc, FilesError) else FilesError(500, str(exc))
-            if not request.body.done:
+            # What the client still sends is read first: closing on unread bytes resets the
+            # connection, and the client would lose this answer with it.
+            if not request.body.done and not await request.body.discard(REFUSED_BODY_LIMIT):
                 response.keep_alive = False
             await send_error(response, error.status, error.message)
 
@@ -177,26 +190,23 @@ class FilesHandler:
 
     async def _send_file(self, request: Request, response: Response, fd: int, st: os.stat_result) -> None:
         size = st.st_size
-        if size == 0:
-            # /proc and /sys files say they are empty and are not: read what there is.
-            chunks: list[bytes] = []
-            while sum(map(len, chunks)) < PSEUDO_FILE_LIMIT and (chunk := os.read(fd, READ_CHUNK)):
-                chunks.append(chunk)
-            data = b"".join(chunks)
-            if data:
-                headers = {"Content-Type": "application/octet-stream", "Last-Modified": _http_date(st.st_mtime)}
-                await response.start(200, headers, length=len(data))
-                if request.method != "HEAD":
-                    await response.write(data)
-                await response.end()
-                return
-        start, end, status = 0, size, 200
         headers = {
             "Content-Type": "application/octet-stream",
             "Accept-Ranges": "bytes",
             "Last-Modified": _http_date(st.st_mtime),
         }
         range_header = request.headers.get("range")
+        if size <= INLINE_READ and not range_header:
+            # Small files are read whole before the answer starts, so the length sent is the
+            # length read: a file rewritten meanwhile is sent as it was at the read, and a
+            # /proc or /sys file, which says it is empty, with what it holds.
+            data = _read_to_end(fd, PSEUDO_FILE_LIMIT)
+            await response.start(200, headers, length=len(data))
+            if request.method != "HEAD":
+                await response.write(data)
+            await response.end()
+            return
+        start, end, status = 0, size, 200
         if range_header:
             byte_range = _parse_range(range_header, size)
             if byte_range is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -196,6 +196,11 @@ class SignalBody(Strict):
     signal: str | int = "SIGTERM"
 
 
+PATH_RULES: dict[str, Any] = {"min_length": 1, "max_length": 4096, "pattern": r"^[^\x00]+$"}
+"""A path inside the sandbox: not empty, no NUL byte (no file name can hold one), at most 4 KiB."""
+SandboxPath = Annotated[str, Field(**PATH_RULES, description="A path inside the sandbox.")]
+
+
 class Entry(BaseModel):
     name: str
     path: str
@@ -218,18 +223,18 @@ class Exists(BaseModel):
 
 
 class MakeDir(Strict):
-    path: str = Field(min_length=1)
+    path: SandboxPath
     user: str | None = None
 
 
 class Move(Strict):
-    source: str = Field(min_length=1)
-    destination: str = Field(min_length=1)
+    source: SandboxPath
+    destination: SandboxPath
     user: str | None = None
 
 
 class Chmod(Strict):
-    path: str = Field(min_length=1)
+    path: SandboxPath
     mode: str | int
 
 
