@@ -71,7 +71,7 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir / "server.log"
 
-    def start(self, timeout: float = 30.0) -> ServerProcess:
+    def start(self, timeout: float = 90.0) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         images = self.data_dir / "images"
         if self.shared_images and not images.exists():
@@ -85,16 +85,18 @@ class ServerProcess:
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout
+        last: Exception | None = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if httpx.get(f"{self.url}/health", timeout=1.0).status_code == 200:
+                # A generous wait per try: on a loaded 2-core host a first answer can take seconds.
+                if httpx.get(f"{self.url}/health", timeout=10.0, trust_env=False).status_code == 200:
                     return self
-            except httpx.TransportError:
-                pass
+            except httpx.TransportError as exc:
+                last = exc
             time.sleep(0.05)
-        raise RuntimeError(f"server did not answer within {timeout}s:\n{self.log()}")
+        raise RuntimeError(f"server did not answer within {timeout}s (last: {last!r}):\n{self.log()}")
 
     def kill9(self) -> None:
         assert self.proc is not None

@@ -35,6 +35,9 @@ from corral.errors import (
     ProcessNotFound,
 )
 
+CONNECT_TIMEOUT = 16.0
+"""Seconds to reach an agent: four SYN retries (1+2+4+8 s), for a sandbox too busy to answer the first.
+A dead agent is seen at once (its sandbox answers with a reset) or by the sandbox's state."""
 END_STREAM = 0x02
 _SIGNAL_NUMBERS = {text: number for number, text in SIGNAL_TEXT.items()}
 _HEADER = struct.Struct(">BI")
@@ -144,7 +147,7 @@ class AgentClient:
             f"{self.base_url}/{method}",
             content=envelope(message),
             headers=headers,
-            timeout=httpx.Timeout(None, connect=5.0),
+            timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT),
         )
         try:
             resp = await self.http.send(request, stream=True)
@@ -271,7 +274,7 @@ class AgentClient:
         """An open streaming response of the file's bytes; the caller closes it."""
         params = {"path": path, **({"username": user} if user else {})}
         request = self.http.build_request(
-            "GET", f"{self.base_url}/files", params=params, timeout=httpx.Timeout(None, connect=5.0)
+            "GET", f"{self.base_url}/files", params=params, timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT)
         )
         try:
             resp = await self.http.send(request, stream=True)
@@ -291,7 +294,7 @@ class AgentClient:
                 params=params,
                 content=content,
                 headers={"Content-Type": "application/octet-stream"},
-                timeout=httpx.Timeout(None, connect=5.0),
+                timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT),
             )
         except httpx.TransportError as exc:
             raise AgentUnavailable(f"the sandbox's agent did not answer: {exc!r}") from exc

@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 
 from corral.config import Settings
-from corral.core.agent_client import AgentClient
+from corral.core.agent_client import CONNECT_TIMEOUT, AgentClient
 from corral.core.clock import as_utc, utcnow
 from corral.core.images import ImageService
 from corral.core.lifecycle import HIBERNATED, PAUSED, Lifecycle
@@ -462,7 +462,7 @@ class SandboxManager:
         client = self._clients.get(sandbox_id)
         if client is None:
             client = self._clients[sandbox_id] = httpx.AsyncClient(
-                timeout=httpx.Timeout(30.0, connect=5.0),
+                timeout=httpx.Timeout(30.0, connect=CONNECT_TIMEOUT),
                 limits=httpx.Limits(max_connections=200, max_keepalive_connections=20),
                 trust_env=False,
                 verify=False,  # agents speak plain HTTP over the sandbox's own link
