@@ -81,6 +81,13 @@ class Settings(BaseSettings):
     max_memory_mb: int = Field(default=16_384, ge=64)
     """Largest memory limit one sandbox may have, in MiB."""
 
+    default_disk_mb: int = Field(default=10_240, ge=0)
+    """Size of a sandbox's disk in MiB (everything it writes outside tmpfs) when the request gives none.
+    0: sandboxes write to the data dir's filesystem without a limit of their own."""
+
+    max_disk_mb: int = Field(default=102_400, ge=16)
+    """Largest disk one sandbox may have, in MiB."""
+
     pids_limit: int = Field(default=1024, ge=16)
     """Most processes and threads one sandbox may run at once (and at most one per MiB of memory, 256 at least)."""
 

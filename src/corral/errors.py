@@ -24,6 +24,7 @@ an HTTP ``status``. The SDK turns an envelope back into the same class through
     │   ├── FileExists_ (FileExistsError)      409 file_exists
     │   ├── IsADirectory_ (IsADirectoryError)  409 is_a_directory
     │   └── NotADirectory_ (NotADirectoryError) 409 not_a_directory
+    ├── DiskFull (OSError)                     507 disk_full
     ├── PermissionDenied (PermissionError)     403 permission_denied
     ├── ExecTimeout (TimeoutError)             504 exec_timeout
     ├── AgentUnavailable (ConnectionError)     502 agent_unavailable
@@ -45,6 +46,7 @@ __all__ = [
     "BuildFailed",
     "Conflict",
     "CorralError",
+    "DiskFull",
     "ExecTimeout",
     "FileExists_",
     "FileNotFound",
@@ -177,6 +179,13 @@ class IsADirectory_(Conflict, IsADirectoryError):
 
 class NotADirectory_(Conflict, NotADirectoryError):
     code = "not_a_directory"
+
+
+class DiskFull(CorralError, OSError):
+    """What was to be written does not fit on the sandbox's disk (its ``disk_mb``)."""
+
+    code = "disk_full"
+    status = 507
 
 
 class PermissionDenied(CorralError, PermissionError):

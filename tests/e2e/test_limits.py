@@ -78,3 +78,29 @@ def test_vcpus_are_a_cpu_quota(sandbox_factory) -> None:
     assert quota.read_text().split()[0] == "100000"
     # gVisor shows at least two CPUs, whatever the quota
     assert int(sbx.commands.run("nproc").stdout) >= 1
+
+
+def test_a_full_disk_stops_its_sandbox_only(sandbox_factory, server) -> None:
+    from corral import DiskFull
+
+    small = sandbox_factory(disk_mb=64)
+    bystander = sandbox_factory()
+    assert small.info().disk_mb == 64
+    assert bystander.info().disk_mb == 10_240  # the server's default
+    df = small.commands.run("df -k / | tail -1").stdout.split()
+    assert 50_000 <= int(df[1]) <= 66_000, df  # the sandbox sees a disk of its size
+    with pytest.raises(CommandExitError) as info:
+        small.commands.run("dd if=/dev/zero of=/home/user/fill bs=1M count=200", timeout=120)
+    assert "No space left" in info.value.stderr
+    with pytest.raises(DiskFull) as full:
+        small.files.write("/home/user/more", b"x" * (8 << 20))
+    assert full.value.code == "disk_full"
+    assert bystander.commands.run("dd if=/dev/zero of=/tmp/f bs=1M count=100 && echo ok").stdout.endswith("ok\n")
+    # On the host, the disk holds what was written, not more.
+    image = server.data_dir / "sandboxes" / small.id / "disk.img"
+    assert image.stat().st_blocks * 512 <= 70 << 20
+    # Deleting gives the space back, inside and on the host.
+    small.commands.run("rm /home/user/fill")
+    small.files.write("/home/user/after", b"y" * (16 << 20))
+    assert small.files.read("/home/user/after", format="bytes") == b"y" * (16 << 20)
+    assert small.commands.run("echo alive").stdout == "alive\n"

@@ -101,6 +101,22 @@ def test_cpu_spin(sandbox_factory, bystander: Sandbox) -> None:
     assert busy < max(1.0, 10 * quiet), (quiet, busy)  # a generous bound: it is held to its quota
 
 
+@pytest.mark.hostile("resources", "fill its disk, as root: with empty files (inodes), then one huge file")
+def test_fill_disk(sandbox_factory, bystander: Sandbox, server: ServerProcess) -> None:
+    filler = sandbox_factory(disk_mb=96)
+    many = "mkdir /many && cd /many && for i in $(seq 40000); do : > $i || break; done; ls | wc -l"
+    _code, out = sh(filler, many, timeout=120)
+    assert "No space left" in out, out[-500:]  # its inodes run out
+    _code, out = sh(filler, "rm -rf /many; dd if=/dev/zero of=/fill bs=1M count=300 2>&1")
+    assert "No space left" in out  # and then its blocks
+    image = server.data_dir / "sandboxes" / filler.id / "disk.img"
+    assert image.stat().st_blocks * 512 <= 110 << 20  # the host gave it what it asked for, no more
+    assert filler.commands.run("echo alive").stdout == "alive\n"
+    assert bystander.files.read("/home/user/keep.txt") == "bystander's data"
+    assert bystander.commands.run("head -c 150000000 /dev/zero > /tmp/big && echo ok").stdout == "ok\n"
+    assert httpx.get(f"{server.url}/health").status_code == 200
+
+
 @pytest.mark.hostile("resources", "fill /dev/shm (a bounded tmpfs)")
 def test_fill_shm(victim: Sandbox) -> None:
     _code, out = sh(victim, "dd if=/dev/zero of=/dev/shm/fill bs=1M count=200 2>&1; df -m /dev/shm | tail -1")

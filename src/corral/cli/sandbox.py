@@ -50,6 +50,7 @@ def create(
     template: Annotated[str | None, typer.Option(help="Start from this template (and wait until it is ready).")] = None,
     vcpus: Annotated[int | None, typer.Option(help="Virtual CPUs.")] = None,
     memory_mb: Annotated[int | None, typer.Option(help="Memory limit in MiB.")] = None,
+    disk_mb: Annotated[int | None, typer.Option(help="Disk size in MiB; default: the server's.")] = None,
     timeout: Annotated[
         int | None, typer.Option(help="Seconds until it is killed (0: never); default: the server's.")
     ] = None,
@@ -77,6 +78,7 @@ def create(
             image,
             vcpus=vcpus,
             memory_mb=memory_mb,
+            disk_mb=disk_mb,
             envs=envs or None,
             metadata=labels or None,
             timeout=timeout,

@@ -23,6 +23,7 @@ from corral.errors import (
     AgentUnavailable,
     Conflict,
     CorralError,
+    DiskFull,
     ExecTimeout,
     FileExists_,
     FileNotFound,
@@ -79,6 +80,8 @@ def connect_error(status: int, body: Any, *, missing: type[NotFound] = NotFound)
         cls = PermissionDenied
     elif code == "unauthenticated" or status == 401:
         cls = InvalidRequest  # the agent knows no such user: a bad request, not a failed API key
+    elif status == 507 or "no space left on device" in lowered:
+        cls = DiskFull
     elif code == "deadline_exceeded":
         cls = ExecTimeout
     elif code in ("unavailable", "unknown") and status >= 502:

@@ -255,6 +255,7 @@ class Lifecycle:
                 template=row.template,
                 vcpus=row.vcpus,
                 memory_mb=row.memory_mb,
+                disk_mb=row.disk_mb,
                 envs=dict(row.envs),
                 meta=dict(metadata or {}),
                 state="creating",
@@ -341,8 +342,8 @@ class Lifecycle:
                 await self.runtime.checkpoint(self.manager.runtime_handle(sandbox_id), work)
             source = SnapshotRow(
                 id="", sandbox_id=row.id, image=row.image, image_id=row.image_id or "", template=row.template,
-                vcpus=row.vcpus, memory_mb=row.memory_mb, envs=dict(row.envs), meta={}, state="ready", size=0,
-                created_at=utcnow(),
+                vcpus=row.vcpus, memory_mb=row.memory_mb, disk_mb=row.disk_mb, envs=dict(row.envs), meta={},
+                state="ready", size=0, created_at=utcnow(),
             )  # fmt: skip
             request = replace(
                 request,
@@ -373,6 +374,7 @@ class Lifecycle:
             request,
             vcpus=source.vcpus,
             memory_mb=source.memory_mb,
+            disk_mb=request.disk_mb or source.disk_mb,
             envs={**source.envs, **request.envs},
             template=source.template,
         )

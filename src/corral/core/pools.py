@@ -183,6 +183,8 @@ class Pools:
 
 def _fits(row: SandboxRow, request: CreateRequest) -> bool:
     """Pooled sandboxes have the pool's resources; a request for others cannot use them."""
-    return (request.vcpus is None or request.vcpus == row.vcpus) and (
-        request.memory_mb is None or request.memory_mb == row.memory_mb
+    return (
+        (request.vcpus is None or request.vcpus == row.vcpus)
+        and (request.memory_mb is None or request.memory_mb == row.memory_mb)
+        and (request.disk_mb is None or request.disk_mb == row.disk_mb)
     )

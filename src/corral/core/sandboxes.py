@@ -73,6 +73,7 @@ class CreateRequest:
     image: str | None = None
     vcpus: int | None = None
     memory_mb: int | None = None
+    disk_mb: int | None = None
     timeout: int | None = None
     envs: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
@@ -205,6 +206,9 @@ class SandboxManager:
         timeout = s.default_timeout if request.timeout is None else request.timeout
         _check_range("vcpus", vcpus, 1, s.max_vcpus)
         _check_range("memory_mb", memory_mb, 64, s.max_memory_mb)
+        disk_mb = request.disk_mb or s.default_disk_mb or None
+        if request.disk_mb is not None:
+            _check_range("disk_mb", request.disk_mb, 16, s.max_disk_mb)
         _check_range("timeout", timeout, 0, s.max_timeout)
         policy = self.network.resolve_policy(request.network)
         publish = [parse_published(p) for p in request.publish]
@@ -224,6 +228,7 @@ class SandboxManager:
                 state=STARTING,
                 vcpus=vcpus,
                 memory_mb=memory_mb,
+                disk_mb=disk_mb,
                 envs=dict(request.envs),
                 meta=dict(request.metadata),
                 timeout=timeout,
@@ -249,6 +254,7 @@ class SandboxManager:
             network=network,
             vcpus=vcpus,
             memory_mb=memory_mb,
+            disk_mb=disk_mb,
             pids_limit=pids_limit(s.pids_limit, memory_mb),
             envs=sandbox_env(image.config, request.envs),
         )

@@ -46,6 +46,8 @@ class SandboxSpec:
     network: NetworkSpec
     vcpus: int = 1
     memory_mb: int = 512
+    disk_mb: int | None = None
+    """Size of its own disk in MiB (the upper dir on a file system of that size); None: no limit."""
     pids_limit: int = 1024
     envs: dict[str, str] = field(default_factory=dict)
 

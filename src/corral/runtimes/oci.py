@@ -59,6 +59,8 @@ OWN_RUNSC = Path("/usr/local/lib/corral/bin/runsc")
 
 STATE_ROOT = Path("/run/corral")
 HIBERNATED = "hibernated"
+DISK, DISK_IMAGE = "disk", "disk.img"
+"""A sandbox's disk: its upper and work dirs under ``disk/``, which is ``disk.img`` mounted when it has a size."""
 """A hibernated sandbox's saved processes and memory, in its own dir."""
 SANDBOX_OWN_FILES = ("etc/hostname", "etc/hosts", "etc/resolv.conf")
 """Files corral writes into each sandbox's rootfs: never part of an exported layer (Docker's rule too)."""
@@ -122,6 +124,27 @@ def host_limits(spec: SandboxSpec) -> tuple[int, int]:
     host cgroup is raised to the wall right after the sandbox starts.
     """
     return host_memory_limit(spec.memory_mb), spec.pids_limit * 4 + 512
+
+
+def upper_dir(sdir: Path) -> Path:
+    """The sandbox's changes to its image (``upper/`` beside ``disk/`` in sandboxes made before disks had sizes)."""
+    legacy = sdir / "upper"
+    return legacy if legacy.is_dir() else sdir / DISK / "upper"
+
+
+async def make_disk(image: Path, mount_point: Path, size_mb: int) -> None:
+    """A sparse ext4 file system of ``size_mb`` MiB in ``image``, mounted on ``mount_point``.
+
+    Space is taken as it is written, and given back to the host as files are
+    deleted (``discard``); a sandbox that fills it gets ENOSPC, nobody else does.
+    No journal: the disk dies with its sandbox, and nothing else mounts it.
+    """
+    with image.open("wb") as f:
+        f.truncate(size_mb << 20)
+    await hostcmd.run(
+        ["mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal", "-E", "lazy_itable_init=1,nodiscard", str(image)]
+    )
+    await hostcmd.run(["mount", "-o", "loop,discard,nosuid,nodev", str(image), str(mount_point)])
 
 
 def host_memory_limit(memory_mb: int) -> int:
@@ -229,9 +252,7 @@ class OciRuntime(Runtime):
             (sdir / "handle.json").write_text(json.dumps({"agent_url": handle.agent_url, "info": handle.info}))
 
             async def disk() -> Path:
-                if before_mount is not None:
-                    await before_mount(sdir)
-                return await self._mount_rootfs(sdir, spec)
+                return await self._mount_rootfs(sdir, spec, fill=before_mount)
 
             # Disk and link are independent: made side by side (a TaskGroup stops the
             # other half should one fail, so destroy below never races it).
@@ -296,7 +317,7 @@ class OciRuntime(Runtime):
         # process made, its state not yet saved), or a copy into its disk.
         await asyncio.to_thread(hostcmd.kill_processes_naming, f"{sdir}/")
         rootfs = sdir / "rootfs"
-        for target in (rootfs / "tmp", rootfs):
+        for target in (rootfs / "tmp", rootfs, sdir / DISK):
             if os.path.ismount(target):
                 done = await hostcmd.run(["umount", str(target)], check=False)
                 if done.returncode != 0:
@@ -308,8 +329,7 @@ class OciRuntime(Runtime):
         await asyncio.to_thread(shutil.rmtree, sdir, True)
 
     async def export_changes(self, handle: RuntimeHandle, dest: Path) -> None:
-        sdir = Path(handle.info.get("dir") or self.sandbox_dir(handle.sandbox_id))
-        upper = sdir / "upper"
+        upper = upper_dir(self._dir(handle))
         if not upper.is_dir():
             raise RuntimeFailure(f"sandbox {handle.sandbox_id} has no filesystem left to export")
         running = await self.state(handle) is RuntimeState.RUNNING
@@ -344,7 +364,7 @@ class OciRuntime(Runtime):
 
     async def checkpoint(self, handle: RuntimeHandle, dest: Path) -> None:
         self._needs_runsc("snapshot")
-        sid, upper = handle.sandbox_id, self._dir(handle) / "upper"
+        sid, upper = handle.sandbox_id, upper_dir(self._dir(handle))
         running = await self.state(handle) is RuntimeState.RUNNING
         if running:
             await self.pause(handle)  # so the memory image and the files agree
@@ -364,10 +384,8 @@ class OciRuntime(Runtime):
         async def start(sdir: Path) -> None:
             await self._start(spec.sandbox_id, sdir, "restore", "--image-path", str(snapshot / "memory"))
 
-        async def copy_upper(sdir: Path) -> None:
-            await hostcmd.run(
-                ["cp", "-a", "--reflink=auto", str(snapshot / "upper"), str(sdir / "upper")], timeout=3600
-            )
+        async def copy_upper(upper: Path) -> None:
+            await hostcmd.run(["cp", "-a", "--reflink=auto", f"{snapshot / 'upper'}/.", str(upper)], timeout=3600)
 
         # The restored kernel brings its own memory size; the host wall goes into the spec
         # at once, so loading the saved memory never meets the user's (lower) limit.
@@ -419,10 +437,19 @@ class OciRuntime(Runtime):
 
     # -- pieces ----------------------------------------------------------------
 
-    async def _mount_rootfs(self, sdir: Path, spec: SandboxSpec) -> Path:
-        upper, work, rootfs = sdir / "upper", sdir / "work", sdir / "rootfs"
+    async def _mount_rootfs(
+        self, sdir: Path, spec: SandboxSpec, *, fill: Callable[[Path], Awaitable[None]] | None = None
+    ) -> Path:
+        """The sandbox's disk (its own file system of ``spec.disk_mb``, if set), ``fill``-ed, under its image."""
+        disk, rootfs = sdir / DISK, sdir / "rootfs"
+        disk.mkdir(parents=True, exist_ok=True)
+        if spec.disk_mb:
+            await make_disk(sdir / DISK_IMAGE, disk, spec.disk_mb)
+        upper, work = disk / "upper", disk / "work"
         for d in (upper, work, rootfs):
             d.mkdir(parents=True, exist_ok=True)
+        if fill is not None:
+            await fill(upper)
         await hostcmd.run(
             [
                 "mount", "-t", "overlay", "overlay", "-o",

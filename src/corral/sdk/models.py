@@ -55,6 +55,8 @@ class SandboxInfo(_JsonModel):
     runtime: str = ""
     vcpus: int = 0
     memory_mb: int = 0
+    disk_mb: int | None = None
+    """Size of its disk in MiB (None: no limit of its own)."""
     metadata: dict[str, str] = field(default_factory=dict)
     envs: dict[str, str] = field(default_factory=dict)
     created_at: datetime | None = None
@@ -95,6 +97,7 @@ class SandboxInfo(_JsonModel):
             runtime=str(data.get("runtime", "")),
             vcpus=int(data.get("vcpus") or 0),
             memory_mb=int(data.get("memory_mb") or 0),
+            disk_mb=int(data["disk_mb"]) if data.get("disk_mb") else None,
             metadata=dict(data.get("metadata") or {}),
             envs=dict(data.get("envs") or {}),
             created_at=_time(data.get("created_at")),

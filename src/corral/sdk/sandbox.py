@@ -38,6 +38,7 @@ class Sandbox(SandboxBase[Commands, Files]):
         *,
         vcpus: int | None = None,
         memory_mb: int | None = None,
+        disk_mb: int | None = None,
         envs: Mapping[str, str] | None = None,
         metadata: Mapping[str, str] | None = None,
         timeout: float | None = None,
@@ -57,6 +58,7 @@ class Sandbox(SandboxBase[Commands, Files]):
         With ``template``, it starts from that template's image and resources, runs its
         start command, and is handed out once the template's readiness check passes.
         With ``snapshot``, it is that snapshot restored: the same processes, memory and files.
+        ``disk_mb`` sizes its disk (everything it writes outside tmpfs; default: the server's).
         ``on_timeout="pause"`` pauses it at its timeout instead of killing it;
         ``auto_pause`` hibernates it after that many seconds without requests.
         ``network`` is its egress policy (docs/network.md), e.g. ``{"mode": "allowlist",
@@ -64,7 +66,7 @@ class Sandbox(SandboxBase[Commands, Files]):
         or ``3000``), and ``auto_publish`` mirrors every port it listens on.
         """
         call = routes.create_sandbox(
-            image, vcpus=vcpus, memory_mb=memory_mb, envs=envs, metadata=metadata, timeout=timeout,
+            image, vcpus=vcpus, memory_mb=memory_mb, disk_mb=disk_mb, envs=envs, metadata=metadata, timeout=timeout,
             template=template, snapshot=snapshot, on_timeout=on_timeout, auto_pause=auto_pause,
             network=network, publish=publish, auto_publish=auto_publish,
         )  # fmt: skip

@@ -59,6 +59,7 @@ class CreateSandbox(Strict):
     image: str | None = Field(default=None, max_length=255, description="Image name; default corral/base.")
     vcpus: int | None = Field(default=None, ge=1, description="vCPUs.")
     memory_mb: int | None = Field(default=None, ge=64, description="Memory limit in MiB.")
+    disk_mb: int | None = Field(default=None, ge=16, description="Disk size in MiB (what it writes outside tmpfs).")
     timeout: int | None = Field(default=None, ge=0, description="Seconds until the sandbox is killed; 0 = never.")
     envs: dict[str, str] = Field(default_factory=dict, description="Environment of every process.")
     metadata: dict[str, str] = Field(default_factory=dict, description="Your labels; filter lists by them.")
@@ -95,6 +96,7 @@ class Sandbox(BaseModel):
     remaining: float | None = Field(default=None, description="While paused or hibernated: timeout seconds left.")
     vcpus: int
     memory_mb: int
+    disk_mb: int | None = Field(default=None, description="Disk size in MiB; null: no limit of its own.")
     metadata: dict[str, str]
     envs: dict[str, str]
     created_at: datetime
@@ -134,6 +136,7 @@ class Sandbox(BaseModel):
             state=row.state,
             vcpus=row.vcpus,
             memory_mb=row.memory_mb,
+            disk_mb=row.disk_mb,
             metadata=row.meta,
             envs=row.envs,
             created_at=as_utc(row.created_at),
@@ -386,6 +389,7 @@ class Snapshot(BaseModel):
     template: str | None
     vcpus: int
     memory_mb: int
+    disk_mb: int | None = Field(default=None, description="Disk size in MiB; null: no limit of its own.")
     metadata: dict[str, str]
     state: Literal["creating", "ready", "failed"]
     size: int = Field(description="Bytes on disk: memory image and disk changes.")
@@ -401,6 +405,7 @@ class Snapshot(BaseModel):
             template=row.template,
             vcpus=row.vcpus,
             memory_mb=row.memory_mb,
+            disk_mb=row.disk_mb,
             metadata=row.meta,
             state=row.state,
             size=row.size,

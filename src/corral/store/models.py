@@ -26,6 +26,8 @@ class SandboxRow(Base):
     state: Mapped[str] = mapped_column(String(16), index=True)
     vcpus: Mapped[int] = mapped_column(Integer)
     memory_mb: Mapped[int] = mapped_column(Integer)
+    disk_mb: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """Size of its disk (the overlay's upper dir) in MiB; None: no limit of its own."""
     envs: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     meta: Mapped[dict[str, str]] = mapped_column("metadata", JSON, default=dict)
     timeout: Mapped[int] = mapped_column(Integer)
@@ -76,6 +78,8 @@ class SnapshotRow(Base):
     template: Mapped[str | None] = mapped_column(String(128), nullable=True)
     vcpus: Mapped[int] = mapped_column(Integer)
     memory_mb: Mapped[int] = mapped_column(Integer)
+    disk_mb: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """Size of its disk (the overlay's upper dir) in MiB; None: no limit of its own."""
     envs: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     meta: Mapped[dict[str, str]] = mapped_column("metadata", JSON, default=dict)
     state: Mapped[str] = mapped_column(String(16))
