@@ -18,6 +18,7 @@ import pytest
 
 from corral import CommandExitError, Sandbox
 from corral.errors import SandboxNotFound
+from corral.runtimes.oci import upper_dir
 from tests.serverproc import ServerProcess, worker_index
 
 pytestmark = pytest.mark.runc
@@ -68,7 +69,7 @@ def test_files_round_trip(sbx: Sandbox, runc_server: ServerProcess) -> None:
     assert sbx.commands.run("cat notes/a.txt; echo more >> notes/a.txt").stdout == "written through the API\n"
     assert sbx.files.read("/home/user/notes/a.txt") == "written through the API\nmore\n"
     # The write landed in the sandbox's overlay upper dir on the host.
-    upper = runc_server.data_dir / "sandboxes" / sbx.id / "upper" / "home" / "user" / "notes" / "a.txt"
+    upper = upper_dir(runc_server.data_dir / "sandboxes" / sbx.id) / "home" / "user" / "notes" / "a.txt"
     assert upper.read_text() == "written through the API\nmore\n"
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from corral import CommandExitError, Sandbox
+from corral.runtimes.oci import upper_dir
 from tests.serverproc import ServerProcess
 
 pytestmark = pytest.mark.runsc
@@ -56,7 +57,7 @@ def test_server_database(victim: Sandbox, server: ServerProcess) -> None:
 
 @pytest.mark.hostile("host files", "read another sandbox's disk (its overlay upper dir on the host)")
 def test_other_sandbox_disk(victim: Sandbox, bystander: Sandbox, server: ServerProcess) -> None:
-    upper = server.data_dir / "sandboxes" / bystander.id / "upper"
+    upper = upper_dir(server.data_dir / "sandboxes" / bystander.id)
     assert (upper / "home/user/keep.txt").exists()
     _, out = sh(victim, f'cat {upper}/home/user/keep.txt; grep -rl "bystander\'s data" / 2>/dev/null | head')
     assert "bystander's data" not in out
