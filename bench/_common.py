@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import json
 import math
@@ -29,16 +30,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 import corral
-from corral import Sandbox
+from corral import AsyncSandbox, Sandbox
 from corral.core.agent_client import AgentClient
 from corral.images.agent_bundle import MOUNT_POINT, agent_command, build_agent_bundle
 from corral.images.store import ImageStore
@@ -53,7 +55,6 @@ RUNSC = "/usr/local/lib/corral/bin/runsc"
 RUNSC_FLAGS = (
     "--network=sandbox", "--overlay2=none", "--cpu-num-from-quota", "--net-disconnect-ok", "--platform=systrap",
 )  # fmt: skip
-"""The global flags corral gives runsc (``OciRuntime._runtime_argv``)."""
 """The flags corral passes to every runsc command (``OciRuntime._runtime_argv``)."""
 HIDE_PROC_SYS_NET = 'mount -t tmpfs none /proc/sys/net && exec "$0" "$@"'
 NETNS_DIR = Path("/var/run/netns")
@@ -63,6 +64,10 @@ CORRAL_SUBNET = f"10.{_BASE}.0.0/16"
 RAW_SUBNET = f"10.{_BASE + 1}.0.0/16"
 SANDBOX_LIFETIME = 900
 """Seconds a benchmark's SDK sandbox lives should everything else fail: the server's reaper ends it."""
+CORRAL_CLI = Path(sys.executable).with_name("corral")
+"""The ``corral`` command of this Python environment."""
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 # -- signals -------------------------------------------------------------------
@@ -126,6 +131,59 @@ def verdict(value: float, target: float) -> str:
     return "met" if value <= target else "NOT met"
 
 
+def stat_cols(s: Mapping[str, float]) -> list[str]:
+    """Median, p99, min and max of a :func:`summary` of seconds, in ms."""
+    return [ms(s["median"]), ms(s["p99"]), ms(s["min"]), ms(s["max"])]
+
+
+def number(value: float) -> str:
+    """Three significant digits or so: 1234, 123, 12.3, 1.23."""
+    if math.isnan(value):
+        return "n/a"
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
+
+
+@dataclass
+class Row:
+    """One line of ``run_all``'s table: corral's figure beside the floor's, in one unit.
+
+    The ratio is corral's over the floor's. ``met`` is ``None`` where no issue
+    sets a target for the measure.
+    """
+
+    measure: str
+    corral: float
+    floor: float | None = None
+    unit: str = "ms"
+    floor_is: str = ""
+    """What the floor is, where it is not the raw runsc floor of the same measure."""
+    target: str = ""
+    met: bool | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        return None if self.floor is None else ratio(self.corral, self.floor)
+
+    def cells(self) -> list[str]:
+        floor = ""
+        if self.floor is not None:
+            floor = f"{number(self.floor)} {self.unit}" + (f" ({self.floor_is})" if self.floor_is else "")
+        return [
+            self.measure,
+            f"{number(self.corral)} {self.unit}",
+            floor,
+            "" if self.ratio is None else f"{self.ratio:.2f}x",
+            self.target,
+            "" if self.met is None else "met" if self.met else "NOT met",
+        ]
+
+    def record(self) -> dict[str, Any]:
+        return {**asdict(self), "ratio": self.ratio}
+
+
+ROW_HEADERS = ["", "corral", "raw runsc floor", "ratio", "target", ""]
+
+
 def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     """A plain fixed-width table; the first column left-aligned, the others right-aligned."""
     cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
@@ -180,6 +238,21 @@ def run_main(main: Callable[[], int]) -> None:
 
 
 # -- host commands -------------------------------------------------------------
+
+
+def in_threads(fn: Callable[[T], R], items: Sequence[T]) -> list[R | Exception]:
+    """``fn`` of every item at once, one thread each; each result, or the exception it raised."""
+
+    def guarded(item: T) -> R | Exception:
+        try:
+            return fn(item)
+        except Exception as exc:
+            return exc
+
+    if not items:
+        return []
+    with ThreadPoolExecutor(len(items)) as pool:
+        return list(pool.map(guarded, items))
 
 
 def sh(argv: Sequence[str], *, check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
@@ -326,6 +399,36 @@ class SandboxSet:
         self.live[sbx.id] = sbx
         return sbx
 
+    async def acreate(self, **options: Any) -> AsyncSandbox:
+        """:meth:`create` through the async SDK; :meth:`kill_all` finds it by its tag."""
+        return await AsyncSandbox.create(
+            url=self.url,
+            api_key=self.api_key,
+            metadata={"corral-bench": self.tag},
+            timeout=SANDBOX_LIFETIME,
+            request_timeout=300,
+            **options,
+        )
+
+    async def akill(self, sandboxes: Sequence[AsyncSandbox], timeout: float = 60.0) -> None:
+        """Kill these at once, then wait until every teardown is over."""
+
+        async def one(sbx: AsyncSandbox) -> None:
+            try:
+                await sbx.kill()
+            finally:
+                await sbx.close()
+
+        await asyncio.gather(*(one(s) for s in sandboxes), return_exceptions=True)
+        for _ in range(int(timeout / 0.05)):
+            if not any(self.alive(s.id) for s in sandboxes):
+                break
+            await asyncio.sleep(0.05)
+
+    def alive(self, sandbox_id: str) -> bool:
+        """Whether its teardown is still to come (its network namespace is there)."""
+        return (NETNS_DIR / f"corral-{sandbox_id}").exists()
+
     def kill(self, sbx: Sandbox, *, wait: bool = False) -> None:
         """Kill one; with ``wait``, until its teardown is over (its namespace gone)."""
         self.live.pop(sbx.id, None)
@@ -339,7 +442,7 @@ class SandboxSet:
     def wait_torn_down(self, sandbox_id: str, timeout: float = 30.0) -> None:
         """Until a killed sandbox's teardown is over (its namespace gone), so it weighs on no later measure."""
         deadline = time.monotonic() + timeout
-        while (NETNS_DIR / f"corral-{sandbox_id}").exists() and time.monotonic() < deadline:
+        while self.alive(sandbox_id) and time.monotonic() < deadline:
             time.sleep(0.01)
 
     def kill_all(self) -> None:
@@ -362,14 +465,15 @@ class SandboxSet:
 # -- raw runsc sandboxes (the floor) -------------------------------------------
 
 
+@functools.cache
 def base_lowerdir() -> str:
     """corral/base's layers as overlayfs lower dirs (top first), as corral mounts them."""
     image = ImageStore(IMAGES.parent).resolve("corral/base")
     return ":".join(str(p) for p in ImageStore(IMAGES.parent).layer_paths(image))
 
 
-def runsc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
-    return sh([RUNSC, "--root", str(root), *RUNSC_FLAGS, *args], check=check)
+def runsc(root: Path, *args: str, check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return sh([RUNSC, "--root", str(root), *RUNSC_FLAGS, *args], check=check, input=input)
 
 
 def raw_spec(
@@ -515,9 +619,9 @@ class RawSandbox:
         if code != 0:
             raise RuntimeError(f"runsc {command} {self.id} failed ({code}): {self.console()[-2000:]}")
 
-    def exec(self, *argv: str) -> bytes:
-        """``runsc exec`` to its end; its stdout."""
-        return runsc(self.state_root, "exec", self.id, *argv).stdout
+    def exec(self, *argv: str, input: bytes | None = None) -> bytes:
+        """``runsc exec`` to its end (``input`` as its stdin); its stdout."""
+        return runsc(self.state_root, "exec", self.id, *argv, input=input).stdout
 
     def console(self) -> str:
         path = self.dir / "console.log"
