@@ -265,7 +265,10 @@ def sh(argv: Sequence[str], *, check: bool = True, input: bytes | None = None) -
 
 
 def is_mount(path: Path) -> bool:
-    return os.path.ismount(path)
+    """Whether something is mounted at ``path``; bind mounts within one filesystem too, which ``os.path.ismount`` misses."""
+    target = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as mounts:
+        return any(line.split()[4] == target for line in mounts)
 
 
 def unmount(path: Path) -> None:
