@@ -265,7 +265,7 @@ def sh(argv: Sequence[str], *, check: bool = True, input: bytes | None = None) -
 
 
 def is_mount(path: Path) -> bool:
-    """Whether something is mounted at ``path``; bind mounts within one filesystem too, which ``os.path.ismount`` misses."""
+    """Whether something is mounted at ``path``, a bind mount too (``os.path.ismount`` misses those)."""
     target = os.path.realpath(path)
     with open("/proc/self/mountinfo") as mounts:
         return any(line.split()[4] == target for line in mounts)
