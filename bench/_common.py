@@ -29,6 +29,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -240,8 +241,8 @@ def run_main(main: Callable[[], int]) -> None:
 # -- host commands -------------------------------------------------------------
 
 
-def in_threads(fn: Callable[[T], R], items: Sequence[T]) -> list[R | Exception]:
-    """``fn`` of every item at once, one thread each; each result, or the exception it raised."""
+def in_threads(fn: Callable[[T], R], items: Sequence[T], *, workers: int | None = None) -> list[R | Exception]:
+    """``fn`` of every item, ``workers`` at a time (default: all at once); each result, or the exception it raised."""
 
     def guarded(item: T) -> R | Exception:
         try:
@@ -251,7 +252,7 @@ def in_threads(fn: Callable[[T], R], items: Sequence[T]) -> list[R | Exception]:
 
     if not items:
         return []
-    with ThreadPoolExecutor(len(items)) as pool:
+    with ThreadPoolExecutor(workers or len(items)) as pool:
         return list(pool.map(guarded, items))
 
 
@@ -654,6 +655,7 @@ class RawRunsc:
         self.live: dict[str, RawSandbox] = {}
         self._next = 0
         self._agent_bundle: Path | None = None
+        self._lock = threading.Lock()
 
     def new(self, *, agent: bool = False) -> RawSandbox:
         """A sandbox not yet prepared (so each step can be timed); it is removed on close.
@@ -661,18 +663,19 @@ class RawRunsc:
         Its init is ``/bin/sleep infinity``, or with ``agent`` corral's own
         agent, started as corral starts it (its bundle built here, once).
         """
-        slot, self._next = self._next, self._next + 1
-        sandbox_id = f"raw{os.getpid()}-{slot}"
-        sbx = RawSandbox(sandbox_id, self.work / sandbox_id, self.state_root, slot)
-        if agent:
-            if self._agent_bundle is None:
-                self._agent_bundle = build_agent_bundle(self.work / "agent")
-            sbx.argv, sbx.agent_bundle = tuple(agent_command(AGENT_PORT)), self._agent_bundle
-        self.live[sandbox_id] = sbx
+        with self._lock:  # threads may make sandboxes at once
+            slot, self._next = self._next, self._next + 1
+            sandbox_id = f"raw{os.getpid()}-{slot}"
+            sbx = RawSandbox(sandbox_id, self.work / sandbox_id, self.state_root, slot)
+            if agent:
+                if self._agent_bundle is None:
+                    self._agent_bundle = build_agent_bundle(self.work / "agent")
+                sbx.argv, sbx.agent_bundle = tuple(agent_command(AGENT_PORT)), self._agent_bundle
+            self.live[sandbox_id] = sbx
         return sbx
 
     def start(self, *, agent: bool = False) -> RawSandbox:
-        """A running sandbox; with ``agent``, once its agent answers."""
+        """A running sandbox (with ``agent``, its agent perhaps not answering yet)."""
         sbx = self.new(agent=agent)
         sbx.prepare()
         sbx.run()
