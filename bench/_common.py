@@ -79,15 +79,16 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def install_signal_handlers() -> None:
-    """SIGTERM and SIGHUP unwind like Ctrl-C, so every ``finally`` cleans up."""
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
+    """SIGTERM, SIGHUP and SIGALRM (a time limit) unwind like Ctrl-C, so every ``finally`` cleans up."""
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGALRM):
+        signal.signal(signum, _terminate)
 
 
 @contextlib.contextmanager
 def uninterrupted() -> Iterator[None]:
     """Hold off Ctrl-C and SIGTERM while cleaning up, so cleanup runs to its end."""
-    saved = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM)
+    saved = {s: signal.signal(s, signal.SIG_IGN) for s in signals}
     try:
         yield
     finally:
