@@ -213,7 +213,7 @@ def summary_rows(h: dict[str, Any]) -> list[Row]:
         Row('exec round trip, SDK commands.run("true"), p50', h["sdk_p50_ms"], h["raw_p50_ms"],
             target=target, met=h["met"]),
         Row('exec round trip, SDK commands.run("true"), p99', h["sdk_p99_ms"], h["raw_p99_ms"]),
-        Row(f"exec round trip, CLI corral exec ID -- true ({h['cli_runs']} runs), p50",
+        Row(f"exec round trip, CLI corral exec ID -- true (n={h['cli_runs']}), p50",
             h["cli_p50_ms"], h["cli_raw_p50_ms"]),
         Row("exec round trip, CLI, p99", h["cli_p99_ms"], h["cli_raw_p99_ms"]),
     ]  # fmt: skip

@@ -100,7 +100,7 @@ def report(result: dict[str, Any]) -> dict[str, Any]:
 def summary_rows(h: dict[str, Any]) -> list[Row]:
     """The lines of ``run_all``'s table."""
     return [
-        Row(f"file write + read, {label} ({r['runs']} runs), {stat}", r[f"corral_{stat}_ms"], r[f"raw_{stat}_ms"])
+        Row(f"file write + read, {label} (n={r['runs']}), {stat}", r[f"corral_{stat}_ms"], r[f"raw_{stat}_ms"])
         for label, r in h.items()
         for stat in ("median", "p99")
     ]

@@ -226,7 +226,7 @@ def summary_rows(h: dict[str, Any]) -> list[Row]:
     """The lines of ``run_all``'s table."""
     ratio_target = f"<= {RESTORE_TARGET_RATIO:g}x"
     return [
-        Row(f"restore a snapshot + first echo ({h['runs']} runs), median", h["restore_median_ms"],
+        Row(f"restore a snapshot + first echo (n={h['runs']}), median", h["restore_median_ms"],
             h["raw_restore_median_ms"], target=ratio_target, met=h["restore_met"]),
         Row("restore a snapshot + first echo, p99", h["restore_p99_ms"], h["raw_restore_p99_ms"]),
         Row("fork into 10 + an echo in each, median", h["fork10_median_ms"], h["raw_fork10_median_ms"],

@@ -91,7 +91,7 @@ def summary_rows(h: dict[str, Any]) -> list[Row]:
     """The lines of ``run_all``'s table: the floor is ``runsc exec`` into a running raw sandbox."""
     floor = "runsc exec, running"
     return [
-        Row(f"time to first exec from a warm pool ({h['runs']} runs), median", h["pooled_median_ms"],
+        Row(f"time to first exec from a warm pool (n={h['runs']}), median", h["pooled_median_ms"],
             h["runsc_exec_median_ms"], floor_is=floor, target=f"<= {TARGET_MS:g} ms", met=h["met"]),
         Row("time to first exec from a warm pool, p99", h["pooled_p99_ms"], h["runsc_exec_p99_ms"], floor_is=floor),
     ]  # fmt: skip

@@ -29,9 +29,13 @@ def ttfe_chart(series: Mapping[str, Sequence[float]], path: Path = CHART) -> Pat
     kept = {label: [v * 1000 for v in values] for label, values in series.items() if values}
     labels = list(kept)[::-1]  # the first series on top
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(labels) + 1.2), dpi=110)
-    ax.boxplot([kept[label] for label in labels], orientation="horizontal", tick_labels=labels, widths=0.6)
-    for y, label in enumerate(labels, start=1):
-        ax.scatter(kept[label], [y] * len(kept[label]), s=6, alpha=0.35, color="tab:blue")
+    boxes = ax.boxplot(
+        [kept[label] for label in labels], orientation="horizontal", tick_labels=labels, widths=0.6, patch_artist=True
+    )
+    for y, (label, box) in enumerate(zip(labels, boxes["boxes"], strict=True), start=1):
+        color = "tab:blue" if "corral" in label else "tab:gray"
+        box.set(facecolor=color, alpha=0.3)
+        ax.scatter(kept[label], [y] * len(kept[label]), s=6, alpha=0.5, color=color)
     ax.set_xscale("log")
     ax.set_xlabel("time to first exec (ms, log scale)")
     ax.grid(axis="x", which="both", alpha=0.3)
@@ -52,7 +56,7 @@ def chart_series(summary: Mapping[str, Any]) -> dict[str, list[float]]:
     pool = summary.get("pool", {}).get("samples", {})
     if pool:
         series["warm pool, corral"] = pool["pooled"]
-        series["running sandbox, runsc exec"] = pool["runsc_exec"]
+        series["warm pool floor: runsc exec, running"] = pool["runsc_exec"]
     return series
 
 
@@ -65,7 +69,8 @@ def section(summary: Mapping[str, Any]) -> str:
         "",
         f"{summary['at'][:10]}, `bench/run_all.py{' --quick' if summary.get('quick') else ''}` "
         f"in {summary['seconds']:.0f} s on {host['cpus']} cores, kernel {host['kernel']}, "
-        f"{host['runsc']}, corral {host['corral']}, Python {host['python']}.",
+        f"{host['runsc']}, corral {host['corral']}, Python {host['python']}.{_load(summary)}"
+        + (" Quick mode: small counts, rough figures." if summary.get("quick") else ""),
         "",
         "| measure | corral | raw floor | ratio | target | |",
         "|---|---|---|---|---|---|",
@@ -77,6 +82,12 @@ def section(summary: Mapping[str, Any]) -> str:
         lines += ["", f"**{name} failed** in this run: `{error}`"]
     lines += ["", f"![time to first exec, distributions]({CHART.name})", "", END]
     return "\n".join(lines)
+
+
+def _load(summary: Mapping[str, Any]) -> str:
+    if len(load := summary.get("load", [])) != 2:
+        return ""
+    return f" The host's load average: {load[0]:.1f} at the start, {load[1]:.1f} at the end (other work shares it)."
 
 
 def write_doc(summary: Mapping[str, Any], path: Path = DOC) -> None:

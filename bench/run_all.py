@@ -14,6 +14,7 @@ is then 1. ``--time-limit`` bounds the whole run (everything made is removed).
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -52,7 +53,7 @@ def benches(a: argparse.Namespace) -> dict[str, tuple[Callable[[str], dict[str, 
     return {
         "ttfe": (lambda u: ttfe.run(u, key, runs=a.ttfe_runs, warmup=1, bursts=a.burst), ttfe.summary_rows),
         "pool": (lambda u: pool.run(u, key, runs=a.pool_runs), pool.summary_rows),
-        "exec": (lambda u: exec_bench.run(u, key, runs=a.exec_runs, warmup=20, cli_runs=a.cli_runs),
+        "exec": (lambda u: exec_bench.run(u, key, runs=a.exec_runs, warmup=min(20, a.exec_runs), cli_runs=a.cli_runs),
                  exec_bench.summary_rows),
         "throughput": (lambda u: throughput.run(u, key, sandboxes=a.throughput_sandboxes, calls=a.throughput_calls),
                        throughput.summary_rows),
@@ -101,7 +102,7 @@ def main() -> int:
     if args.only:
         chosen = {name: chosen[name] for name in args.only.split(",")}
     signal.alarm(args.time_limit)  # SIGALRM unwinds like Ctrl-C: everything made is removed
-    started = time.monotonic()
+    started, load = time.monotonic(), [os.getloadavg()[0]]
     headlines: dict[str, Any] = {}
     rows: list[Row] = []
     failed: dict[str, str] = {}
@@ -115,13 +116,14 @@ def main() -> int:
                 traceback.print_exc()
                 failed[name] = f"{type(exc).__name__}: {exc}"
     signal.alarm(0)
+    load.append(os.getloadavg()[0])
     seconds = time.monotonic() - started
     print_table(f"corral against the raw runsc floor ({seconds:.0f} s)", ROW_HEADERS, [r.cells() for r in rows])
     for name, error in failed.items():
         print(f"FAILED {name}: {error}", file=sys.stderr)
     keys = ["measure", "corral", "raw", "ratio", "target", "verdict"]
     table = [{**dict(zip(keys, row.cells(), strict=True)), "values": row.record()} for row in rows]
-    summary = {"quick": args.quick, "seconds": seconds, "table": table, "failed": failed, **headlines}
+    summary = {"quick": args.quick, "seconds": seconds, "load": load, "table": table, "failed": failed, **headlines}
     path = write_json("summary", summary)
     if not args.only:
         report.publish(report.load(path))
