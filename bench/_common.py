@@ -257,6 +257,13 @@ def in_threads(fn: Callable[[T], R], items: Sequence[T], *, workers: int | None 
         return list(pool.map(guarded, items))
 
 
+def raise_any(outcomes: Sequence[object]) -> None:
+    """Raise the first exception among :func:`in_threads`' outcomes, if there is one."""
+    for outcome in outcomes:
+        if isinstance(outcome, Exception):
+            raise outcome
+
+
 def sh(argv: Sequence[str], *, check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     """Run a host command to its end; with ``check``, a failure raises with its stderr."""
     done = subprocess.run(list(argv), input=input, capture_output=True, check=False)

@@ -31,6 +31,7 @@ from _common import (
     in_threads,
     ms,
     print_table,
+    raise_any,
     ratio,
     run_main,
     sh,
@@ -96,9 +97,7 @@ def raw_fork(raw: RawRunsc, snapshot: Path, n: int) -> float:
         elapsed = time.perf_counter() - t0
     finally:
         in_threads(raw.destroy, boxes)
-    for outcome in outcomes:
-        if isinstance(outcome, Exception):
-            raise outcome
+    raise_any(outcomes)
     return elapsed
 
 

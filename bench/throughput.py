@@ -24,6 +24,7 @@ from _common import (
     corral_url,
     in_threads,
     print_table,
+    raise_any,
     run_main,
     stat_cols,
     summary,
@@ -75,18 +76,12 @@ def raw_rate(raw: RawRunsc, n: int, calls: int) -> tuple[float, list[float]]:
         loop(sbx, WARMUP, False)
 
     try:
-        _raise_first(in_threads(boot, boxes))
+        raise_any(in_threads(boot, boxes))
         t0 = time.perf_counter()
-        _raise_first(in_threads(lambda s: loop(s, calls, True), boxes))
+        raise_any(in_threads(lambda s: loop(s, calls, True), boxes))
         return time.perf_counter() - t0, latencies
     finally:
         in_threads(raw.destroy, boxes)
-
-
-def _raise_first(outcomes: list[Any]) -> None:
-    for outcome in outcomes:
-        if isinstance(outcome, Exception):
-            raise outcome
 
 
 def measure(url: str, api_key: str | None, n: int, calls: int) -> dict[str, Any]:
