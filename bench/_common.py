@@ -673,7 +673,8 @@ class RawRunsc:
         """
         with self._lock:  # threads may make sandboxes at once
             slot, self._next = self._next, self._next + 1
-            sandbox_id = f"raw{os.getpid()}-{slot}"
+            # Ids of one width: in a burst runsc once took raw-1 for a prefix of raw-11 and raw-12.
+            sandbox_id = f"raw{os.getpid()}-{slot:05d}"
             sbx = RawSandbox(sandbox_id, self.work / sandbox_id, self.state_root, slot)
             if agent:
                 if self._agent_bundle is None:
