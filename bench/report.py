@@ -67,9 +67,8 @@ def section(summary: Mapping[str, Any]) -> str:
         BEGIN,
         "<!-- Written by bench/run_all.py from bench/results/summary.json: edit the code, not this. -->",
         "",
-        f"{summary['at'][:10]}, `bench/run_all.py{' --quick' if summary.get('quick') else ''}` "
-        f"in {summary['seconds']:.0f} s on {host['cpus']} cores, kernel {host['kernel']}, "
-        f"{host['runsc']}, corral {host['corral']}, Python {host['python']}.{_load(summary)}"
+        f"{_when(summary)} on {host['cpus']} cores, kernel {host['kernel']}, {host['runsc']}, "
+        f"corral {host['corral']}, Python {host['python']}.{_load(summary)}"
         + (" Quick mode: small counts, rough figures." if summary.get("quick") else ""),
         "",
         "| measure | corral | raw floor | ratio | target | |",
@@ -82,6 +81,13 @@ def section(summary: Mapping[str, Any]) -> str:
         lines += ["", f"**{name} failed** in this run: `{error}`"]
     lines += ["", f"![time to first exec, distributions]({CHART.name})", "", END]
     return "\n".join(lines)
+
+
+def _when(summary: Mapping[str, Any]) -> str:
+    """When and how the figures were made."""
+    command = "bench/run_all.py" + (" --quick" if summary.get("quick") else "")
+    took = f" in {summary['seconds']:.0f} s" if summary.get("seconds") else ""
+    return f"{summary.get('measured') or summary['at'][:10]}, `{command}`{took}"
 
 
 def _load(summary: Mapping[str, Any]) -> str:
