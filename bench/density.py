@@ -22,7 +22,8 @@ measured three ways:
 
 Processes that share one address space (systrap's stub processes do) are
 counted once. Beside these, the drop of the host's ``MemAvailable`` over the
-ramp, per sandbox (noisy on a shared host). Then every sandbox must still
+ramp, per sandbox (noisy on a shared host), and the CPU an idle sandbox
+still uses (its cgroup's CPU time over 5 s). Then every sandbox must still
 answer an exec: the exit status is 1 unless each of corral's did (the
 floors' misses are printed and kept in the JSON).
 
@@ -130,6 +131,26 @@ def memory_of(cgroup: str, sandbox_id: str) -> dict[str, float]:
     }
 
 
+def cpu_seconds(cgroup: str) -> float:
+    """CPU time the cgroup has used (cgroup v1 ``cpuacct.usage``, v2 ``cpu.stat``); NaN if it has none."""
+    with contextlib.suppress(OSError, ValueError):
+        return int((CGROUPS / "cpuacct" / cgroup / "cpuacct.usage").read_text()) / 1e9
+    with contextlib.suppress(OSError, ValueError):
+        stat = dict(line.split() for line in (CGROUPS / cgroup / "cpu.stat").read_text().splitlines())
+        return int(stat["usage_usec"]) / 1e6
+    return math.nan
+
+
+def idle_cpu(cgroups: list[str], seconds: float = 5.0) -> float:
+    """The mean share of a core each cgroup uses over ``seconds`` (0.05: 5% of a core)."""
+    if not cgroups:
+        return math.nan
+    before = [cpu_seconds(cg) for cg in cgroups]
+    time.sleep(seconds)
+    used = [cpu_seconds(cg) - b for cg, b in zip(cgroups, before, strict=True)]
+    return sum(used) / len(used) / seconds
+
+
 def measure_all(groups: dict[str, list[tuple[str, str]]]) -> dict[str, list[dict[str, float]]]:
     return {name: [memory_of(cg, sid) for cg, sid in members] for name, members in groups.items()}
 
@@ -223,8 +244,10 @@ def phase(
     started, stopped = ramp(start, count, parallel=parallel, limits=limits)
     try:
         print(f"  {name}: {len(started)} started in {time.monotonic() - t0:.0f} s ({stopped}); settling ...")
-        result = settle({name: [cgroup(s) for s in started]}, least=settling[0], most=settling[1])
+        members = [cgroup(s) for s in started]
+        result = settle({name: members}, least=settling[0], most=settling[1])
         drop = before - mem_available()
+        cpu = idle_cpu([cg for cg, _ in members])
         outcomes = in_threads(answers, started, workers=8)
     finally:
         in_threads(stop, started, workers=8)
@@ -235,6 +258,7 @@ def phase(
         "memory": result["memory"][name],
         "waited": result["waited"],
         "available_drop": drop,
+        "idle_cpu": cpu,
         "answered": sum(ok is True for ok in outcomes),
         "unanswered": [repr(ok) for ok in outcomes if ok is not True][:5],
     }
@@ -287,6 +311,7 @@ def report(result: dict[str, Any], count: int) -> dict[str, Any]:
         per[name] = {key: sum(m[key] for m in members) / len(members) for key in ("pss", "rss", "cgroup")}
         per[name]["address_spaces"] = sum(m["address_spaces"] for m in members) / len(members)
         per[name]["available_drop"] = r["available_drop"] / max(r["started"], 1)
+        per[name]["idle_cpu"] = r["idle_cpu"]
     keys = ("pss", "rss", "cgroup", "available_drop")
     rows = [
         [
@@ -294,14 +319,16 @@ def report(result: dict[str, Any], count: int) -> dict[str, Any]:
             f"{result[name]['started']} ({result[name]['stopped']})",
             *(f"{per[name][k] / MIB:.1f}" for k in keys),
             f"{per[name]['address_spaces']:.1f}",
+            f"{per[name]['idle_cpu'] * 100:.1f}",
             f"{result[name]['answered']}/{result[name]['started']}",
         ]
         for name, label in labels.items()
     ]
-    rows.append(["corral / raw floor", "", *(f"{ratio(per['corral'][k], per['raw'][k]):.2f}x" for k in keys), "", ""])
+    floor = [f"{ratio(per['corral'][k], per['raw'][k]):.2f}x" for k in (*keys, "address_spaces", "idle_cpu")]
+    rows.append(["corral / raw floor", "", *floor, ""])
     print_table(
         f"memory per idle sandbox, up to {count} of each (MiB)",
-        ["", "started", "PSS", "RSS", "cgroup", "host MemAvailable drop", "address spaces", "exec ok"],
+        ["", "started", "PSS", "RSS", "cgroup", "host MemAvailable drop", "address spaces", "idle CPU %", "exec ok"],
         rows,
     )
     pss_ratio = ratio(per["corral"]["pss"], per["raw"]["pss"])
@@ -316,6 +343,7 @@ def report(result: dict[str, Any], count: int) -> dict[str, Any]:
     sizes = {f"{name}_{key}_mib": p[key] / MIB for name, p in per.items() for key in keys}
     return {
         **sizes,
+        **{f"{name}_idle_cpu_percent": p["idle_cpu"] * 100 for name, p in per.items()},
         "count": count,
         "started": {name: r["started"] for name, r in result.items()},
         "stopped": {name: r["stopped"] for name, r in result.items()},
@@ -329,11 +357,16 @@ def report(result: dict[str, Any], count: int) -> dict[str, Any]:
 
 
 def summary_rows(h: dict[str, Any]) -> list[Row]:
-    """The line of ``run_all``'s table."""
-    reach = f"{h['started']['corral']} of {h['count']} idle" + ("" if h["all_answered"] else ", NOT all answered")
+    """The lines of ``run_all``'s table."""
+    reach = f"{h['started']['corral']} of {h['count']} idle"
+    if h["started"]["corral"] < h["count"]:
+        reach += f", stopped: {h['stopped']['corral'].split(':')[0]}"
+    if not h["all_answered"]:
+        reach += ", NOT all answered"
     return [
         Row(f"memory per idle sandbox, PSS ({reach})", h["corral_pss_mib"], h["raw_pss_mib"], "MiB",
             target=f"<= {TARGET}x", met=h["met"]),
+        Row("CPU per idle sandbox", h["corral_idle_cpu_percent"], h["raw_idle_cpu_percent"], "% of a core"),
     ]  # fmt: skip
 
 
