@@ -65,6 +65,8 @@ CORRAL_SUBNET = f"10.{_BASE}.0.0/16"
 RAW_SUBNET = f"10.{_BASE + 1}.0.0/16"
 SANDBOX_LIFETIME = 900
 """Seconds a benchmark's SDK sandbox lives should everything else fail: the server's reaper ends it."""
+CREATE_TIMEOUT = 120.0
+"""Seconds a benchmark waits for one create's answer (the SDK's default is 30): a slower one counts as refused."""
 CORRAL_CLI = Path(sys.executable).with_name("corral")
 """The ``corral`` command of this Python environment."""
 T = TypeVar("T")
@@ -406,6 +408,7 @@ class SandboxSet:
             api_key=self.api_key,
             metadata={"corral-bench": self.tag},
             timeout=SANDBOX_LIFETIME,
+            request_timeout=CREATE_TIMEOUT,
             **options,
         )
         self.live[sbx.id] = sbx
@@ -418,7 +421,7 @@ class SandboxSet:
             api_key=self.api_key,
             metadata={"corral-bench": self.tag},
             timeout=SANDBOX_LIFETIME,
-            request_timeout=300,
+            request_timeout=CREATE_TIMEOUT,
             **options,
         )
 
