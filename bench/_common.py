@@ -88,7 +88,13 @@ def install_signal_handlers() -> None:
 
 @contextlib.contextmanager
 def uninterrupted() -> Iterator[None]:
-    """Hold off Ctrl-C and SIGTERM while cleaning up, so cleanup runs to its end."""
+    """Hold off Ctrl-C and SIGTERM while cleaning up, so cleanup runs to its end.
+
+    Only the main thread can (and need) do that: signals interrupt no other thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM)
     saved = {s: signal.signal(s, signal.SIG_IGN) for s in signals}
     try:
@@ -697,6 +703,12 @@ class RawRunsc:
         with uninterrupted():
             sbx.destroy()
             self.live.pop(sbx.id, None)
+
+    def destroy_many(self, boxes: Sequence[RawSandbox]) -> None:
+        """Destroy these, several at once; a failure is printed, never hidden."""
+        for sbx, outcome in zip(boxes, in_threads(self.destroy, boxes, workers=8), strict=True):
+            if isinstance(outcome, Exception):
+                print(f"could not destroy raw sandbox {sbx.id}: {outcome!r}", file=sys.stderr)
 
     def close(self) -> None:
         with uninterrupted():

@@ -37,6 +37,7 @@ import ctypes
 import math
 import os
 import platform
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -250,7 +251,9 @@ def phase(
         cpu = idle_cpu([cg for cg, _ in members])
         outcomes = in_threads(answers, started, workers=8)
     finally:
-        in_threads(stop, started, workers=8)
+        for outcome in in_threads(stop, started, workers=8):
+            if isinstance(outcome, Exception):
+                print(f"  {name}: could not remove one: {outcome!r}", file=sys.stderr)
     return {
         "started": len(started),
         "stopped": stopped,

@@ -96,7 +96,7 @@ def raw_fork(raw: RawRunsc, snapshot: Path, n: int) -> float:
         outcomes = in_threads(lambda sbx: restore_into(sbx, snapshot), boxes)
         elapsed = time.perf_counter() - t0
     finally:
-        in_threads(raw.destroy, boxes)
+        raw.destroy_many(boxes)
     raise_any(outcomes)
     return elapsed
 

@@ -81,7 +81,7 @@ def raw_rate(raw: RawRunsc, n: int, calls: int) -> tuple[float, list[float]]:
         raise_any(in_threads(lambda s: loop(s, calls, True), boxes))
         return time.perf_counter() - t0, latencies
     finally:
-        in_threads(raw.destroy, boxes)
+        raw.destroy_many(boxes)
 
 
 def measure(url: str, api_key: str | None, n: int, calls: int) -> dict[str, Any]:

@@ -137,7 +137,7 @@ def raw_burst(raw: RawRunsc, n: int) -> tuple[list[float], list[str]]:
     try:
         outcomes = in_threads(one, boxes)
     finally:
-        in_threads(raw.destroy, boxes)
+        raw.destroy_many(boxes)
     return _split(outcomes)
 
 
