@@ -32,8 +32,8 @@ test-fast: install-dev
 hostile: install-dev  ## the hostile-workload cases alone; writes their table into docs/security.md
 	CORRAL_HOSTILE_REPORT=docs/security.md .venv/bin/pytest -n 2 --dist loadgroup -m hostile tests
 
-bench: install-dev  ## speed against the raw runsc floor
-	$(PY) bench/run_all.py
+bench: install-dev  ## speed against the raw runsc floor; writes docs/benchmarks.md (BENCH_ARGS=--quick: minutes)
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache

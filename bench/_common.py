@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import json
 import math
@@ -28,17 +29,19 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 import corral
-from corral import Sandbox
+from corral import AsyncSandbox, Sandbox
 from corral.core.agent_client import AgentClient
 from corral.images.agent_bundle import MOUNT_POINT, agent_command, build_agent_bundle
 from corral.images.store import ImageStore
@@ -53,7 +56,6 @@ RUNSC = "/usr/local/lib/corral/bin/runsc"
 RUNSC_FLAGS = (
     "--network=sandbox", "--overlay2=none", "--cpu-num-from-quota", "--net-disconnect-ok", "--platform=systrap",
 )  # fmt: skip
-"""The global flags corral gives runsc (``OciRuntime._runtime_argv``)."""
 """The flags corral passes to every runsc command (``OciRuntime._runtime_argv``)."""
 HIDE_PROC_SYS_NET = 'mount -t tmpfs none /proc/sys/net && exec "$0" "$@"'
 NETNS_DIR = Path("/var/run/netns")
@@ -63,6 +65,12 @@ CORRAL_SUBNET = f"10.{_BASE}.0.0/16"
 RAW_SUBNET = f"10.{_BASE + 1}.0.0/16"
 SANDBOX_LIFETIME = 900
 """Seconds a benchmark's SDK sandbox lives should everything else fail: the server's reaper ends it."""
+CREATE_TIMEOUT = 120.0
+"""Seconds a benchmark waits for one create's answer (the SDK's default is 30): a slower one counts as refused."""
+CORRAL_CLI = Path(sys.executable).with_name("corral")
+"""The ``corral`` command of this Python environment."""
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 # -- signals -------------------------------------------------------------------
@@ -73,15 +81,22 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def install_signal_handlers() -> None:
-    """SIGTERM and SIGHUP unwind like Ctrl-C, so every ``finally`` cleans up."""
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
+    """SIGTERM, SIGHUP and SIGALRM (a time limit) unwind like Ctrl-C, so every ``finally`` cleans up."""
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGALRM):
+        signal.signal(signum, _terminate)
 
 
 @contextlib.contextmanager
 def uninterrupted() -> Iterator[None]:
-    """Hold off Ctrl-C and SIGTERM while cleaning up, so cleanup runs to its end."""
-    saved = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    """Hold off Ctrl-C and SIGTERM while cleaning up, so cleanup runs to its end.
+
+    Only the main thread can (and need) do that: signals interrupt no other thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM)
+    saved = {s: signal.signal(s, signal.SIG_IGN) for s in signals}
     try:
         yield
     finally:
@@ -124,6 +139,59 @@ def ratio(ours: float, floor: float) -> float:
 
 def verdict(value: float, target: float) -> str:
     return "met" if value <= target else "NOT met"
+
+
+def stat_cols(s: Mapping[str, float]) -> list[str]:
+    """Median, p99, min and max of a :func:`summary` of seconds, in ms."""
+    return [ms(s["median"]), ms(s["p99"]), ms(s["min"]), ms(s["max"])]
+
+
+def number(value: float) -> str:
+    """Three significant digits or so: 1234, 123, 12.3, 1.23."""
+    if math.isnan(value):
+        return "n/a"
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
+
+
+@dataclass
+class Row:
+    """One line of ``run_all``'s table: corral's figure beside the floor's, in one unit.
+
+    The ratio is corral's over the floor's. ``met`` is ``None`` where no issue
+    sets a target for the measure.
+    """
+
+    measure: str
+    corral: float
+    floor: float | None = None
+    unit: str = "ms"
+    floor_is: str = ""
+    """What the floor is, where it is not the raw runsc floor of the same measure."""
+    target: str = ""
+    met: bool | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        return None if self.floor is None else ratio(self.corral, self.floor)
+
+    def cells(self) -> list[str]:
+        floor = ""
+        if self.floor is not None:
+            floor = f"{number(self.floor)} {self.unit}" + (f" ({self.floor_is})" if self.floor_is else "")
+        return [
+            self.measure,
+            f"{number(self.corral)} {self.unit}",
+            floor,
+            "" if self.ratio is None else f"{self.ratio:.2f}x",
+            self.target,
+            "" if self.met is None else "met" if self.met else "NOT met",
+        ]
+
+    def record(self) -> dict[str, Any]:
+        return {**asdict(self), "ratio": self.ratio}
+
+
+ROW_HEADERS = ["", "corral", "raw runsc floor", "ratio", "target", ""]
 
 
 def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
@@ -182,6 +250,28 @@ def run_main(main: Callable[[], int]) -> None:
 # -- host commands -------------------------------------------------------------
 
 
+def in_threads(fn: Callable[[T], R], items: Sequence[T], *, workers: int | None = None) -> list[R | Exception]:
+    """``fn`` of every item, ``workers`` at a time (default: all at once); each result, or the exception it raised."""
+
+    def guarded(item: T) -> R | Exception:
+        try:
+            return fn(item)
+        except Exception as exc:
+            return exc
+
+    if not items:
+        return []
+    with ThreadPoolExecutor(workers or len(items)) as pool:
+        return list(pool.map(guarded, items))
+
+
+def raise_any(outcomes: Sequence[object]) -> None:
+    """Raise the first exception among :func:`in_threads`' outcomes, if there is one."""
+    for outcome in outcomes:
+        if isinstance(outcome, Exception):
+            raise outcome
+
+
 def sh(argv: Sequence[str], *, check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     """Run a host command to its end; with ``check``, a failure raises with its stderr."""
     done = subprocess.run(list(argv), input=input, capture_output=True, check=False)
@@ -192,7 +282,10 @@ def sh(argv: Sequence[str], *, check: bool = True, input: bytes | None = None) -
 
 
 def is_mount(path: Path) -> bool:
-    return os.path.ismount(path)
+    """Whether something is mounted at ``path``, a bind mount too (``os.path.ismount`` misses those)."""
+    target = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as mounts:
+        return any(line.split()[4] == target for line in mounts)
 
 
 def unmount(path: Path) -> None:
@@ -321,10 +414,41 @@ class SandboxSet:
             api_key=self.api_key,
             metadata={"corral-bench": self.tag},
             timeout=SANDBOX_LIFETIME,
+            request_timeout=CREATE_TIMEOUT,
             **options,
         )
         self.live[sbx.id] = sbx
         return sbx
+
+    async def acreate(self, **options: Any) -> AsyncSandbox:
+        """:meth:`create` through the async SDK; :meth:`kill_all` finds it by its tag."""
+        return await AsyncSandbox.create(
+            url=self.url,
+            api_key=self.api_key,
+            metadata={"corral-bench": self.tag},
+            timeout=SANDBOX_LIFETIME,
+            request_timeout=CREATE_TIMEOUT,
+            **options,
+        )
+
+    async def akill(self, sandboxes: Sequence[AsyncSandbox], timeout: float = 60.0) -> None:
+        """Kill these at once, then wait until every teardown is over."""
+
+        async def one(sbx: AsyncSandbox) -> None:
+            try:
+                await sbx.kill()
+            finally:
+                await sbx.close()
+
+        await asyncio.gather(*(one(s) for s in sandboxes), return_exceptions=True)
+        for _ in range(int(timeout / 0.05)):
+            if not any(self.alive(s.id) for s in sandboxes):
+                break
+            await asyncio.sleep(0.05)
+
+    def alive(self, sandbox_id: str) -> bool:
+        """Whether its teardown is still to come (its network namespace is there)."""
+        return (NETNS_DIR / f"corral-{sandbox_id}").exists()
 
     def kill(self, sbx: Sandbox, *, wait: bool = False) -> None:
         """Kill one; with ``wait``, until its teardown is over (its namespace gone)."""
@@ -339,7 +463,7 @@ class SandboxSet:
     def wait_torn_down(self, sandbox_id: str, timeout: float = 30.0) -> None:
         """Until a killed sandbox's teardown is over (its namespace gone), so it weighs on no later measure."""
         deadline = time.monotonic() + timeout
-        while (NETNS_DIR / f"corral-{sandbox_id}").exists() and time.monotonic() < deadline:
+        while self.alive(sandbox_id) and time.monotonic() < deadline:
             time.sleep(0.01)
 
     def kill_all(self) -> None:
@@ -362,14 +486,15 @@ class SandboxSet:
 # -- raw runsc sandboxes (the floor) -------------------------------------------
 
 
+@functools.cache
 def base_lowerdir() -> str:
     """corral/base's layers as overlayfs lower dirs (top first), as corral mounts them."""
     image = ImageStore(IMAGES.parent).resolve("corral/base")
     return ":".join(str(p) for p in ImageStore(IMAGES.parent).layer_paths(image))
 
 
-def runsc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
-    return sh([RUNSC, "--root", str(root), *RUNSC_FLAGS, *args], check=check)
+def runsc(root: Path, *args: str, check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return sh([RUNSC, "--root", str(root), *RUNSC_FLAGS, *args], check=check, input=input)
 
 
 def raw_spec(
@@ -515,9 +640,9 @@ class RawSandbox:
         if code != 0:
             raise RuntimeError(f"runsc {command} {self.id} failed ({code}): {self.console()[-2000:]}")
 
-    def exec(self, *argv: str) -> bytes:
-        """``runsc exec`` to its end; its stdout."""
-        return runsc(self.state_root, "exec", self.id, *argv).stdout
+    def exec(self, *argv: str, input: bytes | None = None) -> bytes:
+        """``runsc exec`` to its end (``input`` as its stdin); its stdout."""
+        return runsc(self.state_root, "exec", self.id, *argv, input=input).stdout
 
     def console(self) -> str:
         path = self.dir / "console.log"
@@ -547,6 +672,7 @@ class RawRunsc:
         self.live: dict[str, RawSandbox] = {}
         self._next = 0
         self._agent_bundle: Path | None = None
+        self._lock = threading.Lock()
 
     def new(self, *, agent: bool = False) -> RawSandbox:
         """A sandbox not yet prepared (so each step can be timed); it is removed on close.
@@ -554,18 +680,20 @@ class RawRunsc:
         Its init is ``/bin/sleep infinity``, or with ``agent`` corral's own
         agent, started as corral starts it (its bundle built here, once).
         """
-        slot, self._next = self._next, self._next + 1
-        sandbox_id = f"raw{os.getpid()}-{slot}"
-        sbx = RawSandbox(sandbox_id, self.work / sandbox_id, self.state_root, slot)
-        if agent:
-            if self._agent_bundle is None:
-                self._agent_bundle = build_agent_bundle(self.work / "agent")
-            sbx.argv, sbx.agent_bundle = tuple(agent_command(AGENT_PORT)), self._agent_bundle
-        self.live[sandbox_id] = sbx
+        with self._lock:  # threads may make sandboxes at once
+            slot, self._next = self._next, self._next + 1
+            # Ids of one width: in a burst runsc once took raw-1 for a prefix of raw-11 and raw-12.
+            sandbox_id = f"raw{os.getpid()}-{slot:05d}"
+            sbx = RawSandbox(sandbox_id, self.work / sandbox_id, self.state_root, slot)
+            if agent:
+                if self._agent_bundle is None:
+                    self._agent_bundle = build_agent_bundle(self.work / "agent")
+                sbx.argv, sbx.agent_bundle = tuple(agent_command(AGENT_PORT)), self._agent_bundle
+            self.live[sandbox_id] = sbx
         return sbx
 
     def start(self, *, agent: bool = False) -> RawSandbox:
-        """A running sandbox; with ``agent``, once its agent answers."""
+        """A running sandbox (with ``agent``, its agent perhaps not answering yet)."""
         sbx = self.new(agent=agent)
         sbx.prepare()
         sbx.run()
@@ -575,6 +703,12 @@ class RawRunsc:
         with uninterrupted():
             sbx.destroy()
             self.live.pop(sbx.id, None)
+
+    def destroy_many(self, boxes: Sequence[RawSandbox]) -> None:
+        """Destroy these, several at once; a failure is printed, never hidden."""
+        for sbx, outcome in zip(boxes, in_threads(self.destroy, boxes, workers=8), strict=True):
+            if isinstance(outcome, Exception):
+                print(f"could not destroy raw sandbox {sbx.id}: {outcome!r}", file=sys.stderr)
 
     def close(self) -> None:
         with uninterrupted():

@@ -13,23 +13,29 @@ in turn, after a warm-up:
 
 and, to tell transport from process start, two round trips that start no
 process: ``sbx.info()`` (SDK -> server) and ``GET /health`` of the agent.
+Then ``corral exec ID -- true`` through the CLI, a new process each time (as
+a shell script calls it), beside ``runsc exec`` again, ``--cli-runs`` rounds.
 Last, to tell the network path from the agent's own work, a client inside
 the sandbox (``python3`` of the image, on the sandbox's loopback) times
 ``Start`` of ``/bin/true`` as the default user and ``GET /health``.
 
-    .venv/bin/python bench/exec.py [--runs 200] [--warmup 20] [--url URL]
+    .venv/bin/python bench/exec.py [--runs 200] [--warmup 20] [--cli-runs 30] [--url URL]
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
 
 from _common import (
+    CORRAL_CLI,
     AgentCaller,
     RawRunsc,
+    Row,
     SandboxSet,
     base_parser,
     corral_url,
@@ -55,6 +61,11 @@ LAYERS = {
     "raw": "raw floor: runsc exec /bin/true",
     "sdk_info": "  no process: SDK sbx.info()",
     "agent_health": "  no process: agent GET /health",
+}
+CLI = {
+    "cli": "CLI corral exec ID -- true (a process each)",
+    "cli_start": "  no request: corral --version",
+    "cli_raw": "  raw floor in the same rounds: runsc exec",
 }
 
 
@@ -103,8 +114,8 @@ def timed(call: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-def measure(url: str, api_key: str | None, runs: int, warmup: int) -> dict[str, Any]:
-    samples: dict[str, list[float]] = {k: [] for k in LAYERS}
+def measure(url: str, api_key: str | None, runs: int, warmup: int, cli_runs: int) -> dict[str, Any]:
+    samples: dict[str, list[float]] = {k: [] for k in (*LAYERS, *CLI)}
     with SandboxSet(url, api_key) as sandboxes, RawRunsc() as raw, AgentCaller() as agents:
         sbx = sandboxes.create()
         address = sbx.info().address
@@ -134,6 +145,19 @@ def measure(url: str, api_key: str | None, runs: int, warmup: int) -> dict[str, 
                     samples[name].append(elapsed)
             if i >= warmup and (i - warmup + 1) % 50 == 0:
                 print(f"  {i - warmup + 1}/{runs} rounds")
+        cli = [str(CORRAL_CLI), "--url", url, "exec", sbx.id, "--", "true"]
+        env = {**os.environ, **({"CORRAL_API_KEY": api_key} if api_key else {})}
+        for i in range(1 + cli_runs):  # the first is a warm-up (the page cache)
+            round_ = {
+                "cli": timed(lambda: subprocess.run(cli, env=env, stdout=subprocess.DEVNULL, check=True)),
+                "cli_start": timed(
+                    lambda: subprocess.run([cli[0], "--version"], stdout=subprocess.DEVNULL, check=True)
+                ),
+                "cli_raw": timed(calls["raw"]),
+            }
+            for key, elapsed in round_.items():
+                if i:
+                    samples[key].append(elapsed)
         inside = sbx.commands.run(["python3", "-c", INSIDE_CLIENT, str(runs), str(AGENT_PORT)], timeout=600)
         samples.update(json.loads(inside.stdout))
     return {"stats": {k: summary(v) for k, v in samples.items()}, "samples": samples}
@@ -150,7 +174,8 @@ def report(result: dict[str, Any]) -> dict[str, Any]:
             ms(stats[key]["min"]),
             f"{ratio(stats[key]['median'], floor['median']):.2f}x",
         ]
-        for key, label in {**LAYERS, **INSIDE}.items()
+        for key, label in {**LAYERS, **INSIDE, **CLI}.items()
+        if stats[key]["n"]
     ]
     n = floor["n"]
     print_table(f"exec latency, {n} rounds (ms)", ["", "p50", "p99", "min", "p50 / floor"], rows)
@@ -164,6 +189,11 @@ def report(result: dict[str, Any]) -> dict[str, Any]:
         "inside_agent_p50_ms": stats["inside_agent"]["median"] * 1000,
         "raw_p50_ms": floor["median"] * 1000,
         "raw_p99_ms": floor["p99"] * 1000,
+        "cli_runs": stats["cli"]["n"],
+        "cli_p50_ms": stats["cli"]["median"] * 1000,
+        "cli_p99_ms": stats["cli"]["p99"] * 1000,
+        "cli_raw_p50_ms": stats["cli_raw"]["median"] * 1000,
+        "cli_raw_p99_ms": stats["cli_raw"]["p99"] * 1000,
         "ratio_p50": ratio(p50, floor["median"]),
         "target_p50_ms": TARGET_P50 * 1000,
         "met": p50 <= TARGET_P50,
@@ -176,9 +206,22 @@ def report(result: dict[str, Any]) -> dict[str, Any]:
     return headline
 
 
-def run(url: str | None, api_key: str | None, *, runs: int, warmup: int) -> dict[str, Any]:
+def summary_rows(h: dict[str, Any]) -> list[Row]:
+    """The lines of ``run_all``'s table."""
+    target = f"<= {h['target_p50_ms']:g} ms"
+    return [
+        Row('exec round trip, SDK commands.run("true"), p50', h["sdk_p50_ms"], h["raw_p50_ms"],
+            target=target, met=h["met"]),
+        Row('exec round trip, SDK commands.run("true"), p99', h["sdk_p99_ms"], h["raw_p99_ms"]),
+        Row(f"exec round trip, CLI corral exec ID -- true (n={h['cli_runs']}), p50",
+            h["cli_p50_ms"], h["cli_raw_p50_ms"]),
+        Row("exec round trip, CLI, p99", h["cli_p99_ms"], h["cli_raw_p99_ms"]),
+    ]  # fmt: skip
+
+
+def run(url: str | None, api_key: str | None, *, runs: int, warmup: int, cli_runs: int = 30) -> dict[str, Any]:
     with corral_url(url) as base:
-        result = measure(base, api_key, runs, warmup)
+        result = measure(base, api_key, runs, warmup, cli_runs)
     headline = report(result)
     write_json("exec", {"runs": runs, "warmup": warmup, "headline": headline, **result})
     return headline
@@ -188,8 +231,9 @@ def main() -> int:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200, help="measured rounds (default 200)")
     parser.add_argument("--warmup", type=int, default=20, help="unmeasured rounds first (default 20)")
+    parser.add_argument("--cli-runs", type=int, default=30, help="measured rounds through the CLI (default 30)")
     args = parser.parse_args()
-    run(args.url, args.api_key, runs=args.runs, warmup=args.warmup)
+    run(args.url, args.api_key, runs=args.runs, warmup=args.warmup, cli_runs=args.cli_runs)
     return 0
 
 

@@ -5,7 +5,8 @@
   ``runsc checkpoint``-ed as corral does it, then restored by hand into a fresh
   namespace and disk (the upper dir copied, the overlay mounted, the veth made)
   with ``runsc restore -detach`` and answered by a ``runsc exec echo``;
-- fork: ``sbx.fork(10)`` in one call, until all ten answer an ``echo``;
+- fork: ``sbx.fork(10)`` in one call, until all ten answer an ``echo``, beside
+  ten restores of the raw checkpoint by hand at once, until each answered;
 - hibernation: host memory (PSS of the sandbox's processes) before and after
   ``sbx.hibernate()``, and the time an ``echo`` takes to wake it.
 
@@ -22,14 +23,19 @@ from typing import Any
 from _common import (
     AgentCaller,
     RawRunsc,
+    RawSandbox,
+    Row,
     SandboxSet,
     base_parser,
     corral_url,
+    in_threads,
     ms,
     print_table,
+    raise_any,
     ratio,
     run_main,
     sh,
+    stat_cols,
     summary,
     verdict,
     write_json,
@@ -38,6 +44,7 @@ from _common import (
 from corral import Sandbox
 
 FORK_TARGET_S = 1.5
+FORK_N = 10
 RESTORE_TARGET_RATIO = 1.2
 
 
@@ -55,28 +62,50 @@ def sandbox_pss_kib(sandbox_id: str) -> int:
     return total
 
 
+def restore_into(sbx: RawSandbox, snapshot: Path) -> tuple[float, float]:
+    """Restore a raw checkpoint by hand into a new sandbox and have it echo.
+
+    Answers the time to prepare (disk copy, overlay, netns) and to ``runsc restore`` + ``runsc exec echo``.
+    """
+    t0 = time.perf_counter()
+    sbx.dir.mkdir(parents=True)
+    sh(["cp", "-a", "--reflink=auto", str(snapshot / "upper"), str(sbx.dir / "upper")])
+    sbx.prepare()
+    t1 = time.perf_counter()
+    sbx.restore(snapshot)
+    if (out := sbx.exec("echo", "hi")) != b"hi\n":
+        raise RuntimeError(f"restored raw sandbox {sbx.id} answered {out!r}")
+    return t1 - t0, time.perf_counter() - t1
+
+
 def raw_restore(raw: RawRunsc, snapshot: Path) -> dict[str, float]:
-    """One restore by hand of a raw checkpoint: prepare (disk copy, overlay, netns), ``runsc restore``, an exec."""
+    """The floor of a restore: one by hand, then removed (untimed)."""
     sbx = raw.new(agent=True)
     try:
-        t0 = time.perf_counter()
-        sbx.dir.mkdir(parents=True)
-        sh(["cp", "-a", "--reflink=auto", str(snapshot / "upper"), str(sbx.dir / "upper")])
-        sbx.prepare()
-        t1 = time.perf_counter()
-        sbx.restore(snapshot)
-        out = sbx.exec("echo", "hi")
-        t2 = time.perf_counter()
-        assert out == b"hi\n", out
+        prepare, restore_exec = restore_into(sbx, snapshot)
     finally:
         raw.destroy(sbx)
-    return {"prepare": t1 - t0, "restore_exec": t2 - t1, "total": t2 - t0}
+    return {"prepare": prepare, "restore_exec": restore_exec, "total": prepare + restore_exec}
+
+
+def raw_fork(raw: RawRunsc, snapshot: Path, n: int) -> float:
+    """The floor of ``fork(n)``: ``n`` restores by hand at once, until each has echoed."""
+    boxes = [raw.new(agent=True) for _ in range(n)]
+    t0 = time.perf_counter()
+    try:
+        outcomes = in_threads(lambda sbx: restore_into(sbx, snapshot), boxes)
+        elapsed = time.perf_counter() - t0
+    finally:
+        raw.destroy_many(boxes)
+    raise_any(outcomes)
+    return elapsed
 
 
 def measure(url: str, api_key: str | None, runs: int) -> dict[str, Any]:
     restore: list[float] = []
     floor: list[dict[str, float]] = []
     fork: list[float] = []
+    fork_floor: list[float] = []
     wake: list[float] = []
     memory: list[tuple[int, int]] = []
     with SandboxSet(url, api_key) as sandboxes, RawRunsc() as raw:
@@ -103,7 +132,7 @@ def measure(url: str, api_key: str | None, runs: int) -> dict[str, Any]:
                     floor.append(raw_restore(raw, raw_snapshot))
 
                 t0 = time.perf_counter()
-                children = source.fork(10, timeout=300)
+                children = source.fork(FORK_N, timeout=300)
                 for child in children:
                     child.commands.run("echo hi")
                 fork.append(time.perf_counter() - t0)
@@ -112,6 +141,7 @@ def measure(url: str, api_key: str | None, runs: int) -> dict[str, Any]:
                     sandboxes.kill(child, wait=False)
                 for child in children:  # ten teardowns must not overlap the next measures
                     sandboxes.wait_torn_down(child.id)
+                fork_floor.append(raw_fork(raw, raw_snapshot, FORK_N))
 
                 sleeper = sandboxes.create()
                 sleeper.commands.run("python3 -c 'x = bytearray(64 << 20); import time; time.sleep(1000)'",
@@ -126,7 +156,7 @@ def measure(url: str, api_key: str | None, runs: int) -> dict[str, Any]:
                 memory.append((before, after))
                 sandboxes.kill(sleeper, wait=True)
                 print(f"  run {i + 1}/{runs}: restore {ms(restore[-1])} ms (raw {ms(floor[-1]['total'])} ms), "
-                      f"fork 10 {ms(fork[-1])} ms, "
+                      f"fork 10 {ms(fork[-1])} ms (raw {ms(fork_floor[-1])} ms), "
                       f"wake {ms(wake[-1])} ms, memory {before >> 10} -> {after >> 10} MiB")  # fmt: skip
         finally:
             Sandbox.delete_snapshot(snap.id, url=url, api_key=api_key)
@@ -135,9 +165,10 @@ def measure(url: str, api_key: str | None, runs: int) -> dict[str, Any]:
         "raw_restore": {key: summary([f[key] for f in floor]) for key in ("prepare", "restore_exec", "total")},
         "raw_checkpoint_s": raw_checkpoint,
         "fork10": summary(fork),
+        "raw_fork10": summary(fork_floor),
         "wake": summary(wake),
         "memory_kib": memory,
-        "samples": {"restore": restore, "raw_restore": floor, "fork10": fork, "wake": wake},
+        "samples": {"restore": restore, "raw_restore": floor, "fork10": fork, "raw_fork10": fork_floor, "wake": wake},
     }
 
 
@@ -147,21 +178,19 @@ def report(result: dict[str, Any]) -> dict[str, Any]:
     before = max(b for b, _ in result["memory_kib"]) >> 10
     after = max(a for _, a in result["memory_kib"]) >> 10
 
-    def cols(s: dict[str, float]) -> list[str]:
-        return [ms(s["median"]), ms(s["p99"]), ms(s["min"]), ms(s["max"])]
-
     restore_ratio = ratio(r["median"], floor["total"]["median"])
     runsc_only_ratio = ratio(r["median"], floor["restore_exec"]["median"])
     print_table(
         f"lifecycle, {r['n']} runs (ms)",
         ["", "median", "p99", "min", "max", "target"],
         [
-            ["create(snapshot=...) + first echo", *cols(r), f"<= {RESTORE_TARGET_RATIO:g}x floor"],
-            ["raw floor: prepare + runsc restore + runsc exec", *cols(floor["total"]), ""],
-            ["  prepare (copy upper, overlay, netns + veth, spec)", *cols(floor["prepare"]), ""],
-            ["  runsc restore -detach + runsc exec echo", *cols(floor["restore_exec"]), ""],
-            ["fork(10) + an echo in each", *cols(f), f"<= {FORK_TARGET_S * 1000:g}"],
-            ["wake a hibernated sandbox by an echo", *cols(w), ""],
+            ["create(snapshot=...) + first echo", *stat_cols(r), f"<= {RESTORE_TARGET_RATIO:g}x floor"],
+            ["raw floor: prepare + runsc restore + runsc exec", *stat_cols(floor["total"]), ""],
+            ["  prepare (copy upper, overlay, netns + veth, spec)", *stat_cols(floor["prepare"]), ""],
+            ["  runsc restore -detach + runsc exec echo", *stat_cols(floor["restore_exec"]), ""],
+            ["fork(10) + an echo in each", *stat_cols(f), f"<= {FORK_TARGET_S * 1000:g}"],
+            ["raw floor: 10 runsc restore + exec at once", *stat_cols(result["raw_fork10"]), ""],
+            ["wake a hibernated sandbox by an echo", *stat_cols(w), ""],
         ],
     )
     print(f"restore, corral / raw floor: {restore_ratio:.2f}x (target <= {RESTORE_TARGET_RATIO:g}x: "
@@ -172,18 +201,38 @@ def report(result: dict[str, Any]) -> dict[str, Any]:
     print(f"raw runsc checkpoint (pause, checkpoint, copy upper, resume): {ms(result['raw_checkpoint_s'])} ms")
     print(f"host memory of a sandbox holding 64 MiB: {before} MiB running, {after} MiB hibernated")
     return {
+        "runs": r["n"],
         "restore_median_ms": r["median"] * 1000,
+        "restore_p99_ms": r["p99"] * 1000,
         "raw_restore_median_ms": floor["total"]["median"] * 1000,
+        "raw_restore_p99_ms": floor["total"]["p99"] * 1000,
         "raw_runsc_restore_exec_median_ms": floor["restore_exec"]["median"] * 1000,
         "restore_ratio_median": restore_ratio,
         "restore_ratio_vs_runsc_only": runsc_only_ratio,
         "restore_met": restore_ratio <= RESTORE_TARGET_RATIO,
         "fork10_median_ms": f["median"] * 1000,
+        "fork10_p99_ms": f["p99"] * 1000,
+        "raw_fork10_median_ms": result["raw_fork10"]["median"] * 1000,
+        "raw_fork10_p99_ms": result["raw_fork10"]["p99"] * 1000,
         "wake_median_ms": w["median"] * 1000,
         "running_mib": before,
         "hibernated_mib": after,
         "fork_met": f["median"] <= FORK_TARGET_S,
     }
+
+
+def summary_rows(h: dict[str, Any]) -> list[Row]:
+    """The lines of ``run_all``'s table."""
+    ratio_target = f"<= {RESTORE_TARGET_RATIO:g}x"
+    return [
+        Row(f"restore a snapshot + first echo (n={h['runs']}), median", h["restore_median_ms"],
+            h["raw_restore_median_ms"], target=ratio_target, met=h["restore_met"]),
+        Row("restore a snapshot + first echo, p99", h["restore_p99_ms"], h["raw_restore_p99_ms"]),
+        Row("fork into 10 + an echo in each, median", h["fork10_median_ms"], h["raw_fork10_median_ms"],
+            target=f"<= {FORK_TARGET_S:g} s", met=h["fork_met"]),
+        Row("fork into 10 + an echo in each, p99", h["fork10_p99_ms"], h["raw_fork10_p99_ms"]),
+        Row("wake a hibernated sandbox by an echo, median", h["wake_median_ms"]),
+    ]  # fmt: skip
 
 
 def run(url: str | None, api_key: str | None, *, runs: int) -> dict[str, Any]:

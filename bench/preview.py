@@ -20,7 +20,19 @@ import time
 from typing import Any
 
 import httpx
-from _common import SandboxSet, base_parser, corral_url, ms, print_table, ratio, run_main, summary, verdict, write_json
+from _common import (
+    Row,
+    SandboxSet,
+    base_parser,
+    corral_url,
+    ms,
+    print_table,
+    ratio,
+    run_main,
+    summary,
+    verdict,
+    write_json,
+)
 
 TARGET_THROUGHPUT = 0.7
 """Proxy throughput at least this share of the direct one."""
@@ -121,10 +133,22 @@ def report(result: dict[str, Any]) -> dict[str, Any]:
         "proxy_mib_s": proxied,
         "direct_mib_s": direct,
         "throughput_ratio": share,
+        "proxy_p50_kept_ms": lat["proxy_kept"]["median"] * 1000,
+        "direct_p50_kept_ms": lat["direct_kept"]["median"] * 1000,
         "added_p50_kept_ms": added_kept * 1000,
         "added_p50_new_ms": added_new * 1000,
         "met": share >= TARGET_THROUGHPUT and added_kept <= TARGET_ADDED_P50,
     }
+
+
+def summary_rows(h: dict[str, Any]) -> list[Row]:
+    """The lines of ``run_all``'s table: the floor is a direct connection to the sandbox's address."""
+    return [
+        Row("preview proxy throughput", h["proxy_mib_s"], h["direct_mib_s"], "MiB/s", floor_is="direct",
+            target=f">= {TARGET_THROUGHPUT}x", met=h["throughput_ratio"] >= TARGET_THROUGHPUT),
+        Row("preview proxy GET p50, kept-alive", h["proxy_p50_kept_ms"], h["direct_p50_kept_ms"], floor_is="direct",
+            target=f"<= +{TARGET_ADDED_P50 * 1000:g} ms", met=h["added_p50_kept_ms"] <= TARGET_ADDED_P50 * 1000),
+    ]  # fmt: skip
 
 
 def run(url: str | None, api_key: str | None, *, runs: int, mib: int) -> dict[str, Any]:

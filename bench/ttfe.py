@@ -11,30 +11,41 @@ straight to the agent, which is what the server does for a shell command.
 Each corral sandbox is killed and its teardown awaited (untimed) before the
 next run, as each raw sandbox is destroyed (untimed), so runs never overlap.
 
-    .venv/bin/python bench/ttfe.py [--runs 20] [--warmup 1] [--url URL]
+Then bursts: N creates at once through the async SDK, each timed from the
+burst's start until its own first ``echo hi`` returns; beside them, N raw
+sandboxes made, run and exec-ed at once by hand (one thread each).
+
+    .venv/bin/python bench/ttfe.py [--runs 30] [--warmup 1] [--burst 20 --burst 50] [--url URL]
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from _common import (
     AgentCaller,
     RawRunsc,
+    RawSandbox,
+    Row,
     SandboxSet,
     base_parser,
     corral_url,
+    in_threads,
     ms,
     print_table,
     ratio,
     run_main,
+    stat_cols,
     summary,
     verdict,
     write_json,
 )
+
+from corral import AsyncSandbox
 
 TARGET = 1.3
 """corral's time to first exec, at most this many times the raw floor's."""
@@ -91,6 +102,70 @@ def raw_agent_once(raw: RawRunsc, agents: AgentCaller) -> dict[str, float]:
     return {"prepare_run": t1 - t0, "agent_up": t2 - t1, "exec": t3 - t2, "total": t3 - t0}
 
 
+async def corral_burst(sandboxes: SandboxSet, n: int) -> tuple[list[float], list[str]]:
+    """``n`` creates at once; each one's time from the start until its first ``echo`` returns, and the failures."""
+    made: list[AsyncSandbox] = []
+
+    async def one(t0: float) -> float:
+        sbx = await sandboxes.acreate()
+        made.append(sbx)
+        result = await sbx.commands.run("echo hi")
+        if result.stdout != "hi\n":
+            raise RuntimeError(f"corral sandbox {sbx.id} answered {result.stdout!r}")
+        return time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    try:
+        outcomes = await asyncio.gather(*(one(t0) for _ in range(n)), return_exceptions=True)
+    finally:
+        await sandboxes.akill(made)
+    return _split(outcomes)
+
+
+def raw_burst(raw: RawRunsc, n: int) -> tuple[list[float], list[str]]:
+    """The floor of :func:`corral_burst`: ``n`` raw sandboxes prepared, run and exec-ed at once."""
+    boxes = [raw.new() for _ in range(n)]
+
+    def one(sbx: RawSandbox) -> float:
+        sbx.prepare()
+        sbx.run()
+        if (out := sbx.exec("echo", "hi")) != b"hi\n":
+            raise RuntimeError(f"raw sandbox {sbx.id} answered {out!r}")
+        return time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    try:
+        outcomes = in_threads(one, boxes)
+    finally:
+        raw.destroy_many(boxes)
+    return _split(outcomes)
+
+
+def _split(outcomes: Sequence[float | BaseException]) -> tuple[list[float], list[str]]:
+    times = [o for o in outcomes if isinstance(o, float)]
+    return times, [repr(o) for o in outcomes if isinstance(o, BaseException)]
+
+
+def measure_bursts(url: str, api_key: str | None, sizes: Sequence[int]) -> dict[str, Any]:
+    bursts: dict[str, Any] = {}
+    with SandboxSet(url, api_key) as sandboxes, RawRunsc() as raw:
+        for n in sizes:
+            corral, corral_failed = asyncio.run(corral_burst(sandboxes, n))
+            floor, raw_failed = raw_burst(raw, n)
+            bursts[str(n)] = {
+                "corral": summary(corral),
+                "raw": summary(floor),
+                "failed": {"corral": corral_failed, "raw": raw_failed},
+                "samples": {"corral": corral, "raw": floor},
+            }
+            print(f"  burst of {n}: corral median {ms(bursts[str(n)]['corral']['median'])} ms "
+                  f"({len(corral_failed)} failed), raw median {ms(bursts[str(n)]['raw']['median'])} ms "
+                  f"({len(raw_failed)} failed)")  # fmt: skip
+            for failure in corral_failed[:3] + raw_failed[:3]:
+                print(f"    {failure}", file=sys.stderr)
+    return bursts
+
+
 def measure(url: str, api_key: str | None, runs: int, warmup: int) -> dict[str, Any]:
     series: dict[str, dict[str, list[float]]] = {"corral": {}, "raw_agent": {}, "raw": {}}
     with SandboxSet(url, api_key) as sandboxes, RawRunsc() as raw, AgentCaller() as agents:
@@ -115,24 +190,27 @@ def measure(url: str, api_key: str | None, runs: int, warmup: int) -> dict[str, 
     }
 
 
-def report(result: dict[str, Any]) -> dict[str, Any]:
-    """Print the table; answer the headline numbers."""
+def report(result: dict[str, Any], bursts: dict[str, Any]) -> dict[str, Any]:
+    """Print the tables; answer the headline numbers."""
     c, a, r = result["corral"], result["raw_agent"], result["raw"]
     rows = [
-        ["corral: create() + first run('echo hi')", *_cols(c["total"])],
-        ["  create()", *_cols(c["create"])],
-        ["  first commands.run('echo hi')", *_cols(c["first_exec"])],
-        ["raw + corral's agent, no server", *_cols(a["total"])],
-        ["  prepare + runsc run -detach", *_cols(a["prepare_run"])],
-        ["  until the agent's /health answers", *_cols(a["agent_up"])],
-        ["  agent Start bash -c 'echo hi'", *_cols(a["exec"])],
-        ["raw floor: prepare + runsc run + runsc exec", *_cols(r["total"])],
-        ["  prepare (overlay, netns + veth, spec)", *_cols(r["prepare"])],
-        ["  runsc run -detach", *_cols(r["run"])],
-        ["  runsc exec echo hi", *_cols(r["exec"])],
+        ["corral: create() + first run('echo hi')", *stat_cols(c["total"])],
+        ["  create()", *stat_cols(c["create"])],
+        ["  first commands.run('echo hi')", *stat_cols(c["first_exec"])],
+        ["raw + corral's agent, no server", *stat_cols(a["total"])],
+        ["  prepare + runsc run -detach", *stat_cols(a["prepare_run"])],
+        ["  until the agent's /health answers", *stat_cols(a["agent_up"])],
+        ["  agent Start bash -c 'echo hi'", *stat_cols(a["exec"])],
+        ["raw floor: prepare + runsc run + runsc exec", *stat_cols(r["total"])],
+        ["  prepare (overlay, netns + veth, spec)", *stat_cols(r["prepare"])],
+        ["  runsc run -detach", *stat_cols(r["run"])],
+        ["  runsc exec echo hi", *stat_cols(r["exec"])],
     ]
+    for n, b in bursts.items():
+        rows.append([f"burst of {n}, corral ({len(b['failed']['corral'])} failed)", *stat_cols(b["corral"])])
+        rows.append([f"burst of {n}, raw floor ({len(b['failed']['raw'])} failed)", *stat_cols(b["raw"])])
     n = c["total"]["n"]
-    print_table(f"time to first exec, {n} sequential runs (ms)", ["", "median", "p99", "min", "max"], rows)
+    print_table(f"time to first exec, {n} sequential runs and bursts (ms)", ["", "median", "p99", "min", "max"], rows)
     headline = {
         "corral_median_ms": c["total"]["median"] * 1000,
         "corral_p99_ms": c["total"]["p99"] * 1000,
@@ -142,6 +220,20 @@ def report(result: dict[str, Any]) -> dict[str, Any]:
         "ratio_p99": ratio(c["total"]["p99"], r["total"]["p99"]),
         "ratio_median_vs_runsc_only": ratio(c["total"]["median"], r["runsc"]["median"]),
         "target": TARGET,
+        "bursts": {
+            n: {
+                "corral_median_ms": b["corral"]["median"] * 1000,
+                "corral_p99_ms": b["corral"]["p99"] * 1000,
+                "raw_median_ms": b["raw"]["median"] * 1000,
+                "raw_p99_ms": b["raw"]["p99"] * 1000,
+                "failed": {k: len(v) for k, v in b["failed"].items()},
+            }
+            for n, b in bursts.items()
+        },
+        "samples": {
+            "sequential": {"corral": result["samples"]["corral"]["total"], "raw": result["samples"]["raw"]["total"]},
+            **{f"burst {n}": b["samples"] for n, b in bursts.items()},
+        },
     }
     headline["met"] = headline["ratio_median"] <= TARGET
     print_table(
@@ -156,24 +248,40 @@ def report(result: dict[str, Any]) -> dict[str, Any]:
     return headline
 
 
-def _cols(s: dict[str, float]) -> list[str]:
-    return [ms(s["median"]), ms(s["p99"]), ms(s["min"]), ms(s["max"])]
+def summary_rows(h: dict[str, Any]) -> list[Row]:
+    """The lines of ``run_all``'s table."""
+    target = f"<= {TARGET}x"
+    rows = [
+        Row(f"time to first exec, sequential (n={h['runs']}), median", h["corral_median_ms"], h["raw_median_ms"],
+            target=target, met=h["ratio_median"] <= TARGET),
+        Row("time to first exec, sequential, p99", h["corral_p99_ms"], h["raw_p99_ms"],
+            target=target, met=h["ratio_p99"] <= TARGET),
+    ]  # fmt: skip
+    for n, b in h["bursts"].items():
+        failed = sum(b["failed"].values())
+        note = f", {b['failed']['corral']}+{b['failed']['raw']} failed" if failed else ""
+        for stat in ("median", "p99"):
+            rows.append(Row(f"time to first exec, burst of {n}{note}, {stat}",
+                            b[f"corral_{stat}_ms"], b[f"raw_{stat}_ms"]))  # fmt: skip
+    return rows
 
 
-def run(url: str | None, api_key: str | None, *, runs: int, warmup: int) -> dict[str, Any]:
+def run(url: str | None, api_key: str | None, *, runs: int, warmup: int, bursts: Sequence[int] = ()) -> dict[str, Any]:
     with corral_url(url) as base:
         result = measure(base, api_key, runs, warmup)
-    headline = report(result)
-    write_json("ttfe", {"runs": runs, "warmup": warmup, "headline": headline, **result})
+        burst_results = measure_bursts(base, api_key, bursts)
+    headline = {"runs": runs, **report(result, burst_results)}
+    write_json("ttfe", {"runs": runs, "warmup": warmup, "headline": headline, **result, "bursts": burst_results})
     return headline
 
 
 def main() -> int:
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=20, help="measured runs of each (default 20)")
+    parser.add_argument("--runs", type=int, default=30, help="measured sequential runs of each (default 30)")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured runs of each first (default 1)")
+    parser.add_argument("--burst", type=int, action="append", help="a burst of this many at once (repeat)")
     args = parser.parse_args()
-    run(args.url, args.api_key, runs=args.runs, warmup=args.warmup)
+    run(args.url, args.api_key, runs=args.runs, warmup=args.warmup, bursts=args.burst or [])
     return 0
 
 
