@@ -319,7 +319,7 @@ def report(result: dict[str, Any], count: int) -> dict[str, Any]:
     rows = [
         [
             label,
-            f"{result[name]['started']} ({result[name]['stopped']})",
+            f"{result[name]['started']} ({result[name]['stopped'].split(':')[0]})",
             *(f"{per[name][k] / MIB:.1f}" for k in keys),
             f"{per[name]['address_spaces']:.1f}",
             f"{per[name]['idle_cpu'] * 100:.1f}",
