@@ -73,7 +73,7 @@ class StreamResult:
     @property
     def exit(self) -> dict[str, Any]:
         ends = [e["end"] for e in self.events if "end" in e]
-        assert len(ends) == 1, self.events
+        assert len(ends) == 1, (self.events, self.end)
         return ends[0]
 
 

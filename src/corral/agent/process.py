@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import functools
 import os
 import signal
 import struct
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from .connect import Message, RpcError, as_message, field
 from .log import log
 from .reaper import Reaper
+from .shell_line import direct_command
 from .spawners import REPLY_TIMEOUT, Spawner, SpawnError, Spawners, Unavailable
 from .users import FALLBACK_PATH, User, resolve_path
 
@@ -210,6 +212,10 @@ def _popen(
         group=gid,
         extra_groups=groups,
     )
+
+
+class _ProgramError(OSError):
+    """The program itself could not be started (not found, not executable, ...): nothing ran."""
 
 
 def _ignore_exit(wait_status: int) -> None:
@@ -536,8 +542,8 @@ class ProcessManager:
         if cwd_arg is not None:
             config["cwd"] = cwd_arg
         cmdline = " ".join([cmd, *args])
-        uid, gid, groups = _credentials(user)
-        spawner = self.spawners.get(user) if uid is not None and pty is None else None
+        switch_user = _credentials(user)[0] is not None
+        spawner = self.spawners.get(user) if switch_user and pty is None else None
         popen: subprocess.Popen[bytes] | None = None
 
         child_fds: list[int] = []  # the child's ends: closed here once it has them
@@ -567,10 +573,17 @@ class ProcessManager:
                     input_fd = stdin_write
                 stdio = (stdin_read, out_write, err_write)
                 outputs = {out_read: "stdout", err_read: "stderr"}
-            pid = await self._spawn_with(spawner, cmd, args, env, cwd, stdio) if spawner is not None else None
-            if pid is None:
-                popen = _popen([cmd, *args], cwd, env, stdio, pty=pty is not None, credentials=(uid, gid, groups))
-                pid = popen.pid
+            direct = None if pty is not None else direct_command(cmd, args, env, cwd)
+            launch = functools.partial(self._launch, spawner, cwd=cwd, stdio=stdio, pty=pty is not None, user=user)
+            without_shell: dict[str, str] = {}
+            if direct is not None:
+                try:
+                    pid, popen = await launch(*direct)
+                    without_shell["without_shell"] = direct[0]
+                except _ProgramError:  # bash reports it in its own words
+                    direct = None
+            if direct is None:
+                pid, popen = await launch(cmd, args, env)
         except (OSError, subprocess.SubprocessError, ValueError, TypeError) as exc:
             for fd in parent_fds:
                 os.close(fd)
@@ -598,8 +611,32 @@ class ProcessManager:
         self._processes[process.pid] = process
         self._idle.clear()
         self._reaper.watch(process.pid, process.on_exit)  # before yielding to the loop
-        log("process started", pid=process.pid, cmd=cmdline, user=user.name, cwd=cwd)
+        log("process started", pid=process.pid, cmd=cmdline, user=user.name, cwd=cwd, **without_shell)
         return process
+
+    async def _launch(
+        self,
+        spawner: Spawner | None,
+        cmd: str,
+        args: list[str],
+        env: dict[str, str],
+        *,
+        cwd: str,
+        stdio: tuple[int, int, int],
+        pty: bool,
+        user: User,
+    ) -> tuple[int, subprocess.Popen[bytes] | None]:
+        """Start ``cmd args`` through ``spawner`` if it takes it, else by ``Popen``: its pid and ``Popen``."""
+        pid = await self._spawn_with(spawner, cmd, args, env, cwd, stdio) if spawner is not None else None
+        if pid is not None:
+            return pid, None
+        try:
+            popen = _popen([cmd, *args], cwd, env, stdio, pty=pty, credentials=_credentials(user))
+        except OSError as exc:
+            if exc.errno is not None and exc.filename != cwd:
+                raise _ProgramError(exc.errno, exc.strerror, exc.filename) from None
+            raise
+        return popen.pid, popen
 
     async def _spawn_with(
         self, spawner: Spawner, cmd: str, args: list[str], env: dict[str, str], cwd: str, stdio: tuple[int, int, int]
@@ -617,7 +654,9 @@ class ProcessManager:
         except SpawnError as exc:
             if exc.errno == errno.EAGAIN and not exc.in_cwd:
                 return None  # the user is at its process limit: nothing ran, and root may still start it
-            raise OSError(exc.errno, exc.strerror, cwd if exc.in_cwd else cmd) from None
+            if exc.in_cwd:
+                raise OSError(exc.errno, exc.strerror, cwd) from None
+            raise _ProgramError(exc.errno, exc.strerror, cmd) from None
         except Unavailable as exc:  # it died with the request: whether it ran is unknown, so no second try
             raise OSError(f"{exc}; the command may or may not have started") from None
         except asyncio.CancelledError:

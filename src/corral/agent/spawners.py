@@ -69,6 +69,18 @@ def interpreter_command() -> list[str]:
     return argv + [flag for flag, on in flags.items() if on]
 
 
+def parent_in_stat(stat: bytes) -> int | None:
+    """The parent pid in a ``/proc/PID/stat`` line; ``None`` while the process is being reaped (state X, parent 0).
+
+    A malformed line gives -1, nobody's pid.
+    """
+    try:
+        state, ppid = stat.rsplit(b")", 1)[1].split()[:2]
+        return None if state == b"X" else int(ppid)
+    except (IndexError, ValueError):
+        return -1
+
+
 class Spawner:
     """One spawner process running as ``credentials``, and the children it started for us."""
 
@@ -178,10 +190,8 @@ class Spawner:
                 stat = f.read()
         except OSError:
             return True  # ended and reaped already: its EXITED record follows
-        try:
-            return int(stat.rsplit(b")", 1)[1].split()[1]) == self.pid
-        except (IndexError, ValueError):
-            return False
+        parent = parent_in_stat(stat)
+        return parent is None or parent == self.pid
 
     def _on_own_exit(self, wait_status: int) -> None:
         self._popen.returncode = os.waitstatus_to_exitcode(wait_status)
