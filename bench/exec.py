@@ -4,8 +4,10 @@ One corral sandbox (made through the SDK) and one raw runsc sandbox (made by
 hand, same flags, ``/bin/sleep infinity`` as init). Each round runs once each,
 in turn, after a warm-up:
 
-- ``commands.run("true")``: SDK -> server -> agent, a shell line (``bash -c true``);
+- ``commands.run("true")``: SDK -> server -> agent, a shell line (``bash -c true``,
+  which the agent starts as ``/bin/true`` since it is one simple command);
 - ``commands.run(["/bin/true"])``: the same in argv mode (no shell);
+- ``commands.run("true && true")``: a line bash must run;
 - the agent alone: ``process.Process/Start`` of ``/bin/true`` straight to the
   sandbox's agent at ``http://<address>:49983`` (envd protocol), no server,
   as the default user (as the SDK runs it) and as root (no user switch);
@@ -56,6 +58,7 @@ TARGET_P50 = 0.005
 LAYERS = {
     "sdk_shell": 'SDK commands.run("true")',
     "sdk_argv": 'SDK commands.run(["/bin/true"])',
+    "sdk_bash": 'SDK commands.run("true && true") (bash runs)',
     "agent": "agent Start /bin/true (no server)",
     "agent_root": "agent Start /bin/true as root",
     "raw": "raw floor: runsc exec /bin/true",
@@ -132,6 +135,7 @@ def measure(url: str, api_key: str | None, runs: int, warmup: int, cli_runs: int
         calls: dict[str, Callable[[], object]] = {
             "sdk_shell": lambda: sbx.commands.run("true"),
             "sdk_argv": lambda: sbx.commands.run(["/bin/true"]),
+            "sdk_bash": lambda: sbx.commands.run("true && true"),
             "agent": agent_true,
             "agent_root": lambda: agent_true("root"),
             "raw": lambda: floor.exec("/bin/true"),
@@ -184,6 +188,7 @@ def report(result: dict[str, Any]) -> dict[str, Any]:
         "sdk_p50_ms": p50 * 1000,
         "sdk_p99_ms": stats["sdk_shell"]["p99"] * 1000,
         "sdk_argv_p50_ms": stats["sdk_argv"]["median"] * 1000,
+        "sdk_bash_p50_ms": stats["sdk_bash"]["median"] * 1000,
         "agent_p50_ms": stats["agent"]["median"] * 1000,
         "agent_root_p50_ms": stats["agent_root"]["median"] * 1000,
         "inside_agent_p50_ms": stats["inside_agent"]["median"] * 1000,
