@@ -123,7 +123,11 @@ class Settings(BaseSettings):
     """Largest file upload, in MiB."""
 
     start_timeout: float = Field(default=20.0, gt=0)
-    """Seconds a new sandbox's agent has to answer before the create fails."""
+    """Seconds a new sandbox's agent has to answer before the create fails (counted from its boot, not its wait)."""
+
+    max_concurrent_starts: int = Field(default=0, ge=0)
+    """Sandboxes that may boot at once (runtime start until the agent answers); other creates wait their turn.
+    0: twice the host's CPUs."""
 
     reaper_interval: float = Field(default=1.0, gt=0)
     """How often, in seconds, expired sandboxes are looked for."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import shutil
 import string
@@ -112,6 +113,10 @@ class SandboxManager:
         self._reaper: asyncio.Task[None] | None = None
         self._teardowns: set[asyncio.Task[None]] = set()
         self._releasing_slots: set[int] = set()
+        # Boots are CPU-bound (the agent's start inside gVisor): past a few at once they only
+        # slow each other down until all miss start_timeout, so the rest wait their turn.
+        self.start_slots = settings.max_concurrent_starts or 2 * (os.cpu_count() or 1)
+        self._booting = asyncio.Semaphore(self.start_slots)
         self.lifecycle = Lifecycle(self)
 
     # -- lifecycle of the manager ----------------------------------------------
@@ -262,9 +267,12 @@ class SandboxManager:
         # every packet the sandbox starts (an address it does not know), so none leaves unfiltered.
         attached = asyncio.create_task(self.network.attach(row))
         try:
-            handle = await (start or self.runtime.create)(spec)
-            self.store.update_sandbox(sandbox_id, agent_url=handle.agent_url, runtime_info=handle.info)
-            await self.wait_for_agent(handle)
+            if self._booting.locked():
+                log.info("sandbox %s waits for one of %d boots under way to end", sandbox_id, self.start_slots)
+            async with self._booting:
+                handle = await (start or self.runtime.create)(spec)
+                self.store.update_sandbox(sandbox_id, agent_url=handle.agent_url, runtime_info=handle.info)
+                await self.wait_for_agent(handle)
             await attached
             updated = self.store.update_sandbox(sandbox_id, state=RUNNING)
             assert updated is not None
