@@ -14,6 +14,7 @@ import contextlib
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -227,3 +228,26 @@ def _wait_for(check, timeout: float = 15.0) -> None:
             return
         time.sleep(0.2)
     raise AssertionError("condition not met in time")
+
+
+def test_a_pool_sandbox_claimed_with_another_policy_gets_that_policy(net_server: ServerProcess, make) -> None:
+    """A pooled sandbox runs the default policy; a claim asking for another has it in force at once."""
+    pools = f"{net_server.url}/v1/pools/image:corral/base"
+
+    def pooled() -> list[str]:
+        found = httpx.get(f"{net_server.url}/v1/sandboxes", params={"state": "pooled"}).json()["sandboxes"]
+        return [s["id"] for s in found]
+
+    assert httpx.put(pools, json={"size": 1}).status_code == 200
+    try:
+        for network, public_reachable in (({"mode": "none"}, False), (None, True)):
+            deadline = time.monotonic() + 60
+            while not pooled() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            waiting = pooled()
+            sbx = make(network=network) if network else make()
+            assert sbx.id in waiting  # claimed from the pool, not made anew
+            got = fetch(sbx, f"http://{networld.PUBLIC}/")
+            assert (got == HELLO_PUBLIC) is public_reachable, got
+    finally:
+        assert httpx.delete(pools).status_code == 204

@@ -129,7 +129,8 @@ class Pools:
         )
         assert claimed is not None
         try:
-            await self.manager.network.attach(claimed)
+            if claimed.network != row.network:  # else its policy is in force since it started
+                await self.manager.network.attach(claimed)
             await self.manager.ports.open(claimed)
         except BaseException:
             await self.manager.kill(row.id)  # half-claimed: neither the pool's nor the caller's
