@@ -78,6 +78,21 @@ def test_background_process_lifecycle(sandbox: Sandbox) -> None:
     assert result.exit_code == 0
 
 
+def test_connect_sees_every_output_after_it_returns(sandbox: Sandbox) -> None:
+    echo = sandbox.commands.run("cat", background=True)
+    try:
+        for i in range(15):  # each a race between the reply and the new stream, were connect to return early
+            follower = sandbox.commands.connect(echo.pid)
+            sandbox.commands.send_stdin(echo.pid, f"line {i}\n")
+            deadline = time.monotonic() + 10
+            while f"line {i}\n" not in follower.stdout and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert follower.stdout == f"line {i}\n"
+            follower.disconnect()
+    finally:
+        echo.kill()
+
+
 def test_background_kill(sandbox: Sandbox) -> None:
     handle = sandbox.commands.run("sleep 300", background=True)
     handle.kill()

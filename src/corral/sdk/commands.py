@@ -11,7 +11,7 @@ import httpx
 
 from corral.errors import ProcessNotFound
 from corral.sdk import _routes as routes
-from corral.sdk._http import SyncHTTP
+from corral.sdk._http import Call, SyncHTTP
 from corral.sdk._output import (
     HandleBase,
     OutputCollector,
@@ -191,21 +191,7 @@ class Commands:
         """
         body = routes.exec_body(cmd, timeout=timeout, envs=envs, cwd=cwd, user=user, stdin=stdin, tag=tag)
         if background:
-            response = self._http.open(routes.exec_background(self._sandbox_id, body))
-            lines = response.iter_lines()
-            try:
-                pid = start_pid(next(lines, ""))
-            except BaseException:
-                response.close()
-                raise
-            return CommandHandle(
-                self._http,
-                self._sandbox_id,
-                pid,
-                on_stdout=on_stdout,
-                on_stderr=on_stderr,
-                opened=(response, lines),
-            )
+            return self._attach(routes.exec_background(self._sandbox_id, body), on_stdout, on_stderr)
         if on_stdout is None and on_stderr is None:
             return check_exit(self._http.call(routes.exec_plain(self._sandbox_id, body)))
         output = OutputCollector()
@@ -223,9 +209,24 @@ class Commands:
         on_stdout: OutputHandler | None = None,
         on_stderr: OutputHandler | None = None,
     ) -> CommandHandle:
-        """Follow a background process (by pid or tag) from now on."""
+        """Follow a background process (by pid or tag): all its output from when this returns, then its end."""
         pid = pid_of(self.list(), pid)
-        return CommandHandle(self._http, self._sandbox_id, pid, on_stdout=on_stdout, on_stderr=on_stderr)
+        return self._attach(routes.process_stream(self._sandbox_id, pid), on_stdout, on_stderr)
+
+    def _attach(
+        self, call: Call[httpx.Response], on_stdout: OutputHandler | None, on_stderr: OutputHandler | None
+    ) -> CommandHandle:
+        """A handle on the output stream ``call`` opens, once its start event came (the agent follows it by then)."""
+        response = self._http.open(call)
+        lines = response.iter_lines()
+        try:
+            pid = start_pid(next(lines, ""))
+        except BaseException:
+            response.close()
+            raise
+        return CommandHandle(
+            self._http, self._sandbox_id, pid, on_stdout=on_stdout, on_stderr=on_stderr, opened=(response, lines)
+        )
 
     def list(self) -> builtins.list[ProcessInfo]:
         """The background processes running in the sandbox."""

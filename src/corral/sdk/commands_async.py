@@ -16,7 +16,7 @@ import httpx
 
 from corral.errors import ProcessNotFound
 from corral.sdk import _routes as routes
-from corral.sdk._http import AsyncHTTP
+from corral.sdk._http import AsyncHTTP, Call
 from corral.sdk._output import (
     HandleBase,
     OutputCollector,
@@ -193,21 +193,7 @@ class AsyncCommands:
         """Run ``cmd``; see :meth:`corral.sdk.commands.Commands.run`."""
         body = routes.exec_body(cmd, timeout=timeout, envs=envs, cwd=cwd, user=user, stdin=stdin, tag=tag)
         if background:
-            response = await self._http.open(routes.exec_background(self._sandbox_id, body))
-            lines = response.aiter_lines()
-            try:
-                pid = start_pid(await anext(lines, ""))
-            except BaseException:
-                await response.aclose()
-                raise
-            return AsyncCommandHandle(
-                self._http,
-                self._sandbox_id,
-                pid,
-                on_stdout=on_stdout,
-                on_stderr=on_stderr,
-                opened=(response, lines),
-            )
+            return await self._attach(routes.exec_background(self._sandbox_id, body), on_stdout, on_stderr)
         if on_stdout is None and on_stderr is None:
             return check_exit(await self._http.call(routes.exec_plain(self._sandbox_id, body)))
         output = OutputCollector()
@@ -225,9 +211,24 @@ class AsyncCommands:
         on_stdout: OutputHandler | None = None,
         on_stderr: OutputHandler | None = None,
     ) -> AsyncCommandHandle:
-        """Follow a background process (by pid or tag) from now on."""
+        """Follow a background process (by pid or tag): all its output from when this returns, then its end."""
         pid = pid_of(await self.list(), pid)
-        return AsyncCommandHandle(self._http, self._sandbox_id, pid, on_stdout=on_stdout, on_stderr=on_stderr)
+        return await self._attach(routes.process_stream(self._sandbox_id, pid), on_stdout, on_stderr)
+
+    async def _attach(
+        self, call: Call[httpx.Response], on_stdout: OutputHandler | None, on_stderr: OutputHandler | None
+    ) -> AsyncCommandHandle:
+        """A handle on the output stream ``call`` opens, once its start event came (the agent follows it by then)."""
+        response = await self._http.open(call)
+        lines = response.aiter_lines()
+        try:
+            pid = start_pid(await anext(lines, ""))
+        except BaseException:
+            await response.aclose()
+            raise
+        return AsyncCommandHandle(
+            self._http, self._sandbox_id, pid, on_stdout=on_stdout, on_stderr=on_stderr, opened=(response, lines)
+        )
 
     async def list(self) -> builtins.list[ProcessInfo]:
         """The background processes running in the sandbox."""
