@@ -4,7 +4,7 @@ N sandboxes through the async SDK, one loop each running ``commands.run("true")`
 back to back, all loops at once; the figure is every exec over the wall time.
 The floor: N raw runsc sandboxes (``/bin/sleep infinity`` as init), one thread
 each running ``runsc exec /bin/true`` back to back. Each side first runs two
-unmeasured execs per sandbox (the first starts the user's spawner).
+unmeasured execs per sandbox (the first brings the programs into the sandbox's cache).
 
     .venv/bin/python bench/throughput.py [--sandboxes 10] [--calls 30] [--url URL]
 """
@@ -51,7 +51,6 @@ async def corral_rate(sandboxes: SandboxSet, n: int, calls: int) -> tuple[float,
     try:
         boxes.extend(await asyncio.gather(*(sandboxes.acreate() for _ in range(n))))
         await asyncio.gather(*(loop(s, WARMUP, False) for s in boxes))
-        await asyncio.sleep(0.5)  # the spawners are up
         t0 = time.perf_counter()
         await asyncio.gather(*(loop(s, calls, True) for s in boxes))
         return time.perf_counter() - t0, latencies

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -177,11 +176,5 @@ def test_the_program_sees_what_bash_would_give_it(agent: Agent, scripts: Path) -
     _same_as_bash(agent, scripts)
 
 
-def test_the_same_through_a_users_spawner(user_agent: Agent, scripts: Path) -> None:
-    with httpx.Client(base_url=user_agent.url, timeout=30) as c:
-        server_stream(c, START, start_message("/bin/true"))  # its spawner starts after the first command
-    deadline = time.monotonic() + 30
-    while "spawner ready" not in user_agent.log():
-        assert time.monotonic() < deadline, user_agent.log()
-        time.sleep(0.05)
+def test_the_same_as_another_user(user_agent: Agent, scripts: Path) -> None:
     _same_as_bash(user_agent, scripts)

@@ -18,7 +18,6 @@ from corral.agent.filesystem import go_permissions, rfc3339
 from corral.agent.main import base_environment, parse_args
 from corral.agent.multipart import MultipartReader, header_params
 from corral.agent.process import exit_of, parse_signal
-from corral.agent.spawners import parent_in_stat
 from corral.agent.users import User, UserDb, resolve_path, username_from_authorization
 
 
@@ -179,12 +178,3 @@ def test_agent_imports_only_the_standard_library() -> None:
         "assert not others, others\n"
     )
     subprocess.run([sys.executable, "-I", "-S", "-c", code], check=True, env={**os.environ})
-
-
-def test_parent_in_stat() -> None:
-    running = b"4242 (python3 (odd) name) S 17 4242 4242 0 -1 4194560 0 0 0 0\n"
-    zombie = b"4243 (sh) Z 17 4243 4243 0 -1 4227084 0 0 0 0\n"
-    being_reaped = b"29018 (bash) X 0 -1 -1 0 -1 4227084 141 0 0 0 0\n"  # seen between wait and the entry's removal
-    assert (parent_in_stat(running), parent_in_stat(zombie)) == (17, 17)
-    assert parent_in_stat(being_reaped) is None
-    assert parent_in_stat(b"garbage") == -1

@@ -108,37 +108,31 @@ def test_unicode_and_binary_output(sandbox: Sandbox) -> None:
     assert r.stdout == "x" * 100000
 
 
-def _spawner_pid(sandbox: Sandbox) -> int:
-    """The pid of the default user's spawner, once its commands start through it (their parent is then not PID 1)."""
-    deadline = time.monotonic() + 30
-    while (parent := int(sandbox.commands.run("echo $PPID").stdout)) == 1:
-        assert time.monotonic() < deadline, "commands as user never started through a spawner"
-        time.sleep(0.2)
-    return parent
-
-
-def test_commands_as_the_user_start_through_its_spawner(sandbox: Sandbox) -> None:
-    spawner = _spawner_pid(sandbox)
-    owner = sandbox.commands.run(f"ps -o user=,args= -p {spawner}", user="root").stdout
-    assert owner.startswith("user ") and "corral.agent.spawner" in owner
+def test_commands_as_the_user_start_from_the_agent_in_gvisor(sandbox: Sandbox) -> None:
     r = sandbox.commands.run(
-        "id -un; id -Gn; pwd; echo $HOME $X; echo $(ls /proc/self/fd)", cwd="/tmp", envs={"X": "1"}
+        "id -un; id -Gn; pwd; echo $HOME $X $PPID; echo $(ls /proc/self/fd);"
+        " grep -E '^(Uid|CapEff|CapPrm)' /proc/self/status",
+        cwd="/tmp",
+        envs={"X": "1"},
     )
-    name, groups, cwd, env, fds = r.stdout.splitlines()
-    assert (name, cwd, env) == ("user", "/tmp", "/home/user 1")
+    name, groups, cwd, env, fds, *status = r.stdout.splitlines()
+    assert (name, cwd, env) == ("user", "/tmp", "/home/user 1 1")  # the agent's own child: no helper between
     assert "user" in groups.split()
     assert fds.split() == ["0", "1", "2", "3"]  # 3: ls's own directory; nothing of the agent's
+    fields = dict(line.split(":", 1) for line in status)
+    assert fields["Uid"].split() == ["1000"] * 4
+    assert int(fields["CapEff"], 16) == 0 and int(fields["CapPrm"], 16) == 0
+    uids = sandbox.commands.run("grep -h ^Uid /proc/1/task/*/status", user="root").stdout.splitlines()
+    assert len(uids) >= 2 and all(line.split()[1:] == ["0"] * 4 for line in uids)  # every agent thread is root again
     with pytest.raises(CommandExitError) as info:
         sandbox.commands.run("kill -TERM $$")
     assert info.value.exit_code == 128 + 15  # SIGTERM, as for a command started by the agent itself
 
 
 def test_killing_every_user_process_keeps_commands_working(sandbox: Sandbox) -> None:
-    first = _spawner_pid(sandbox)
     sleeper = sandbox.commands.run("sleep 300", background=True)
-    sandbox.commands.run("kill -9 -1")  # all but itself: the spawner is one of them
+    sandbox.commands.run("kill -9 -1")  # all of the user's processes but itself
     with pytest.raises(CommandExitError) as info:
-        sleeper.wait()  # re-parented to the agent (PID 1) and reaped there
+        sleeper.wait()
     assert info.value.exit_code == 128 + 9
     assert sandbox.commands.run("id -un").stdout == "user\n"
-    assert _spawner_pid(sandbox) != first

@@ -278,7 +278,7 @@ def test_kill_the_agent(victim: Sandbox) -> None:
     assert info.state == "dead" and info.error  # reported, with what was seen
 
 
-@pytest.mark.hostile("agent", "stop (SIGSTOP) every process it may signal, the agent's spawner included")
+@pytest.mark.hostile("agent", "stop (SIGSTOP) every process it may signal")
 def test_stop_everything(victim: Sandbox) -> None:
     sh(victim, "kill -STOP -1; sleep 1", user=None, timeout=30)
     assert victim.commands.run("echo still answering", timeout=60).stdout == "still answering\n"

@@ -1,8 +1,8 @@
 """Processes the agent starts: spawning, output fan-out, input, signals, exit.
 
 Each :class:`ManagedProcess` runs in its own session (``setsid``) as the
-calling user (started by that user's spawner once one is ready, see
-:mod:`corral.agent.spawners`, else by ``subprocess``), with its
+calling user (started by the launcher thread, see :mod:`corral.agent.launcher`,
+or by ``subprocess`` for a PTY), with its
 stdout/stderr pipes (or its PTY master) watched by the event loop. Output
 goes to every :class:`Subscriber` (the ``Start`` stream and any ``Connect``
 streams) as it arrives. The exit status comes from the
@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import errno
 import fcntl
-import functools
 import os
 import signal
 import struct
@@ -30,10 +29,10 @@ from collections import deque
 from dataclasses import dataclass
 
 from .connect import Message, RpcError, as_message, field
+from .launcher import Credentials, CwdError, Launcher
 from .log import log
 from .reaper import Reaper
 from .shell_line import direct_command
-from .spawners import REPLY_TIMEOUT, Spawner, SpawnError, Spawners, Unavailable
 from .users import FALLBACK_PATH, User, resolve_path
 
 READ_CHUNK = 64 * 1024
@@ -174,18 +173,15 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def _credentials(user: User) -> tuple[int | None, int | None, list[int] | None]:
-    """What ``Popen`` must switch to: nothing if not root (it cannot) or already ``user``.
-
-    Not switching lets ``Popen`` use ``vfork``, which is markedly faster.
-    """
+def _credentials(user: User) -> Credentials | None:
+    """What a command as ``user`` must switch to: nothing if not root (it cannot) or already ``user``."""
     if os.geteuid() != 0:
-        return None, None, None
+        return None
     # The primary group in the supplementary list or not grants the same access.
     current = (os.getuid(), os.getgid(), set(os.getgroups()) - {os.getgid()})
     if current == (user.uid, user.gid, set(user.groups) - {user.gid}):
-        return None, None, None
-    return user.uid, user.gid, list(user.groups)
+        return None
+    return user.uid, user.gid, tuple(user.groups)
 
 
 def _popen(
@@ -195,10 +191,10 @@ def _popen(
     stdio: tuple[int, int, int],
     *,
     pty: bool,
-    credentials: tuple[int | None, int | None, list[int] | None],
+    credentials: Credentials | None,
 ) -> subprocess.Popen[bytes]:
     """Start ``argv`` the ``subprocess`` way: ``vfork`` unless it must switch user or set up a PTY."""
-    uid, gid, groups = credentials
+    uid, gid, groups = credentials or (None, None, None)
     return subprocess.Popen(
         argv,
         cwd=cwd,
@@ -210,7 +206,7 @@ def _popen(
         preexec_fn=_make_controlling_tty if pty else None,
         user=uid,
         group=gid,
-        extra_groups=groups,
+        extra_groups=None if groups is None else list(groups),
     )
 
 
@@ -254,7 +250,7 @@ class ManagedProcess:
         self.exit: Exit | None = None
         self._manager = manager
         self._loop = manager.loop
-        self._popen = popen  # kept so that Popen never waits for (or warns about) the child; None from a spawner
+        self._popen = popen  # kept so that Popen never waits for (or warns about) the child; None from the launcher
         self._outputs = outputs
         self._input_fd = input_fd
         self._pty_fd = pty_fd
@@ -450,7 +446,7 @@ class ProcessManager:
     def __init__(self, loop: asyncio.AbstractEventLoop, reaper: Reaper, base_env: dict[str, str]) -> None:
         self.loop = loop
         self._reaper = reaper
-        self.spawners = Spawners(loop, reaper)
+        self.launcher = Launcher()
         self._base_env = base_env
         # The image's WORKDIR: where commands start when they name no cwd (else the user's home).
         self._workdir = os.environ.get("CORRAL_AGENT_WORKDIR", "")
@@ -508,10 +504,10 @@ class ProcessManager:
     async def start(self, user: User, request: Message, subscriber: Subscriber) -> ManagedProcess:
         """Spawn what a ``StartRequest`` describes; ``subscriber`` sees all its output.
 
-        A command as another user than the agent's own goes through that
-        user's spawner when one is ready (:mod:`corral.agent.spawners`): no
-        ``fork`` of the agent. PTY commands, and any command while no spawner
-        is ready, are started by ``subprocess.Popen``.
+        Commands start from the launcher thread (:mod:`corral.agent.launcher`):
+        no ``fork`` of the agent, whichever user they run as. PTY commands
+        (which need their terminal made the controlling one), and any command
+        where the launcher is unavailable, are started by ``subprocess.Popen``.
         """
         spec = as_message(field(request, "process"), "process")
         cmd = field(spec, "cmd")
@@ -542,8 +538,6 @@ class ProcessManager:
         if cwd_arg is not None:
             config["cwd"] = cwd_arg
         cmdline = " ".join([cmd, *args])
-        switch_user = _credentials(user)[0] is not None
-        spawner = self.spawners.get(user) if switch_user and pty is None else None
         popen: subprocess.Popen[bytes] | None = None
 
         child_fds: list[int] = []  # the child's ends: closed here once it has them
@@ -574,16 +568,18 @@ class ProcessManager:
                 stdio = (stdin_read, out_write, err_write)
                 outputs = {out_read: "stdout", err_read: "stderr"}
             direct = None if pty is not None else direct_command(cmd, args, env, cwd)
-            launch = functools.partial(self._launch, spawner, cwd=cwd, stdio=stdio, pty=pty is not None, user=user)
+            credentials = _credentials(user)
             without_shell: dict[str, str] = {}
             if direct is not None:
                 try:
-                    pid, popen = await launch(*direct)
+                    pid, popen = self._launch(*direct, cwd=cwd, stdio=stdio, pty=False, credentials=credentials)
                     without_shell["without_shell"] = direct[0]
                 except _ProgramError:  # bash reports it in its own words
                     direct = None
             if direct is None:
-                pid, popen = await launch(cmd, args, env)
+                pid, popen = self._launch(
+                    cmd, args, env, cwd=cwd, stdio=stdio, pty=pty is not None, credentials=credentials
+                )
         except (OSError, subprocess.SubprocessError, ValueError, TypeError) as exc:
             for fd in parent_fds:
                 os.close(fd)
@@ -611,12 +607,12 @@ class ProcessManager:
         self._processes[process.pid] = process
         self._idle.clear()
         self._reaper.watch(process.pid, process.on_exit)  # before yielding to the loop
-        log("process started", pid=process.pid, cmd=cmdline, user=user.name, cwd=cwd, **without_shell)
+        started_by = "launcher" if popen is None else "subprocess"
+        log("process started", pid=process.pid, cmd=cmdline, user=user.name, cwd=cwd, by=started_by, **without_shell)
         return process
 
-    async def _launch(
+    def _launch(
         self,
-        spawner: Spawner | None,
         cmd: str,
         args: list[str],
         env: dict[str, str],
@@ -624,50 +620,29 @@ class ProcessManager:
         cwd: str,
         stdio: tuple[int, int, int],
         pty: bool,
-        user: User,
+        credentials: Credentials | None,
     ) -> tuple[int, subprocess.Popen[bytes] | None]:
-        """Start ``cmd args`` through ``spawner`` if it takes it, else by ``Popen``: its pid and ``Popen``."""
-        pid = await self._spawn_with(spawner, cmd, args, env, cwd, stdio) if spawner is not None else None
-        if pid is not None:
-            return pid, None
+        """Start ``cmd args``: its pid, and its ``Popen`` if ``subprocess`` started it.
+
+        The launcher starts it unless it needs a PTY or the launcher is
+        unavailable; so does ``Popen`` when the user is at its process limit
+        (``EAGAIN``: nothing ran, and the agent, as root, may still start it).
+        """
+        if not pty and self.launcher.available:
+            try:
+                return self.launcher.spawn(cmd, [cmd, *args], env, cwd, stdio, credentials=credentials), None
+            except CwdError:
+                raise
+            except OSError as exc:
+                if exc.errno != errno.EAGAIN:
+                    raise _ProgramError(exc.errno, exc.strerror, cmd) from None
         try:
-            popen = _popen([cmd, *args], cwd, env, stdio, pty=pty, credentials=_credentials(user))
+            popen = _popen([cmd, *args], cwd, env, stdio, pty=pty, credentials=credentials)
         except OSError as exc:
             if exc.errno is not None and exc.filename != cwd:
                 raise _ProgramError(exc.errno, exc.strerror, exc.filename) from None
             raise
         return popen.pid, popen
-
-    async def _spawn_with(
-        self, spawner: Spawner, cmd: str, args: list[str], env: dict[str, str], cwd: str, stdio: tuple[int, int, int]
-    ) -> int | None:
-        """The pid of the command ``spawner`` started; ``None`` if it cannot take it (start it another way)."""
-        try:
-            future = spawner.spawn(cmd, [cmd, *args], env, cwd, stdio)
-        except Unavailable:
-            return None
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), REPLY_TIMEOUT)
-        except TimeoutError:  # stopped, or worse: a user can signal (and trace) its own spawner
-            spawner.abandon(f"it did not answer within {REPLY_TIMEOUT:g} s")
-            raise OSError(f"the spawner for {spawner.name} did not answer; the command may not have started") from None
-        except SpawnError as exc:
-            if exc.errno == errno.EAGAIN and not exc.in_cwd:
-                return None  # the user is at its process limit: nothing ran, and root may still start it
-            if exc.in_cwd:
-                raise OSError(exc.errno, exc.strerror, cwd) from None
-            raise _ProgramError(exc.errno, exc.strerror, cmd) from None
-        except Unavailable as exc:  # it died with the request: whether it ran is unknown, so no second try
-            raise OSError(f"{exc}; the command may or may not have started") from None
-        except asyncio.CancelledError:
-            if not future.done():
-                future.cancel()  # its answer, when it comes, kills what it started
-            elif not future.cancelled() and future.exception() is None:
-                pid = future.result()  # started, but nobody is left to see it
-                with contextlib.suppress(OSError):
-                    os.killpg(pid, signal.SIGKILL)
-                self._reaper.watch(pid, _ignore_exit)
-            raise
 
     def signal_all(self, signum: int) -> None:
         for process in list(self._processes.values()):

@@ -5,10 +5,6 @@ status to whoever registered the pid with :meth:`Reaper.watch`; everything
 else (orphans re-parented to PID 1) is reaped silently. Nothing else in the
 agent may call ``waitpid``: asyncio's child watchers are not used for this
 reason, and ``subprocess.Popen`` objects are never waited on.
-
-Children of the agent's spawners (:mod:`corral.agent.spawners`) are reaped by
-their spawner, which reports each status; :meth:`Reaper.exited` dispatches it
-the same way.
 """
 
 from __future__ import annotations
@@ -27,7 +23,6 @@ class Reaper:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._watched: dict[int, ExitCallback] = {}
-        self._early: dict[int, int] = {}  # reported by a spawner before anyone watched
 
     def install(self) -> None:
         """Start handling SIGCHLD (and reap anything already dead)."""
@@ -42,21 +37,8 @@ class Reaper:
 
         Register right after spawning, before yielding to the event loop: the
         reaping runs from the loop, so it cannot have collected ``pid`` yet.
-        A status :meth:`exited` got before this call is delivered soon.
         """
-        status = self._early.pop(pid, None)
-        if status is not None:
-            self._loop.call_soon(callback, status)
-        else:
-            self._watched[pid] = callback
-
-    def exited(self, pid: int, status: int) -> None:
-        """``pid`` (not our child: a spawner's) ended with wait status ``status``."""
-        callback = self._watched.pop(pid, None)
-        if callback is not None:
-            callback(status)
-        else:
-            self._early[pid] = status
+        self._watched[pid] = callback
 
     def reap(self) -> None:
         """Collect every exited child; safe to call at any time."""

@@ -76,7 +76,6 @@ async def run(fd: int, address: str, *, users: UserDb, base_env: dict[str, str])
     server.close()
     if oom_killer is not None:
         oom_killer.stop()
-    manager.spawners.close()
     manager.signal_all(signal.SIGTERM)
     if not await manager.wait_idle(SHUTDOWN_GRACE):
         manager.signal_all(signal.SIGKILL)

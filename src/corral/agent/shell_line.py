@@ -27,7 +27,7 @@ import os
 import re
 import string
 
-from .spawner import find_program
+from .launcher import find_program
 
 SHELLS = frozenset({"bash"})
 """Program names taken as a shell whose ``-c`` line may run without it (bash only: its rules are the ones copied)."""

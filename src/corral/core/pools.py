@@ -35,9 +35,6 @@ MAX_POOL_SIZE = 64
 RETRY_DELAY = 5.0
 REFILL_DELAY = 1.0
 """After a claim, the refill waits this long: the claimant's first commands get the CPU first."""
-SPAWNER_WAIT = 5.0
-"""Seconds a new pool sandbox's warm-up waits for its default user's spawner, at most."""
-SPAWNER_POLL = 0.1
 
 
 def pool_key(*, image: str | None = None, template: str | None = None) -> str:
@@ -182,28 +179,12 @@ class Pools:
             self.store.update_sandbox(row.id, state=POOLED, pool=key)
 
     async def _warm_up(self, sandbox_id: str) -> None:
-        """Make the claimant's first command as quick as any later one.
-
-        The shell is found and run, and then, for a default user other than
-        root, commands go on until one is started by that user's spawner (its
-        parent is no longer the agent): a first command would otherwise fork
-        the agent (see ``corral.agent.spawners``).
-        """
+        """Make the claimant's first command as quick as any later one: the shell is found and run once."""
         from corral.core import commands
 
         agent = self.manager.agent(sandbox_id)
         shell = await self.manager.shell(sandbox_id)
-        probe = commands.ExecRequest(cmd='echo "$PPID $EUID"', timeout=30)
-        first = (await commands.run(agent, probe, shell)).stdout.split()
-        if len(first) != 2 or first[1] == "0":  # root needs no spawner (or the shell has no $EUID)
-            return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + SPAWNER_WAIT
-        while loop.time() < deadline:
-            await asyncio.sleep(SPAWNER_POLL)
-            if (await commands.run(agent, probe, shell)).stdout.split()[:1] != first[:1]:
-                return
-        log.warning("pool sandbox %s: its user's commands still fork the agent after %gs", sandbox_id, SPAWNER_WAIT)
+        await commands.run(agent, commands.ExecRequest(cmd="true", timeout=30), shell)
 
 
 def _fits(row: SandboxRow, request: CreateRequest) -> bool:

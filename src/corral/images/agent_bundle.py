@@ -63,12 +63,13 @@ MOUNT_POINT = "/.corral"
 LOADERS = {"x86_64": "ld-linux-x86-64.so.2", "aarch64": "ld-linux-aarch64.so.1"}
 LOADER = LOADERS.get(platform.machine(), "ld-linux-x86-64.so.2")
 STALE_BUILD = 3600.0  # seconds after which a leftover build directory is removed
-BUNDLE_FORMAT = 2  # bump when the layout or the module selection changes
+BUNDLE_FORMAT = 3  # bump when the layout or the module selection changes
 
 # Imported lazily by the agent or at the interpreter's start, so an import
 # scan of the agent's modules alone would miss them.
 EXTRA_MODULES = (
     "concurrent.futures.thread",
+    "ctypes",
     "encodings.ascii",
     "encodings.latin_1",
     "encodings.utf_8",
