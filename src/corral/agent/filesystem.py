@@ -17,7 +17,6 @@ import asyncio
 import errno
 import os
 import posixpath
-import shutil
 import stat
 import time
 from collections.abc import Callable
@@ -261,6 +260,8 @@ class FilesystemService:
             if not stat.S_ISDIR(st.st_mode):
                 os.unlink(path)
             elif recursive:
+                import shutil  # here: it brings zlib and fnmatch, which the agent's start does without
+
                 shutil.rmtree(path)
             else:
                 os.rmdir(path)
@@ -286,6 +287,8 @@ class FilesystemService:
             except OSError as exc:
                 if exc.errno != errno.EXDEV:
                     raise
+                import shutil
+
                 shutil.move(source, destination)
             return self.entries.entry(destination)
         except OSError as exc:

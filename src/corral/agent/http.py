@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Awaitable, Callable
-from urllib.parse import parse_qs, urlsplit
 
 from .log import log
 
 MAX_HEAD = 64 * 1024
+_SPLIT_AT = frozenset("?#\t\r\n")  # characters urlsplit acts on in a path (with a leading "//")
 IDLE_TIMEOUT = 300.0
 
 REASONS = {
@@ -143,9 +143,14 @@ class Request:
         self.version = version
         self.headers = headers
         self.body = body
-        parts = urlsplit(target)
-        self.path = parts.path
-        self.query = parse_qs(parts.query, keep_blank_values=True)
+        if target.startswith("/") and not target.startswith("//") and not _SPLIT_AT.intersection(target):
+            self.path, self.query = target, {}  # what urlsplit gives, without importing it (and ipaddress)
+        else:
+            from urllib.parse import parse_qs, urlsplit
+
+            parts = urlsplit(target)
+            self.path = parts.path
+            self.query = parse_qs(parts.query, keep_blank_values=True)
 
     @property
     def disconnected(self) -> bool:

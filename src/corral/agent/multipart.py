@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from urllib.parse import unquote
 
 from .http import BadRequest
 
@@ -25,6 +24,8 @@ def header_params(value: str) -> dict[str, str]:
     extended = params.get("filename*")
     if extended:  # RFC 5987: charset'language'percent-encoded
         charset, _, rest = extended.partition("'")
+        from urllib.parse import unquote  # here: rare, and it costs the agent's start an import
+
         params["filename"] = unquote(rest.partition("'")[2], encoding=charset or "utf-8")
     return params
 

@@ -24,7 +24,6 @@ import os
 import signal
 import struct
 import subprocess
-import termios
 from collections import deque
 from dataclasses import dataclass
 
@@ -219,11 +218,16 @@ def _ignore_exit(wait_status: int) -> None:
 
 
 def _make_controlling_tty() -> None:
-    # Runs in the child between fork and exec: stdin is the PTY slave.
+    # Runs in the child between fork and exec: stdin is the PTY slave. termios
+    # was imported before the fork (by _set_winsize), so this only looks it up.
+    import termios
+
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
 def _set_winsize(fd: int, cols: int, rows: int) -> None:
+    import termios  # here: only PTYs need it, and the agent's start does without
+
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 

@@ -77,8 +77,11 @@ EXTRA_MODULES = (
     "linecache",
     "resource",
     "runpy",
+    "shutil",
+    "termios",
     "tokenize",
     "traceback",
+    "urllib.parse",
     "zlib",
 )
 # Optional imports of asyncio and shutil the agent does without: they would
