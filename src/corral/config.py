@@ -127,7 +127,11 @@ class Settings(BaseSettings):
 
     max_concurrent_starts: int = Field(default=0, ge=0)
     """Sandboxes that may boot at once (runtime start until the agent answers); other creates wait their turn.
-    0: twice the host's CPUs."""
+    0: twice the host's CPUs. Restores and forks do not wait: their agent is restored running."""
+
+    spare_disks: int = Field(default=10, ge=0, le=100)
+    """Disks of ``default_disk_mb`` kept formatted ahead (about 4 MB of host disk each), so that a create
+    only mounts one. 0: every create formats its own."""
 
     reaper_interval: float = Field(default=1.0, gt=0)
     """How often, in seconds, expired sandboxes are looked for."""

@@ -33,6 +33,7 @@ async def run(
     env: dict[str, str] | None = None,
 ) -> Completed:
     """Run ``argv`` to completion; with ``check``, a non-zero exit raises RuntimeFailure."""
+    started = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
@@ -68,7 +69,7 @@ async def run(
                 "stderr": done.stderr[-2000:],
             },
         )
-    log.debug("ran %s -> %s", argv, done.returncode)
+    log.debug("ran %s -> %s in %.1f ms", argv, done.returncode, (time.monotonic() - started) * 1e3)
     return done
 
 

@@ -382,7 +382,7 @@ class Lifecycle:
         async def start(spec: SandboxSpec) -> RuntimeHandle:
             return await self.runtime.restore(spec, path)
 
-        row = await self.manager.create(create, image=image, image_label=source.image, start=start)
+        row = await self.manager.create(create, image=image, image_label=source.image, start=start, boots=False)
         self.touch(row.id)
         return row
 

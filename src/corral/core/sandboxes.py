@@ -194,10 +194,14 @@ class SandboxManager:
         image: Image | None = None,
         image_label: str | None = None,
         start: Callable[[SandboxSpec], Awaitable[RuntimeHandle]] | None = None,
+        boots: bool = True,
     ) -> SandboxRow:
         """Start a sandbox on ``request.image`` (pulled if need be), or on ``image`` as given.
 
         ``start`` replaces the runtime's ``create`` (a restore from a snapshot does).
+        Only a sandbox that ``boots`` (its agent starts from nothing) waits for a
+        boot slot: a restored one brings its running agent along, and restores
+        side by side do not starve each other the way Python starting up does.
         """
         s = self.settings
         if request.on_timeout not in ("kill", "pause"):
@@ -267,9 +271,9 @@ class SandboxManager:
         # every packet the sandbox starts (an address it does not know), so none leaves unfiltered.
         attached = asyncio.create_task(self.network.attach(row))
         try:
-            if self._booting.locked():
+            if boots and self._booting.locked():
                 log.info("sandbox %s waits for one of %d boots under way to end", sandbox_id, self.start_slots)
-            async with self._booting:
+            async with self._booting if boots else contextlib.nullcontext():
                 handle = await (start or self.runtime.create)(spec)
                 self.store.update_sandbox(sandbox_id, agent_url=handle.agent_url, runtime_info=handle.info)
                 await self.wait_for_agent(handle)

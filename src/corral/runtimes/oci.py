@@ -50,6 +50,7 @@ from corral.runtimes.base import (
     RuntimeState,
     SandboxSpec,
 )
+from corral.runtimes.disks import SpareDisks, format_disk, mount_disk
 from corral.runtimes.etc_files import write_own_files
 
 log = logging.getLogger(__name__)
@@ -132,21 +133,6 @@ def upper_dir(sdir: Path) -> Path:
     return legacy if legacy.is_dir() else sdir / DISK / "upper"
 
 
-async def make_disk(image: Path, mount_point: Path, size_mb: int) -> None:
-    """A sparse ext4 file system of ``size_mb`` MiB in ``image``, mounted on ``mount_point``.
-
-    Space is taken as it is written, and given back to the host as files are
-    deleted (``discard``); a sandbox that fills it gets ENOSPC, nobody else does.
-    No journal: the disk dies with its sandbox, and nothing else mounts it.
-    """
-    with image.open("wb") as f:
-        f.truncate(size_mb << 20)
-    await hostcmd.run(
-        ["mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal", "-E", "lazy_itable_init=1,nodiscard", str(image)]
-    )
-    await hostcmd.run(["mount", "-o", "loop,discard,nosuid,nodev", str(image), str(mount_point)])
-
-
 def host_memory_limit(memory_mb: int) -> int:
     """The host cgroup's memory wall (bytes) above a sandbox's own ``memory_mb``: see :func:`host_limits`."""
     return (memory_mb + max(256, memory_mb)) << 20
@@ -176,6 +162,8 @@ class OciRuntime(Runtime):
         data_dir: Path,
         binary: str | None = None,
         platform: str = "systrap",
+        spare_disks: int = 0,
+        spare_disk_mb: int = 0,
     ) -> None:
         self.name = kind
         self.kind = kind
@@ -185,6 +173,7 @@ class OciRuntime(Runtime):
         self.state_root = STATE_ROOT / kind
         self._bundle: Path | None = None
         self._ready = asyncio.Lock()
+        self.spare_disks = SpareDisks(data_dir / "spare-disks", size_mb=spare_disk_mb, keep=spare_disks)
 
     # -- set-up ----------------------------------------------------------------
 
@@ -198,6 +187,7 @@ class OciRuntime(Runtime):
                 bundle = await asyncio.to_thread(build_agent_bundle, self.data_dir / "agent")
                 await seal_read_only(bundle)
                 self._bundle = bundle
+                self.spare_disks.refill()
             return self._bundle
 
     def sandbox_dir(self, sandbox_id: str) -> Path:
@@ -435,6 +425,9 @@ class OciRuntime(Runtime):
             text = "".join(text.splitlines(keepends=True)[-tail:]) if tail > 0 else ""
         return text
 
+    async def aclose(self) -> None:
+        await self.spare_disks.aclose()
+
     # -- pieces ----------------------------------------------------------------
 
     async def _mount_rootfs(
@@ -444,7 +437,10 @@ class OciRuntime(Runtime):
         disk, rootfs = sdir / DISK, sdir / "rootfs"
         disk.mkdir(parents=True, exist_ok=True)
         if spec.disk_mb:
-            await make_disk(sdir / DISK_IMAGE, disk, spec.disk_mb)
+            image = sdir / DISK_IMAGE
+            if not self.spare_disks.take(spec.disk_mb, image):
+                await format_disk(image, spec.disk_mb)
+            await mount_disk(image, disk)
         upper, work = disk / "upper", disk / "work"
         for d in (upper, work, rootfs):
             d.mkdir(parents=True, exist_ok=True)
