@@ -5,7 +5,7 @@
   ``runsc checkpoint``-ed as corral does it, then restored by hand into a fresh
   namespace and disk (the upper dir copied, the overlay mounted, the veth made)
   with ``runsc restore -detach`` and answered by a ``runsc exec echo``;
-- fork: ``sbx.fork(10)`` in one call, until all ten answer an ``echo``, beside
+- fork: ``sbx.fork(10)`` in one call, until all ten answer an ``echo`` (sent to all at once), beside
   ten restores of the raw checkpoint by hand at once, until each answered;
 - hibernation: host memory (PSS of the sandbox's processes) before and after
   ``sbx.hibernate()``, and the time an ``echo`` takes to wake it.
@@ -133,8 +133,7 @@ def measure(url: str, api_key: str | None, runs: int) -> dict[str, Any]:
 
                 t0 = time.perf_counter()
                 children = source.fork(FORK_N, timeout=300)
-                for child in children:
-                    child.commands.run("echo hi")
+                raise_any(in_threads(lambda child: child.commands.run("echo hi"), children))  # at once, as the floor
                 fork.append(time.perf_counter() - t0)
                 for child in children:
                     sandboxes.live[child.id] = child
