@@ -383,6 +383,7 @@ class Lifecycle:
             return await self.runtime.restore(spec, path)
 
         row = await self.manager.create(create, image=image, image_label=source.image, start=start, boots=False)
+        self.manager.inherit_shell(row.id, source.sandbox_id)  # its files are the source's: no stat on its first run
         self.touch(row.id)
         return row
 

@@ -408,6 +408,12 @@ class SandboxManager:
             self._shells[sandbox_id] = shell
         return shell
 
+    def inherit_shell(self, sandbox_id: str, source_id: str) -> None:
+        """A copy of ``source_id`` (restored from its memory and files) runs lines with its shell, if that is known."""
+        shell = self._shells.get(source_id)
+        if shell is not None:
+            self._shells.setdefault(sandbox_id, shell)
+
     async def agent_failed(self, sandbox_id: str, exc: AgentUnavailable) -> None:
         """An agent stopped answering: find out whether its sandbox is gone."""
         row = self.store.get_sandbox(sandbox_id)
