@@ -508,10 +508,11 @@ class ProcessManager:
     async def start(self, user: User, request: Message, subscriber: Subscriber) -> ManagedProcess:
         """Spawn what a ``StartRequest`` describes; ``subscriber`` sees all its output.
 
-        Commands start from the launcher thread (:mod:`corral.agent.launcher`):
-        no ``fork`` of the agent, whichever user they run as. PTY commands
-        (which need their terminal made the controlling one), and any command
-        where the launcher is unavailable, are started by ``subprocess.Popen``.
+        No command forks the agent: one as another user starts from the
+        launcher thread (:mod:`corral.agent.launcher`), one as the agent's own
+        user by ``subprocess.Popen`` with a ``vfork``. PTY commands (which need
+        their terminal made the controlling one) are started by ``Popen`` too,
+        which forks when it must switch user for them.
         """
         spec = as_message(field(request, "process"), "process")
         cmd = field(spec, "cmd")
@@ -628,11 +629,14 @@ class ProcessManager:
     ) -> tuple[int, subprocess.Popen[bytes] | None]:
         """Start ``cmd args``: its pid, and its ``Popen`` if ``subprocess`` started it.
 
-        The launcher starts it unless it needs a PTY or the launcher is
-        unavailable; so does ``Popen`` when the user is at its process limit
-        (``EAGAIN``: nothing ran, and the agent, as root, may still start it).
+        A command as another user goes to the launcher thread; one as the
+        agent's own user needs no switch, so ``Popen`` starts it from here
+        with a ``vfork`` (no hand-over to another thread). ``Popen`` also
+        starts PTY commands, every command if the launcher is unavailable, and
+        a user's command when that user is at its process limit (``EAGAIN``:
+        nothing ran, and the agent, as root, may still start it).
         """
-        if not pty and self.launcher.available:
+        if not pty and credentials is not None and self.launcher.available:
             try:
                 return self.launcher.spawn(cmd, [cmd, *args], env, cwd, stdio, credentials=credentials), None
             except CwdError:

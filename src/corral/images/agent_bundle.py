@@ -2,7 +2,8 @@
 
 The in-sandbox agent (:mod:`corral.agent`) must start in any rootfs: Debian,
 Alpine (musl), or nothing but a static busybox. So it brings its own
-interpreter, built from the host's Python::
+interpreter, taken from a Python on the host (:func:`agent_python`: the
+system's ``python3`` if it is 3.11 or newer, else the one running corral)::
 
     /.corral/
       bin/python3                     the host interpreter binary
@@ -39,19 +40,19 @@ crashes never leave a half-built bundle behind.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
 import platform
-import py_compile
 import re
 import shutil
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import corral.agent
@@ -59,11 +60,13 @@ import corral.agent
 log = logging.getLogger(__name__)
 
 MOUNT_POINT = "/.corral"
+SYSTEM_PYTHON = "/usr/bin/python3"
+"""Preferred over corral's own interpreter for the bundle (see :func:`agent_python`)."""
 # glibc's dynamic loader, by machine; the bundle runs it explicitly.
 LOADERS = {"x86_64": "ld-linux-x86-64.so.2", "aarch64": "ld-linux-aarch64.so.1"}
 LOADER = LOADERS.get(platform.machine(), "ld-linux-x86-64.so.2")
 STALE_BUILD = 3600.0  # seconds after which a leftover build directory is removed
-BUNDLE_FORMAT = 3  # bump when the layout or the module selection changes
+BUNDLE_FORMAT = 4  # bump when the layout or the module selection changes
 
 # Imported lazily by the agent or at the interpreter's start, so an import
 # scan of the agent's modules alone would miss them.
@@ -132,10 +135,62 @@ def agent_env() -> dict[str, str]:
     return {}
 
 
-def host_python() -> Path:
-    """The real host interpreter binary (not a venv's symlink to it)."""
-    executable = getattr(sys, "_base_executable", None) or sys.executable
-    return Path(os.path.realpath(executable))
+@dataclass(frozen=True)
+class Interpreter:
+    """A host Python the bundle can be built from, as it describes itself."""
+
+    binary: Path
+    version: str  # sys.version
+    minor: str  # "python3.11": the stdlib directory's name
+    stdlib: Path
+    libpython: Path | None  # its shared libpython, if it has one
+
+
+_DESCRIBE = """
+import json, os, sys, sysconfig
+library = sysconfig.get_config_var("LDLIBRARY") or ""
+libdir = sysconfig.get_config_var("LIBDIR") or ""
+shared = os.path.join(libdir, library) if library.endswith(".so") or ".so." in library else ""
+print(json.dumps({
+    "version": sys.version, "info": list(sys.version_info[:2]), "stdlib": sysconfig.get_paths()["stdlib"],
+    "libpython": shared if shared and os.path.exists(shared) else "",
+}))
+"""
+
+
+def describe(binary: Path) -> Interpreter | None:
+    """What ``binary`` is, if it is a Python the agent runs on (3.11 or newer)."""
+    try:
+        done = subprocess.run([str(binary), "-I", "-S", "-c", _DESCRIBE], capture_output=True, text=True, timeout=30)
+        facts = json.loads(done.stdout)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    if done.returncode != 0 or tuple(facts["info"]) < (3, 11):
+        return None
+    return Interpreter(
+        binary=Path(os.path.realpath(binary)),
+        version=facts["version"],
+        minor=f"python{facts['info'][0]}.{facts['info'][1]}",
+        stdlib=Path(facts["stdlib"]),
+        libpython=Path(facts["libpython"]) if facts["libpython"] else None,
+    )
+
+
+@functools.cache
+def agent_python() -> Interpreter:
+    """The interpreter the bundle is built from: the system's ``python3`` if it will do, else corral's own.
+
+    The system's (Debian's ``/usr/bin/python3``) is built with profile-guided
+    and link-time optimisation and has most extension modules linked in;
+    an interpreter built from source with the defaults (as pyenv builds it)
+    has neither. Inside gVisor that matters twice over: each extension module
+    loaded from its own ``.so`` costs several milliseconds there, and the
+    agent's own Python code runs up to 2.7 times faster on the optimised build.
+    """
+    for candidate in (SYSTEM_PYTHON, getattr(sys, "_base_executable", None) or sys.executable):
+        if Path(candidate).exists() and (found := describe(Path(candidate))) is not None:
+            return found
+    raise RuntimeError("no Python 3.11 or newer to build the agent bundle from")
 
 
 def _agent_sources() -> list[Path]:
@@ -146,14 +201,12 @@ def _agent_sources() -> list[Path]:
 def bundle_key() -> str:
     """Hash of everything a bundle is built from."""
     digest = hashlib.sha256()
-    python = host_python()
-    digest.update(f"{BUNDLE_FORMAT}\0{sys.version}\0{python}\0".encode())
-    digest.update(python.read_bytes())
-    libpython = sysconfig.get_config_var("LDLIBRARY")
-    libdir = sysconfig.get_config_var("LIBDIR")
-    if libpython and libdir and (Path(libdir) / libpython).exists():
-        st = (Path(libdir) / libpython).stat()
-        digest.update(f"{libpython}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    python = agent_python()
+    digest.update(f"{BUNDLE_FORMAT}\0{python.version}\0{python.binary}\0".encode())
+    digest.update(python.binary.read_bytes())
+    if python.libpython is not None:
+        st = python.libpython.stat()
+        digest.update(f"{python.libpython}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
     for source in _agent_sources():
         digest.update(source.name.encode() + b"\0" + source.read_bytes())
     return digest.hexdigest()
@@ -190,11 +243,10 @@ def build_agent_bundle(dest_root: Path) -> Path:
 
 
 def _build(root: Path) -> None:
-    python = host_python()
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    interpreter = agent_python()
+    python, stdlib = interpreter.binary, interpreter.stdlib
     lib = root / "lib"
-    pylib = lib / version
+    pylib = lib / interpreter.minor
     (root / "bin").mkdir(parents=True)
     pylib.mkdir(parents=True)
 
@@ -228,12 +280,12 @@ def _build(root: Path) -> None:
 
     if not (lib / LOADER).exists():
         raise RuntimeError(f"{python} is not loaded by {LOADER}: cannot bundle it")
-    _compile(pylib)
+    _compile(python, pylib)
     files = {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
     manifest = {
         "format": BUNDLE_FORMAT,
         "python": str(python),
-        "version": sys.version,
+        "version": interpreter.version,
         "command": agent_command(49983),
         "libraries": {name: str(path) for name, path in sorted(libraries.items())},
         "modules": sorted(modules),
@@ -308,12 +360,19 @@ def _scan_modules(python: Path) -> dict[str, str]:
     return modules
 
 
-def _compile(pylib: Path) -> None:
-    for source in sorted(pylib.rglob("*.py")):
-        cfile = py_compile.compile(
-            str(source),
-            doraise=True,
-            invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
-        )
-        if cfile is not None:
-            os.chmod(cfile, 0o644)
+_COMPILE = """
+import os, py_compile, sys
+for source in sys.argv[1:]:
+    cfile = py_compile.compile(source, doraise=True, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    os.chmod(cfile, 0o644)
+"""
+
+
+def _compile(python: Path, pylib: Path) -> None:
+    """Bytecode for every source, by the bundle's own interpreter (its magic number, its optimiser)."""
+    sources = [str(source) for source in sorted(pylib.rglob("*.py"))]
+    done = subprocess.run(
+        [str(python), "-I", "-S", "-c", _COMPILE, *sources], capture_output=True, text=True, timeout=600
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"compiling the agent bundle failed: {done.stderr.strip()[-2000:]}")
