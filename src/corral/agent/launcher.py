@@ -6,7 +6,9 @@ boots), a ``vfork``-style ``posix_spawn`` a few. ``subprocess`` can only use
 child, between ``fork`` and ``exec``. Linux keeps credentials per thread,
 though (glibc's ``setuid`` merely repeats the call in every thread), and a
 ``posix_spawn`` child starts with its calling thread's credentials. So the
-agent starts its commands from one *launcher thread*:
+agent starts its commands as other users from one *launcher thread* (those
+as its own user need no switch: ``Popen`` starts them with a ``vfork`` from
+the event loop, sparing the hand-over to this thread):
 
 - when the thread starts it unshares its file-system context
   (``unshare(CLONE_FS)``): its working directory and umask are its own, so it
@@ -20,7 +22,11 @@ agent starts its commands from one *launcher thread*:
 - the ``exec`` leaves the child with no capabilities (its real and effective
   ids are the user's), and the thread switches back to root and to ``/``. If
   it ever could not, the agent exits: a thread stuck as a user would start
-  the next root command as that user.
+  the next command with that user's rights.
+
+While its ids are the user's, that user's processes may signal this thread
+(``tgkill``), and a ``SIGSTOP`` or ``SIGKILL`` there stops the whole agent:
+docs/security.md records the gap.
 
 The children are the agent's own, reaped by :class:`~corral.agent.reaper.Reaper`.
 The event loop waits for the thread while it starts one (a few milliseconds,
