@@ -5,29 +5,14 @@ from __future__ import annotations
 import base64
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
-from tests.agent.conftest import EXTRA_GID, USER_UID, Agent, UserWorld, start_agent, stop
+from tests.agent.conftest import EXTRA_GID, USER_UID, Agent, UserWorld
 from tests.agent.helpers import live_stream, server_stream, sh, start_message, unary
 
 START = "process.Process/Start"
-
-
-@pytest.fixture(scope="module")
-def user_agent(tmp_path_factory: pytest.TempPathFactory, user_world: UserWorld) -> Iterator[Agent]:
-    """An agent whose default user is ``user``."""
-    if os.geteuid() != 0:
-        pytest.skip("switching users needs root")
-    running = start_agent(tmp_path_factory.mktemp("launcher-agent"), env={"CORRAL_AGENT_ETC": str(user_world.etc)})
-    try:
-        yield running
-    finally:
-        stop(running.process)
-        print(running.log())
 
 
 def status_of(path: Path) -> dict[str, str]:
