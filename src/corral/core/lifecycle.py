@@ -336,10 +336,21 @@ class Lifecycle:
         row = self._check(sandbox_id)
         work = self.snapshots_dir / f".fork-{sandbox_id}-{secrets.token_hex(4)}"
         work.mkdir(parents=True)
+        # The copies' disks and links are made while the checkpoint is written; each
+        # waits for it only to fill its disk and restore.
+        checkpointed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def checkpoint() -> None:
+            try:
+                async with self._lock(sandbox_id):
+                    await self.manager.drop_agent_connections(sandbox_id)
+                    await self.runtime.checkpoint(self.manager.runtime_handle(sandbox_id), work)
+            except BaseException as exc:
+                checkpointed.set_exception(RuntimeFailure(f"could not checkpoint sandbox {sandbox_id}: {exc}"))
+                raise
+            checkpointed.set_result(None)
+
         try:
-            async with self._lock(sandbox_id):
-                await self.manager.drop_agent_connections(sandbox_id)
-                await self.runtime.checkpoint(self.manager.runtime_handle(sandbox_id), work)
             source = SnapshotRow(
                 id="", sandbox_id=row.id, image=row.image, image_id=row.image_id or "", template=row.template,
                 vcpus=row.vcpus, memory_mb=row.memory_mb, disk_mb=row.disk_mb, envs=dict(row.envs), meta={},
@@ -350,13 +361,17 @@ class Lifecycle:
                 metadata={**row.meta, **request.metadata, "corral.forked_from": row.id},
                 network=row.network if request.network is None else request.network,  # copies keep its policy
             )
-            results = await asyncio.gather(
-                *(self._restore_from(work, source, request) for _ in range(count)), return_exceptions=True
+            taken, *results = await asyncio.gather(
+                checkpoint(),
+                *(self._restore_from(work, source, request, ready=checkpointed) for _ in range(count)),
+                return_exceptions=True,
             )
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
+            if checkpointed.done() and not checkpointed.cancelled():
+                checkpointed.exception()  # seen, even when no copy got as far as waiting for it
         made = [r for r in results if isinstance(r, SandboxRow)]
-        failed = [r for r in results if isinstance(r, BaseException)]
+        failed = [r for r in (taken, *results) if isinstance(r, BaseException)]  # the checkpoint's first
         if failed:
             for sandbox in made:
                 with contextlib.suppress(Exception):
@@ -365,7 +380,9 @@ class Lifecycle:
         log.info("sandbox %s forked into %s", sandbox_id, ", ".join(r.id for r in made))
         return made
 
-    async def _restore_from(self, path: Path, source: SnapshotRow, request: CreateRequest) -> SandboxRow:
+    async def _restore_from(
+        self, path: Path, source: SnapshotRow, request: CreateRequest, *, ready: asyncio.Future[None] | None = None
+    ) -> SandboxRow:
         images = self.manager.images.store
         if not images.has(source.image_id):
             raise RuntimeFailure(f"the image this snapshot was taken on ({source.image}) is gone from the store")
@@ -380,7 +397,7 @@ class Lifecycle:
         )
 
         async def start(spec: SandboxSpec) -> RuntimeHandle:
-            return await self.runtime.restore(spec, path)
+            return await self.runtime.restore(spec, path, ready=ready)
 
         row = await self.manager.create(create, image=image, image_label=source.image, start=start, boots=False)
         self.manager.inherit_shell(row.id, source.sandbox_id)  # its files are the source's: no stat on its first run

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from corral import hostcmd
+from corral.batching import Batcher
 from corral.net.links import HOST_IFACE_PREFIX
 from corral.net.policy import NEVER_PUBLIC, PRIVATE_RANGES, EgressPolicy
 
@@ -58,6 +59,8 @@ class Firewall:
         self.subnet = subnet
         self.table = table_name(subnet)
         self.dns_port = dns_port
+        # Attachments asked for together (a fork, a burst of creates) go in one transaction.
+        self._attachments: Batcher[Attachment] = Batcher(self._attach_many, self._attach_one)
 
     async def install(self, sandboxes: Iterable[Attachment]) -> None:
         """(Re)load the whole table with ``sandboxes`` attached; what was there before goes, atomically."""
@@ -75,6 +78,12 @@ class Firewall:
 
     async def attach(self, sandbox: Attachment) -> None:
         """Apply ``sandbox.policy`` to its address (again, for a change); forgets its pinned addresses."""
+        await self._attachments.run(sandbox)
+
+    async def _attach_many(self, sandboxes: Sequence[Attachment]) -> None:
+        await self._nft([line for sandbox in sandboxes for line in self._attach(sandbox, fresh=False)])
+
+    async def _attach_one(self, sandbox: Attachment) -> None:
         await self._nft(self._attach(sandbox, fresh=False))
 
     async def detach(self, sandbox_id: str, address: str) -> None:

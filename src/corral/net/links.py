@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 
 from corral import hostcmd
+from corral.batching import Batcher
 from corral.runtimes.base import NetworkSpec
 
 NETNS_DIR = Path("/var/run/netns")
@@ -53,32 +55,50 @@ def network_from_info(info: dict[str, object]) -> NetworkSpec:
     )
 
 
-async def create_link(sandbox_id: str, spec: NetworkSpec) -> None:
-    """Make the namespace and the veth pair, addressed and up. Undone by :func:`delete_link`."""
+class Links:
+    """Makes sandboxes' links. The host sides of links asked for together are made by one ``ip -batch``."""
+
+    def __init__(self) -> None:
+        self._host_sides: Batcher[tuple[str, NetworkSpec]] = Batcher(self._make_host_sides, self._retry_host_side)
+
+    async def create(self, sandbox_id: str, spec: NetworkSpec) -> None:
+        """Make the namespace and the veth pair, addressed and up. Undone by :func:`delete_link`."""
+        await delete_link(sandbox_id, spec)  # a leftover of a crash must not block the slot
+        try:
+            await self._host_sides.run((sandbox_id, spec))
+            await hostcmd.run(
+                ["ip", "-n", netns_name(sandbox_id), "-batch", "-"],
+                input=(
+                    "link set lo up\n"
+                    f"addr add {spec.sandbox_address}/{spec.prefix_len} dev eth0\n"
+                    "link set eth0 up\n"
+                    f"route add default via {spec.host_address}\n"
+                ).encode(),
+            )
+        except BaseException:
+            await delete_link(sandbox_id, spec)
+            raise
+
+    @staticmethod
+    async def _make_host_sides(links: Sequence[tuple[str, NetworkSpec]]) -> None:
+        script = "".join(_host_side(sandbox_id, spec) for sandbox_id, spec in links)
+        await hostcmd.run(["ip", "-batch", "-"], input=script.encode())
+
+    @classmethod
+    async def _retry_host_side(cls, link: tuple[str, NetworkSpec]) -> None:
+        await delete_link(*link)  # what a failed batch made of it
+        await cls._make_host_sides([link])
+
+
+def _host_side(sandbox_id: str, spec: NetworkSpec) -> str:
+    """``ip -batch`` lines: the namespace, the pair (its sandbox end inside), the host end addressed and up."""
     ns, iface = netns_name(sandbox_id), host_iface(spec)
-    await delete_link(sandbox_id, spec)  # a leftover of a crash must not block the slot
-    await hostcmd.run(["ip", "netns", "add", ns])
-    try:
-        await hostcmd.run(
-            ["ip", "-batch", "-"],
-            input=(
-                f"link add {iface} type veth peer name eth0 netns {ns}\n"
-                f"addr add {spec.host_address}/{spec.prefix_len} dev {iface}\n"
-                f"link set {iface} up\n"
-            ).encode(),
-        )
-        await hostcmd.run(
-            ["ip", "-n", ns, "-batch", "-"],
-            input=(
-                "link set lo up\n"
-                f"addr add {spec.sandbox_address}/{spec.prefix_len} dev eth0\n"
-                "link set eth0 up\n"
-                f"route add default via {spec.host_address}\n"
-            ).encode(),
-        )
-    except BaseException:
-        await delete_link(sandbox_id, spec)
-        raise
+    return (
+        f"netns add {ns}\n"
+        f"link add {iface} type veth peer name eth0 netns {ns}\n"
+        f"addr add {spec.host_address}/{spec.prefix_len} dev {iface}\n"
+        f"link set {iface} up\n"
+    )
 
 
 async def delete_link(sandbox_id: str, spec: NetworkSpec) -> None:

@@ -9,6 +9,7 @@ restarts is in :attr:`RuntimeHandle.info`, which the store persists.
 from __future__ import annotations
 
 import abc
+import asyncio
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,8 +114,15 @@ class Runtime(abc.ABC):
         """
         raise RuntimeFailure(f"the {self.name} runtime cannot snapshot sandboxes")
 
-    async def restore(self, spec: SandboxSpec, snapshot: Path) -> RuntimeHandle:
-        """A new sandbox (``spec``: its id, network, limits) from a :meth:`checkpoint`: same processes, same files."""
+    async def restore(
+        self, spec: SandboxSpec, snapshot: Path, *, ready: asyncio.Future[None] | None = None
+    ) -> RuntimeHandle:
+        """A new sandbox (``spec``: its id, network, limits) from a :meth:`checkpoint`: same processes, same files.
+
+        With ``ready``, the checkpoint is still being written: what needs none of it
+        (the sandbox's disk, its link) is made meanwhile, the rest once ``ready`` is
+        done (its error is the restore's).
+        """
         raise RuntimeFailure(f"the {self.name} runtime cannot restore sandboxes")
 
     async def hibernate(self, handle: RuntimeHandle) -> None:

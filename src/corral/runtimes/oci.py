@@ -174,6 +174,7 @@ class OciRuntime(Runtime):
         self._bundle: Path | None = None
         self._ready = asyncio.Lock()
         self.spare_disks = SpareDisks(data_dir / "spare-disks", size_mb=spare_disk_mb, keep=spare_disks)
+        self.links = links.Links()
 
     # -- set-up ----------------------------------------------------------------
 
@@ -249,7 +250,7 @@ class OciRuntime(Runtime):
             try:
                 async with asyncio.TaskGroup() as group:
                     rootfs_task = group.create_task(disk())
-                    group.create_task(links.create_link(spec.sandbox_id, spec.network))
+                    group.create_task(self.links.create(spec.sandbox_id, spec.network))
             except BaseExceptionGroup as failed:
                 raise failed.exceptions[0] from None  # what went wrong, not the group that carried it
             rootfs = rootfs_task.result()
@@ -322,16 +323,7 @@ class OciRuntime(Runtime):
         upper = upper_dir(self._dir(handle))
         if not upper.is_dir():
             raise RuntimeFailure(f"sandbox {handle.sandbox_id} has no filesystem left to export")
-        running = await self.state(handle) is RuntimeState.RUNNING
-        if running:
-            paused = await hostcmd.run(self._runtime_argv("pause", handle.sandbox_id), check=False)
-            if paused.returncode != 0:
-                if await self.state(handle) is RuntimeState.RUNNING:
-                    raise RuntimeFailure(
-                        f"could not freeze sandbox {handle.sandbox_id} to copy its files",
-                        details={"stderr": paused.stderr[-2000:]},
-                    )
-                running = False  # it stopped meanwhile: nothing writes any more
+        running = await self._pause_if_running(handle)  # nothing writes while its files are copied
         try:
             # cp -a keeps owners, modes, xattrs (opaque dirs) and whiteouts (0/0 char devices).
             await hostcmd.run(["cp", "-a", "--reflink=auto", f"{upper}/.", str(dest)], timeout=3600)
@@ -352,12 +344,22 @@ class OciRuntime(Runtime):
     async def resume(self, handle: RuntimeHandle) -> None:
         await hostcmd.run(self._runtime_argv("resume", handle.sandbox_id))
 
+    async def _pause_if_running(self, handle: RuntimeHandle) -> bool:
+        """Pause it if it runs; whether it did. One ``runsc`` for a running sandbox, not two."""
+        paused = await hostcmd.run(self._runtime_argv("pause", handle.sandbox_id), check=False)
+        if paused.returncode == 0:
+            return True
+        if await self.state(handle) is RuntimeState.RUNNING:
+            raise RuntimeFailure(
+                f"could not pause sandbox {handle.sandbox_id}: {paused.stderr.strip()[-500:]}",
+                details={"sandbox_id": handle.sandbox_id},
+            )
+        return False
+
     async def checkpoint(self, handle: RuntimeHandle, dest: Path) -> None:
         self._needs_runsc("snapshot")
         sid, upper = handle.sandbox_id, upper_dir(self._dir(handle))
-        running = await self.state(handle) is RuntimeState.RUNNING
-        if running:
-            await self.pause(handle)  # so the memory image and the files agree
+        running = await self._pause_if_running(handle)  # so the memory image and the files agree
         try:
             await hostcmd.run(
                 self._runtime_argv("checkpoint", "--leave-running", "--image-path", str(dest / "memory"), sid),
@@ -368,13 +370,17 @@ class OciRuntime(Runtime):
             if running:
                 await hostcmd.run(self._runtime_argv("resume", sid), check=False)
 
-    async def restore(self, spec: SandboxSpec, snapshot: Path) -> RuntimeHandle:
+    async def restore(
+        self, spec: SandboxSpec, snapshot: Path, *, ready: asyncio.Future[None] | None = None
+    ) -> RuntimeHandle:
         self._needs_runsc("restore")
 
         async def start(sdir: Path) -> None:
             await self._start(spec.sandbox_id, sdir, "restore", "--image-path", str(snapshot / "memory"))
 
         async def copy_upper(upper: Path) -> None:
+            if ready is not None:
+                await asyncio.shield(ready)  # ten copies wait on it: one cancelled must not cancel it
             await hostcmd.run(["cp", "-a", "--reflink=auto", f"{snapshot / 'upper'}/.", str(upper)], timeout=3600)
 
         # The restored kernel brings its own memory size; the host wall goes into the spec
@@ -386,8 +392,7 @@ class OciRuntime(Runtime):
         saved = self._dir(handle) / HIBERNATED
         shutil.rmtree(saved, ignore_errors=True)
         saved.mkdir()
-        if await self.state(handle) is RuntimeState.RUNNING:
-            await self.pause(handle)
+        await self._pause_if_running(handle)
         # Without --leave-running the sandbox stops once saved; its disk and link stay.
         await hostcmd.run(
             self._runtime_argv("checkpoint", "--image-path", str(saved / "memory"), handle.sandbox_id), timeout=600
@@ -401,7 +406,7 @@ class OciRuntime(Runtime):
         # gVisor took the interface's address over when it first started; the restored
         # netstack reads it from the namespace again, so the link is made afresh.
         if "slot" in handle.info:
-            await links.create_link(handle.sandbox_id, links.network_from_info(handle.info))
+            await self.links.create(handle.sandbox_id, links.network_from_info(handle.info))
         await self._start(handle.sandbox_id, sdir, "restore", "--image-path", str(saved / "memory"))
         config = json.loads((sdir / "bundle" / "config.json").read_text())
         limit_mb = int(config["linux"]["resources"]["memory"]["limit"]) >> 20

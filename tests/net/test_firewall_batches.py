@@ -1,0 +1,61 @@
+"""Firewall attachments with the real ``nft``: asked for together, loaded in one transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from typing import Any
+
+import pytest
+
+from corral import hostcmd
+from corral.errors import RuntimeFailure
+from corral.net import firewall
+from corral.net.firewall import Attachment, Firewall
+from corral.net.policy import EgressPolicy
+from tests.serverproc import SUBNET_BASE, worker_index
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="nftables needs root")
+
+SUBNET = f"10.{SUBNET_BASE + 16 + worker_index()}.1.0/24"
+
+
+def test_attachments_asked_for_together_load_in_one_transaction(monkeypatch: pytest.MonkeyPatch) -> None:
+    transactions: list[str] = []
+    real_run = hostcmd.run
+
+    async def spy(argv: list[str], **kwargs: Any) -> hostcmd.Completed:
+        if argv[:2] == ["nft", "-f"]:
+            transactions.append(kwargs["input"].decode())
+        return await real_run(argv, **kwargs)
+
+    monkeypatch.setattr(firewall.hostcmd, "run", spy)
+    fw = Firewall(SUBNET, dns_port=5353)
+    prefix = SUBNET.rsplit(".", 1)[0]
+    good = [Attachment(f"fb{i}", f"{prefix}.{4 * i + 2}", f"{prefix}.{4 * i + 1}", EgressPolicy()) for i in range(5)]
+    # A CIDR nft refuses (EgressPolicy's own checks never let one through): that one fails alone.
+    bad = Attachment("fbbad", f"{prefix}.30", f"{prefix}.29", EgressPolicy(allow_cidrs=("10.0.0.0/33",)))
+
+    async def scenario() -> list[object]:
+        await fw.install([])
+        transactions.clear()
+        first = await asyncio.gather(*(fw.attach(a) for a in good), return_exceptions=True)
+        second = await asyncio.gather(*(fw.attach(a) for a in (*good[:2], bad)), return_exceptions=True)
+        return [*first, *second]
+
+    try:
+        outcomes = asyncio.run(scenario())
+        assert outcomes[:7] == [None] * 7, outcomes
+        assert isinstance(outcomes[7], RuntimeFailure), outcomes[7]
+        # five in one; then three in one, which failed, and each of those alone
+        assert len(transactions) == 1 + 1 + 3, [t[:80] for t in transactions]
+        assert all(f"out_{a.sandbox_id}" in transactions[0] for a in good)
+        table = subprocess.run(
+            ["nft", "list", "table", "inet", fw.table], capture_output=True, text=True, check=True
+        ).stdout
+        for a in good:
+            assert f"chain out_{a.sandbox_id}" in table and f"{a.address} : jump out_{a.sandbox_id}" in table
+        assert "fbbad" not in table
+    finally:
+        asyncio.run(fw.remove_table())

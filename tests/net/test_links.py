@@ -1,0 +1,88 @@
+"""Sandbox links made with the real ``ip``: links asked for together come from one ``ip -batch``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+from typing import Any
+
+import pytest
+
+from corral import hostcmd
+from corral.errors import RuntimeFailure
+from corral.net import links
+from corral.net.links import Links, delete_link, host_iface, netns_name, network_for_slot
+from tests.serverproc import SUBNET_BASE, worker_index
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+
+SUBNET = f"10.{SUBNET_BASE + 16 + worker_index()}.0.0/24"
+
+
+def addresses(*ip_args: str, dev: str) -> list[str]:
+    out = subprocess.run(["ip", *ip_args, "-j", "addr", "show", "dev", dev], capture_output=True, check=True)
+    info: list[dict[str, Any]] = json.loads(out.stdout)
+    return [a["local"] for a in info[0]["addr_info"] if a["family"] == "inet"]
+
+
+@pytest.fixture
+def ran(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Every host command the links module runs (for real), in order."""
+    commands: list[list[str]] = []
+    real_run = hostcmd.run
+
+    async def spy(argv: list[str], **kwargs: Any) -> hostcmd.Completed:
+        commands.append(list(argv))
+        return await real_run(argv, **kwargs)
+
+    monkeypatch.setattr(links.hostcmd, "run", spy)
+    return commands
+
+
+def test_a_bad_link_fails_only_its_own_create(ran: list[list[str]]) -> None:
+    pid = os.getpid()
+    good = [(f"lt{pid}x{slot}", network_for_slot(SUBNET, slot)) for slot in range(6)]
+    bad = (f"lt{pid}/bad", network_for_slot(SUBNET, 6))  # a '/' is no namespace name
+
+    async def scenario() -> list[object]:
+        maker = Links()
+        return await asyncio.gather(*(maker.create(sid, spec) for sid, spec in [*good, bad]), return_exceptions=True)
+
+    try:
+        outcomes = asyncio.run(scenario())
+        assert outcomes[:6] == [None] * 6, outcomes
+        assert isinstance(outcomes[6], RuntimeFailure), outcomes[6]
+        host_batches = [argv for argv in ran if argv[:2] == ["ip", "-batch"]]
+        # All seven in one batch, which the bad one failed; then each again alone.
+        assert len(host_batches) == 8, host_batches
+        for sid, spec in good:
+            assert addresses(dev=host_iface(spec)) == [spec.host_address]
+            assert addresses("-n", netns_name(sid), dev="eth0") == [spec.sandbox_address]
+        assert not os.path.exists(links.netns_path(bad[0])), "a failed link leaves nothing behind"
+    finally:
+        for sid, spec in [*good, bad]:
+            asyncio.run(delete_link(sid, spec))
+    for sid, _spec in good:
+        assert not os.path.exists(links.netns_path(sid))
+
+
+def test_links_asked_for_together_are_made_by_one_ip_batch(ran: list[list[str]]) -> None:
+    pid = os.getpid()
+    wanted = [(f"lt{pid}y{slot}", network_for_slot(SUBNET, 10 + slot)) for slot in range(5)]
+
+    async def scenario() -> None:
+        maker = Links()
+        await asyncio.gather(*(maker.create(sid, spec) for sid, spec in wanted))
+
+    try:
+        asyncio.run(scenario())
+        host_batches = [argv for argv in ran if argv[:2] == ["ip", "-batch"]]
+        assert len(host_batches) == 1, host_batches  # all five reached it in the same moment
+        assert not any(argv[:3] == ["ip", "netns", "add"] for argv in ran)
+        for sid, spec in wanted:
+            assert addresses("-n", netns_name(sid), dev="eth0") == [spec.sandbox_address]
+    finally:
+        for sid, spec in wanted:
+            asyncio.run(delete_link(sid, spec))
