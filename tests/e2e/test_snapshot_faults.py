@@ -7,7 +7,9 @@ with a clear answer, consistent files, and nothing left behind on the host.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +20,7 @@ import httpx
 import pytest
 
 from corral import Sandbox
+from tests.envelope import envelope_error
 from tests.leftovers import assert_nothing_left, processes_naming, sandbox_ids_in
 from tests.serverproc import ServerProcess
 
@@ -307,3 +310,22 @@ def test_server_killed_during_a_fork(own_server: ServerProcess, moment: str) -> 
     assert again.info().state == "running"
     count = check_sequence(again.files.read("/home/user/seq.txt"))
     wait_for("more lines", lambda: check_sequence(again.files.read("/home/user/seq.txt")) > count, every=0.1)
+
+
+def test_a_fork_whose_checkpoint_fails_removes_its_copies(own_server: ServerProcess) -> None:
+    """The copies' disks and links are made while the checkpoint is written: when it fails, they go."""
+    url = own_server.url
+    parent = Sandbox.create(url=url)
+    log_start = len(own_server.log_path.read_text(errors="replace"))
+    for found in processes_naming(parent.id):  # its gVisor gone under the server: nothing to checkpoint
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(found.split(":")[0]), signal.SIGKILL)
+    answer = httpx.post(f"{url}/v1/sandboxes/{parent.id}/fork", json={"count": 3}, timeout=60)
+    error = envelope_error(answer.status_code, answer.headers["content-type"], answer.content)
+    assert error["code"] == "runtime_error" and parent.id in error["message"], error
+    log = own_server.log_path.read_text(errors="replace")[log_start:]
+    children = sandbox_ids_in(log) - {parent.id}
+    assert len(children) == 3, f"the three copies were not begun beside the checkpoint: {log[-2000:]}"
+    assert [s.id for s in Sandbox.list(url=url) if s.id != parent.id] == []
+    assert_nothing_left(own_server.data_dir, children)
+    assert not [p for p in (own_server.data_dir / "snapshots").iterdir()], "the fork's work dir is gone"
