@@ -1,4 +1,4 @@
-"""Firewall attachments with the real ``nft``: asked for together, loaded in one transaction."""
+"""Firewall attachments with the real ``nft``: asked for (or removed) together, in one transaction."""
 
 from __future__ import annotations
 
@@ -19,6 +19,10 @@ from tests.serverproc import SUBNET_BASE, worker_index
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="nftables needs root")
 
 SUBNET = f"10.{SUBNET_BASE + 16 + worker_index()}.1.0/24"
+
+
+def listed(fw: Firewall) -> str:
+    return subprocess.run(["nft", "list", "table", "inet", fw.table], capture_output=True, text=True, check=True).stdout
 
 
 def test_attachments_asked_for_together_load_in_one_transaction(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,11 +55,19 @@ def test_attachments_asked_for_together_load_in_one_transaction(monkeypatch: pyt
         # five in one; then three in one, which failed, and each of those alone
         assert len(transactions) == 1 + 1 + 3, [t[:80] for t in transactions]
         assert all(f"out_{a.sandbox_id}" in transactions[0] for a in good)
-        table = subprocess.run(
-            ["nft", "list", "table", "inet", fw.table], capture_output=True, text=True, check=True
-        ).stdout
+        table = listed(fw)
         for a in good:
             assert f"chain out_{a.sandbox_id}" in table and f"{a.address} : jump out_{a.sandbox_id}" in table
         assert "fbbad" not in table
+
+        transactions.clear()
+
+        async def detach_all() -> None:
+            await asyncio.gather(*(fw.detach(a.sandbox_id, a.address) for a in (*good, bad)))
+
+        asyncio.run(detach_all())  # the bad one was never attached: its removal fails the batch, then passes alone
+        assert len(transactions[0].splitlines()) == 6 * 5, transactions[0]
+        table = listed(fw)
+        assert "out_fb" not in table and "in_fb" not in table and "pin_fb" not in table, table
     finally:
         asyncio.run(fw.remove_table())

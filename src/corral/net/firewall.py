@@ -59,8 +59,9 @@ class Firewall:
         self.subnet = subnet
         self.table = table_name(subnet)
         self.dns_port = dns_port
-        # Attachments asked for together (a fork, a burst of creates) go in one transaction.
+        # Sandboxes attached or detached together (a fork, a burst) go in one transaction.
         self._attachments: Batcher[Attachment] = Batcher(self._attach_many, self._attach_one)
+        self._detachments: Batcher[tuple[str, str]] = Batcher(self._detach_many, self._detach_one)
 
     async def install(self, sandboxes: Iterable[Attachment]) -> None:
         """(Re)load the whole table with ``sandboxes`` attached; what was there before goes, atomically."""
@@ -88,14 +89,13 @@ class Firewall:
 
     async def detach(self, sandbox_id: str, address: str) -> None:
         """Remove the sandbox's rules; anything it still sends is dropped (unknown addresses are)."""
-        t, o, i, p = self.table, *_names(sandbox_id)
-        steps = [
-            f"delete element inet {t} egress {{ {address} }}",
-            f"delete element inet {t} to_host {{ {address} }}",
-            f"delete chain inet {t} {o}",
-            f"delete chain inet {t} {i}",
-            f"delete set inet {t} {p}",
-        ]
+        await self._detachments.run((sandbox_id, address))
+
+    async def _detach_many(self, sandboxes: Sequence[tuple[str, str]]) -> None:
+        await self._nft([step for sandbox in sandboxes for step in self._detach(*sandbox)])
+
+    async def _detach_one(self, sandbox: tuple[str, str]) -> None:
+        steps = self._detach(*sandbox)
         if (await self._nft(steps, check=False)).returncode != 0:
             for step in steps:  # some were never made (a crash between steps): remove the rest
                 await self._nft([step], check=False)
@@ -144,6 +144,16 @@ table inet {self.table} {{
         ip daddr {s} drop
     }}
 }}"""
+
+    def _detach(self, sandbox_id: str, address: str) -> list[str]:
+        t, o, i, p = self.table, *_names(sandbox_id)
+        return [
+            f"delete element inet {t} egress {{ {address} }}",
+            f"delete element inet {t} to_host {{ {address} }}",
+            f"delete chain inet {t} {o}",
+            f"delete chain inet {t} {i}",
+            f"delete set inet {t} {p}",
+        ]
 
     def _attach(self, sandbox: Attachment, *, fresh: bool) -> list[str]:
         t, p = self.table, sandbox.policy
