@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from corral import hostcmd
 from corral.errors import RuntimeFailure
 from corral.net import links
 from corral.net.links import Links, delete_link, host_iface, netns_name, network_for_slot
+from tests.net.conftest import Ran
 from tests.serverproc import SUBNET_BASE, worker_index
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
@@ -27,21 +27,7 @@ def addresses(*ip_args: str, dev: str) -> list[str]:
     return [a["local"] for a in info[0]["addr_info"] if a["family"] == "inet"]
 
 
-@pytest.fixture
-def ran(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    """Every host command the links module runs (for real), in order."""
-    commands: list[list[str]] = []
-    real_run = hostcmd.run
-
-    async def spy(argv: list[str], **kwargs: Any) -> hostcmd.Completed:
-        commands.append(list(argv))
-        return await real_run(argv, **kwargs)
-
-    monkeypatch.setattr(links.hostcmd, "run", spy)
-    return commands
-
-
-def test_a_bad_link_fails_only_its_own_create(ran: list[list[str]]) -> None:
+def test_a_bad_link_fails_only_its_own_create(ran: list[Ran]) -> None:
     pid = os.getpid()
     good = [(f"lt{pid}x{slot}", network_for_slot(SUBNET, slot)) for slot in range(6)]
     bad = (f"lt{pid}/bad", network_for_slot(SUBNET, 6))  # a '/' is no namespace name
@@ -54,7 +40,7 @@ def test_a_bad_link_fails_only_its_own_create(ran: list[list[str]]) -> None:
         outcomes = asyncio.run(scenario())
         assert outcomes[:6] == [None] * 6, outcomes
         assert isinstance(outcomes[6], RuntimeFailure), outcomes[6]
-        host_batches = [argv for argv in ran if argv[:2] == ["ip", "-batch"]]
+        host_batches = [r.argv for r in ran if r.argv[:2] == ["ip", "-batch"]]
         # All seven in one batch, which the bad one failed; then each again alone.
         assert len(host_batches) == 8, host_batches
         for sid, spec in good:
@@ -68,7 +54,7 @@ def test_a_bad_link_fails_only_its_own_create(ran: list[list[str]]) -> None:
         assert not os.path.exists(links.netns_path(sid))
 
 
-def test_links_asked_for_together_are_made_by_one_ip_batch(ran: list[list[str]]) -> None:
+def test_links_asked_for_together_are_made_by_one_ip_batch(ran: list[Ran]) -> None:
     pid = os.getpid()
     wanted = [(f"lt{pid}y{slot}", network_for_slot(SUBNET, 10 + slot)) for slot in range(5)]
 
@@ -78,9 +64,9 @@ def test_links_asked_for_together_are_made_by_one_ip_batch(ran: list[list[str]])
 
     try:
         asyncio.run(scenario())
-        host_batches = [argv for argv in ran if argv[:2] == ["ip", "-batch"]]
+        host_batches = [r.argv for r in ran if r.argv[:2] == ["ip", "-batch"]]
         assert len(host_batches) == 1, host_batches  # all five reached it in the same moment
-        assert not any(argv[:3] == ["ip", "netns", "add"] for argv in ran)
+        assert not any(r.argv[:3] == ["ip", "netns", "add"] for r in ran)
         for sid, spec in wanted:
             assert addresses("-n", netns_name(sid), dev="eth0") == [spec.sandbox_address]
     finally:

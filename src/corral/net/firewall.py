@@ -85,7 +85,7 @@ class Firewall:
         await self._nft([line for sandbox in sandboxes for line in self._attach(sandbox, fresh=False)])
 
     async def _attach_one(self, sandbox: Attachment) -> None:
-        await self._nft(self._attach(sandbox, fresh=False))
+        await self._attach_many([sandbox])
 
     async def detach(self, sandbox_id: str, address: str) -> None:
         """Remove the sandbox's rules; anything it still sends is dropped (unknown addresses are)."""
