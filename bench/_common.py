@@ -57,6 +57,8 @@ RUNSC_FLAGS = (
     "--network=sandbox", "--overlay2=none", "--cpu-num-from-quota", "--net-disconnect-ok", "--platform=systrap",
 )  # fmt: skip
 """The flags corral passes to every runsc command (``OciRuntime._runtime_argv``)."""
+CHECKPOINT_COMPRESSION = "none"
+"""How corral's checkpoints are written by default (``CORRAL_SNAPSHOT_COMPRESSION``)."""
 HIDE_PROC_SYS_NET = 'mount -t tmpfs none /proc/sys/net && exec "$0" "$@"'
 NETNS_DIR = Path("/var/run/netns")
 # Apart from the test suite's 10.200-10.253; CORRAL_BENCH_SUBNET_BASE moves both.
@@ -615,7 +617,15 @@ class RawSandbox:
         """What corral's snapshot does: freeze, ``runsc checkpoint --leave-running``, copy the upper dir, thaw."""
         runsc(self.state_root, "pause", self.id)
         try:
-            runsc(self.state_root, "checkpoint", "--leave-running", "--image-path", str(dest / "memory"), self.id)
+            runsc(
+                self.state_root,
+                "checkpoint",
+                f"--compression={CHECKPOINT_COMPRESSION}",
+                "--leave-running",
+                "--image-path",
+                str(dest / "memory"),
+                self.id,
+            )
             sh(["cp", "-a", "--reflink=auto", str(self.dir / "upper"), str(dest / "upper")])
         finally:
             runsc(self.state_root, "resume", self.id, check=False)

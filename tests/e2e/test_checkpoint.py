@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from corral import Sandbox, SnapshotNotFound
+from tests.serverproc import ServerProcess
 
 pytestmark = [pytest.mark.runsc, pytest.mark.checkpoint]
 
@@ -112,3 +115,33 @@ def test_hibernate_by_idle_time_then_wake_by_an_exec(sandbox_factory: Callable[.
     r = sbx.commands.run("cat /tmp/kept; pgrep -x sleep >/dev/null && echo sleeping")
     assert r.stdout == "kept\nsleeping\n"
     assert sbx.info().state == "running"
+
+
+def checkpoint_compression(data_dir: Path, snapshot_id: str) -> str:
+    """How gVisor wrote a snapshot's memory: its image file opens with a JSON header that says."""
+    head = (data_dir / "snapshots" / snapshot_id / "memory" / "checkpoint.img").read_bytes()[:4096]
+    header = json.JSONDecoder().raw_decode(head[head.index(b"{") :].decode(errors="replace"))[0]
+    return str(header["compression"])
+
+
+def test_snapshots_are_saved_uncompressed_and_compressed_ones_still_restore(own_server: ServerProcess) -> None:
+    url = own_server.url
+    sbx = Sandbox.create(url=url)
+    sbx.files.write("/home/user/kept.txt", "kept\n")
+    plain = sbx.snapshot()
+    assert checkpoint_compression(own_server.data_dir, plain.id) == "none"
+
+    own_server.stop()
+    own_server.env["CORRAL_SNAPSHOT_COMPRESSION"] = "flate-best-speed"
+    own_server.start()
+    packed = sbx.snapshot()
+    assert checkpoint_compression(own_server.data_dir, packed.id) == "flate-best-speed"
+    assert packed.size < plain.size
+
+    own_server.stop()
+    del own_server.env["CORRAL_SNAPSHOT_COMPRESSION"]
+    own_server.start()
+    for snap in (plain, packed):  # a server restores either, however it saves its own
+        restored = Sandbox.create(url=url, snapshot=snap.id)
+        assert restored.files.read("/home/user/kept.txt") == "kept\n"
+        assert restored.commands.run("echo $((6*7))").stdout == "42\n"

@@ -111,6 +111,12 @@ async def runsc_release(binary: str) -> int:
     return int(match.group(1)) if match else 0
 
 
+async def checkpoints_compress(binary: str) -> bool:
+    """Whether this runsc's ``checkpoint`` takes ``--compression`` (Debian 12's, from 2022, does not)."""
+    out = await hostcmd.run([binary, "checkpoint", "--help"], check=False)
+    return "-compression" in out.stdout + out.stderr
+
+
 def host_limits(spec: SandboxSpec) -> tuple[int, int]:
     """The host cgroup's memory (bytes) and pids limits for a gVisor sandbox.
 
@@ -162,6 +168,7 @@ class OciRuntime(Runtime):
         data_dir: Path,
         binary: str | None = None,
         platform: str = "systrap",
+        snapshot_compression: str = "none",
         spare_disks: int = 0,
         spare_disk_mb: int = 0,
     ) -> None:
@@ -170,6 +177,7 @@ class OciRuntime(Runtime):
         self.data_dir = data_dir
         self.binary = binary or (find_runsc() if kind == "runsc" else shutil.which("runc") or "runc")
         self.platform = platform
+        self.snapshot_compression = snapshot_compression
         self.state_root = STATE_ROOT / kind
         self._bundle: Path | None = None
         self._ready = asyncio.Lock()
@@ -182,8 +190,11 @@ class OciRuntime(Runtime):
         """Once per process: the agent bundle, and a platform this runsc has."""
         async with self._ready:
             if self._bundle is None:
-                if self.kind == "runsc" and await runsc_release(self.binary) < 20230101:
-                    self.platform = "ptrace"  # systrap arrived in 2023
+                if self.kind == "runsc":
+                    if await runsc_release(self.binary) < 20230101:
+                        self.platform = "ptrace"  # systrap arrived in 2023
+                    if not await checkpoints_compress(self.binary):
+                        self.snapshot_compression = ""  # an older runsc always compresses
                 self.state_root.mkdir(parents=True, exist_ok=True)
                 bundle = await asyncio.to_thread(build_agent_bundle, self.data_dir / "agent")
                 await seal_read_only(bundle)
@@ -362,7 +373,7 @@ class OciRuntime(Runtime):
         running = await self._pause_if_running(handle)  # so the memory image and the files agree
         try:
             await hostcmd.run(
-                self._runtime_argv("checkpoint", "--leave-running", "--image-path", str(dest / "memory"), sid),
+                self._checkpoint_argv("--leave-running", "--image-path", str(dest / "memory"), sid),
                 timeout=600,
             )
             await hostcmd.run(["cp", "-a", "--reflink=auto", str(upper), str(dest / "upper")], timeout=3600)
@@ -394,9 +405,7 @@ class OciRuntime(Runtime):
         saved.mkdir()
         await self._pause_if_running(handle)
         # Without --leave-running the sandbox stops once saved; its disk and link stay.
-        await hostcmd.run(
-            self._runtime_argv("checkpoint", "--image-path", str(saved / "memory"), handle.sandbox_id), timeout=600
-        )
+        await hostcmd.run(self._checkpoint_argv("--image-path", str(saved / "memory"), handle.sandbox_id), timeout=600)
         await hostcmd.run(self._runtime_argv("delete", "--force", handle.sandbox_id), check=False, timeout=30)
 
     async def wake(self, handle: RuntimeHandle) -> None:
@@ -412,6 +421,11 @@ class OciRuntime(Runtime):
         limit_mb = int(config["linux"]["resources"]["memory"]["limit"]) >> 20
         cgroups.raise_memory_limit(config["linux"]["cgroupsPath"], host_memory_limit(limit_mb))
         shutil.rmtree(saved, ignore_errors=True)
+
+    def _checkpoint_argv(self, *args: str) -> list[str]:
+        """``runsc checkpoint``; uncompressed (the default) it saves in half the time, and restores in two thirds."""
+        compression = [f"--compression={self.snapshot_compression}"] if self.snapshot_compression else []
+        return self._runtime_argv("checkpoint", *compression, *args)
 
     def _needs_runsc(self, what: str) -> None:
         if self.kind != "runsc":

@@ -45,6 +45,7 @@ def make_runtime(settings: Settings) -> Runtime:
         data_dir=settings.data_dir,
         binary=settings.runsc_path,
         platform=settings.runsc_platform,
+        snapshot_compression=settings.snapshot_compression,
         spare_disks=settings.spare_disks,
         spare_disk_mb=settings.default_disk_mb,
     )
