@@ -12,6 +12,7 @@ from corral.errors import ExecTimeout
 
 def test_shell_and_argv_modes(sandbox: Sandbox) -> None:
     assert sandbox.commands.run("echo $((6*7)) | tr 4 x").stdout == "x2\n"
+    assert sandbox.commands.run("echo $0 $BASH_VERSINFO").stdout == "/bin/bash 5\n"  # the image has bash
     r = sandbox.commands.run(["python3", "-c", "import sys; print(sys.argv[1:])", "a b", "$HOME"])
     assert r.stdout == "['a b', '$HOME']\n"
 

@@ -49,6 +49,9 @@ def test_a_musl_rootfs(image_server: ServerProcess, registry: Registry, tmp_path
         assert "libc.so.6" not in r.stdout  # no glibc in this image
         sbx.files.write("/home/user/x.txt", "musl files\n")
         assert sbx.files.read("/home/user/x.txt") == "musl files\n"
+        assert sbx.commands.run("echo $0").stdout == "/bin/sh\n"  # no bash here: lines go to sh
+    with Sandbox.create(ref, url=image_server.url) as again:  # told by the first sandbox of the image
+        assert again.commands.run("echo $0; echo $((6*7))").stdout == "/bin/sh\n42\n"
 
 
 def test_a_distroless_rootfs_without_a_shell(image_server: ServerProcess, registry: Registry, tmp_path: Path) -> None:
