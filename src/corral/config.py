@@ -135,8 +135,8 @@ class Settings(BaseSettings):
     0: twice the host's CPUs. Restores and forks do not wait: their agent is restored running."""
 
     spare_disks: int = Field(default=10, ge=0, le=100)
-    """Disks of ``default_disk_mb`` kept formatted ahead (about 4 MB of host disk each), so that a create
-    only mounts one. 0: every create formats its own."""
+    """Disks of ``default_disk_mb`` kept formatted and mounted ahead (about 4 MB of host disk each), so that
+    a create only moves one's mount into place. 0: every create formats and mounts its own."""
 
     reaper_interval: float = Field(default=1.0, gt=0)
     """How often, in seconds, expired sandboxes are looked for."""

@@ -8,19 +8,26 @@ fills it gets ENOSPC, nobody else does.
 
 ``mkfs.ext4`` costs 13-26 ms on a quiet host and over 150 ms when ten
 sandboxes are made at once (a fork), all of it on the way to a sandbox's
-first command. :class:`SpareDisks` keeps a few images of the usual size
-formatted in ``<data>/spare-disks``, about 4 MB of the host's disk each, and a
-new sandbox takes one by ``rename``: only the ``mount`` is left on its way.
-Spares are made one at a time in the background, at low CPU priority, a
-moment after one was taken (so that they do not compete with the sandbox that
-took it). A spare holds nothing but an empty file system, so one left by a
-crash is as good as new; a half-made one (``*.part``) is removed at start.
+first command, and a loop ``mount`` 10-40 ms more. :class:`SpareDisks` keeps
+a few images of the usual size formatted and mounted in ``<data>/spare-disks``
+(``<name>.img``, mounted on ``mounted/<name>``), about 4 MB of the host's
+disk each. A new sandbox takes one by a ``rename`` of the image and a move of
+its mount (one ``mount(MS_MOVE)`` call): no command runs on its way.
+``mounted/`` is a private bind mount of itself, because the kernel moves no
+mount from under a shared one (systemd makes ``/`` shared); the images stay
+outside it, as ``rename`` does not cross mounts. Spares are made
+one at a time in the background, at low CPU priority, a moment after one was
+taken (so that they do not compete with the sandbox that took it). A spare
+holds nothing but an empty file system, so one left by a crash is as good as
+new (mounted again if it was not); a half-made one (``*.part``), or a mount
+whose image was taken, is removed at start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import secrets
@@ -49,8 +56,32 @@ async def mount_disk(image: Path, mount_point: Path) -> None:
     await hostcmd.run(["mount", "-o", "loop,discard,nosuid,nodev", str(image), str(mount_point)])
 
 
+MS_MOVE, MNT_DETACH = 0x2000, 0x2
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def move_mount(source: Path, target: Path) -> None:
+    """``mount --move source target``, as one system call."""
+    if _libc.mount(os.fsencode(source), os.fsencode(target), None, MS_MOVE, None) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"could not move the mount {source} to {target}: {os.strerror(code)}")
+
+
+def mount_points() -> set[str]:
+    """Every mount point of this mount namespace (``os.path.ismount`` misses a bind mount within one file system)."""
+    with open("/proc/self/mountinfo") as info:
+        return {line.split()[4].encode().decode("unicode_escape") for line in info}
+
+
+def detach_mount(path: Path) -> None:
+    """``umount -l path``; nothing if it is not a mount."""
+    if os.path.ismount(path) and _libc.umount2(os.fsencode(path), MNT_DETACH) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"could not unmount {path}: {os.strerror(code)}")
+
+
 class SpareDisks:
-    """Up to ``keep`` formatted images of ``size_mb`` MiB, ready to be renamed into a sandbox."""
+    """Up to ``keep`` formatted and mounted images of ``size_mb`` MiB, ready to be moved into a sandbox."""
 
     def __init__(self, directory: Path, *, size_mb: int, keep: int) -> None:
         self.directory = directory
@@ -58,41 +89,63 @@ class SpareDisks:
         self.keep = keep if size_mb > 0 else 0
         self.taken = 0
         """Disks handed out from the spares (the rest of the creates formatted their own)."""
+        self.mounts = directory / "mounted"
         self._refill: asyncio.Task[None] | None = None
         self._swept = False
 
     def _spares(self) -> list[Path]:
+        """The spares' images, mounted or not (one whose mount failed is still a formatted disk)."""
         with contextlib.suppress(FileNotFoundError):
             return sorted(self.directory.glob(f"spare-{FORMAT}-{self.size_mb}-*.img"))
         return []
 
     def _sweep(self) -> None:
-        """Once: half-made spares, and spares of another size or format, are removed."""
+        """Once: half-made spares, spares of another size or format, and mounts without their image go."""
         if self._swept:
             return
         self._swept = True
         with contextlib.suppress(FileNotFoundError):
             current = set(self._spares())
             for path in self.directory.iterdir():
-                if path not in current:
+                if path not in current and path != self.mounts:
                     path.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            for mounted in self.mounts.iterdir():
+                if self.directory / f"{mounted.name}.img" not in current:
+                    with contextlib.suppress(OSError):
+                        detach_mount(mounted)
+                        mounted.rmdir()
 
-    def take(self, size_mb: int, dest: Path) -> bool:
-        """Move a spare of ``size_mb`` MiB to ``dest``; ``False`` if there is none (format one yourself)."""
+    async def take(self, size_mb: int, image: Path, mount_point: Path) -> bool:
+        """Rename a spare of ``size_mb`` MiB to ``image``, mounted on ``mount_point``; ``False`` if there is none."""
         if size_mb != self.size_mb or self.keep == 0:
             return False
         self._sweep()
-        taken = False
+        taken = None
         for spare in self._spares():
             try:
-                os.rename(spare, dest)
+                os.rename(spare, image)
             except FileNotFoundError:
                 continue  # another create took it first
-            taken = True
-            self.taken += 1
+            taken, self.taken = spare, self.taken + 1
             break
         self.refill(delay=REFILL_DELAY)
-        return taken
+        if taken is None:
+            return False
+        mounted = self.mounts / taken.stem
+        try:
+            if os.path.ismount(mounted):
+                await asyncio.to_thread(move_mount, mounted, mount_point)
+            else:
+                await mount_disk(image, mount_point)
+        except OSError:
+            log.exception("could not move a spare disk's mount; mounting it again")
+            await asyncio.to_thread(detach_mount, mounted)
+            await mount_disk(image, mount_point)
+        finally:
+            with contextlib.suppress(OSError):
+                mounted.rmdir()
+        return True
 
     def refill(self, *, delay: float = 0.0) -> None:
         """Make spares up to ``keep`` in the background, unless that is under way already."""
@@ -104,11 +157,21 @@ class SpareDisks:
         await asyncio.sleep(delay)
         self._sweep()
         self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.mounts.mkdir(exist_ok=True)
+            if str(self.mounts.resolve()) not in mount_points():
+                await hostcmd.run(["mount", "--bind", str(self.mounts), str(self.mounts)])
+            await hostcmd.run(["mount", "--make-private", str(self.mounts)])
+            for spare in self._spares():  # left by an earlier run, unmounted by a crash or a reboot
+                await self._mount(spare, spare.stem)
+        except Exception:
+            log.exception("could not mount the spare disks ahead; creates mount their own")
         while len(self._spares()) < self.keep:
             token = secrets.token_hex(6)
             part = self.directory / f"spare-{FORMAT}-{self.size_mb}-{token}.part"
             try:
                 await format_disk(part, self.size_mb, nice=True)
+                await self._mount(part, part.stem)
                 os.rename(part, part.with_suffix(".img"))
             except Exception:
                 part.unlink(missing_ok=True)
@@ -117,6 +180,18 @@ class SpareDisks:
             except BaseException:
                 part.unlink(missing_ok=True)
                 raise
+
+    async def _mount(self, image: Path, name: str) -> None:
+        """``image`` mounted on ``mounted/<name>`` (a spare is taken without a command on its way)."""
+        mount_point = self.mounts / name
+        if os.path.ismount(mount_point):
+            return
+        mount_point.mkdir(exist_ok=True)
+        try:
+            await mount_disk(image, mount_point)
+        except Exception:
+            mount_point.rmdir()
+            raise
 
     async def aclose(self) -> None:
         if self._refill is not None:

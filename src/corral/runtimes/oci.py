@@ -457,9 +457,9 @@ class OciRuntime(Runtime):
         disk.mkdir(parents=True, exist_ok=True)
         if spec.disk_mb:
             image = sdir / DISK_IMAGE
-            if not self.spare_disks.take(spec.disk_mb, image):
+            if not await self.spare_disks.take(spec.disk_mb, image, disk):
                 await format_disk(image, spec.disk_mb)
-            await mount_disk(image, disk)
+                await mount_disk(image, disk)
         upper, work = disk / "upper", disk / "work"
         for d in (upper, work, rootfs):
             d.mkdir(parents=True, exist_ok=True)
