@@ -370,6 +370,9 @@ class CorralServer:
             for bundle in (self.data_dir / "agent").glob("agent-*"):
                 if is_mount(bundle):  # the server's read-only mount of its agent bundle
                     unmount(bundle)
+            spares = self.data_dir / "spare-disks" / "mounted"  # mounted ahead, kept for a next start
+            for point in [*sorted(spares.glob("*")), spares]:
+                unmount(point)
             nft = ["nft", "delete", "table", "inet", firewall.table_name(self.subnet)]
             subprocess.run(nft, capture_output=True, check=False)
             shutil.rmtree(self.data_dir, ignore_errors=True)
