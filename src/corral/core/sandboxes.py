@@ -51,9 +51,9 @@ from corral.errors import (
     SandboxNotRunning,
 )
 from corral.images.store import Image, ImageConfig, ImageStore, canonical
-from corral.net import links
+from corral.net import links, tcp
 from corral.net.policy import parse_published
-from corral.runtimes.base import Runtime, RuntimeHandle, RuntimeState, SandboxSpec
+from corral.runtimes.base import AGENT_PORT, Runtime, RuntimeHandle, RuntimeState, SandboxSpec
 from corral.store.db import Store
 from corral.store.models import SandboxRow
 
@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 
 STARTING, RUNNING, DEAD = "starting", "running", "dead"
 CLOSE_GRACE = 0.2
-"""Seconds given to an agent to close its side of the connections dropped before a checkpoint."""
+"""Most seconds given to an agent to close its side of the connections dropped before a checkpoint."""
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
 
@@ -491,7 +491,12 @@ class SandboxManager:
         client = self._clients.pop(sandbox_id, None)
         if client is not None:
             await client.aclose()
-            await asyncio.sleep(CLOSE_GRACE)  # for the agent to see the closes and drop its sockets
+            # Until the agent has closed its side too (a few ms), CLOSE_GRACE at most.
+            row = self.store.get_sandbox(sandbox_id)
+            if row is None or not row.address:
+                await asyncio.sleep(CLOSE_GRACE)
+            elif not await tcp.closed_by_peer(row.address, AGENT_PORT, timeout=CLOSE_GRACE):
+                log.debug("sandbox %s: its agent kept connections open past %.1fs", sandbox_id, CLOSE_GRACE)
 
     def _http_for(self, sandbox_id: str) -> httpx.AsyncClient:
         client = self._clients.get(sandbox_id)
