@@ -117,6 +117,16 @@ def test_hibernate_by_idle_time_then_wake_by_an_exec(sandbox_factory: Callable[.
     assert sbx.info().state == "running"
 
 
+def test_a_command_running_longer_than_auto_pause_is_use_not_idleness(sandbox_factory: Callable[..., Any]) -> None:
+    sbx: Sandbox = sandbox_factory(auto_pause=1, timeout=600)
+    r = sbx.commands.run("sleep 3.5; echo finished", timeout=30)  # its output is read all along
+    assert r.stdout == "finished\n" and sbx.info().state == "running"
+    deadline = time.monotonic() + 20
+    while sbx.info().state != "hibernated" and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert sbx.info().state == "hibernated"  # idle once it ended
+
+
 def checkpoint_compression(data_dir: Path, snapshot_id: str) -> str:
     """How gVisor wrote a snapshot's memory: its image file opens with a JSON header that says."""
     head = (data_dir / "snapshots" / snapshot_id / "memory" / "checkpoint.img").read_bytes()[:4096]

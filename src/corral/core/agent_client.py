@@ -105,6 +105,8 @@ class AgentClient:
     def __init__(self, base_url: str, *, http: httpx.AsyncClient) -> None:
         self.base_url = base_url.rstrip("/")
         self.http = http
+        self.streams = 0
+        """Process streams open now (a command's output being read): the sandbox is in use."""
 
     # -- plumbing --------------------------------------------------------------
 
@@ -152,6 +154,14 @@ class AgentClient:
             headers=headers,
             timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT),
         )
+        self.streams += 1
+        try:
+            async for event in self._events(request):
+                yield event
+        finally:
+            self.streams -= 1
+
+    async def _events(self, request: httpx.Request) -> AsyncIterator[ProcessEvent]:
         try:
             resp = await self.http.send(request, stream=True)
         except httpx.TransportError as exc:

@@ -165,10 +165,17 @@ class Lifecycle:
             log.info("sandbox %s paused", sandbox_id)
             return self._stop_clock(row, PAUSED, remaining=float(row.timeout) if fresh_timeout else None)
 
-    async def hibernate(self, sandbox_id: str, *, fresh_timeout: bool = False) -> SandboxRow:
-        """Save it to disk and free its memory; ``fresh_timeout``: a whole timeout once it is back."""
+    async def hibernate(
+        self, sandbox_id: str, *, fresh_timeout: bool = False, idle_for: float | None = None
+    ) -> SandboxRow:
+        """Save it to disk and free its memory; ``fresh_timeout``: a whole timeout once it is back.
+
+        With ``idle_for``, only if it is still idle that long once its lock is held.
+        """
         async with self._lock(sandbox_id):
             row = self.manager.get(sandbox_id)
+            if idle_for is not None and not self._idle(sandbox_id, idle_for):
+                return row
             if row.state == HIBERNATED:
                 raise SandboxPaused(f"sandbox '{sandbox_id}' is hibernated already", details={"state": row.state})
             if row.state not in (RUNNING, PAUSED):
@@ -227,15 +234,19 @@ class Lifecycle:
 
     async def reap_idle(self) -> None:
         """Hibernate every running sandbox idle for its ``auto_pause`` seconds."""
-        now = time.monotonic()
         for row in self.store.list_sandboxes(states={RUNNING}):
-            if not row.auto_pause:
-                continue
-            idle = now - self._last_activity.setdefault(row.id, now)
-            if idle >= row.auto_pause:
-                log.info("sandbox %s idle for %.0fs: hibernating it", row.id, idle)
+            if row.auto_pause and self._idle(row.id, row.auto_pause):
+                log.info("sandbox %s idle for %ds: hibernating it", row.id, row.auto_pause)
                 with contextlib.suppress(SandboxPaused, SandboxNotRunning):
-                    await self.hibernate(row.id)
+                    await self.hibernate(row.id, idle_for=row.auto_pause)
+
+    def _idle(self, sandbox_id: str, seconds: float) -> bool:
+        """No request for ``seconds``, and no command's output being read (a long command is use)."""
+        now = time.monotonic()
+        if self.manager.in_use(sandbox_id):
+            self.touch(sandbox_id)
+            return False
+        return now - self._last_activity.setdefault(sandbox_id, now) >= seconds
 
     # -- snapshots, restore, fork ----------------------------------------------
 

@@ -385,6 +385,11 @@ class SandboxManager:
         await self.lifecycle.ensure_awake(sandbox_id)
         return self.agent(sandbox_id)
 
+    def in_use(self, sandbox_id: str) -> bool:
+        """Whether a command's output is being read from the sandbox right now."""
+        client = self._agents.get(sandbox_id)
+        return client is not None and client.streams > 0
+
     def agent(self, sandbox_id: str) -> AgentClient:
         """The agent of a running sandbox; raises if it is not running."""
         row = self.get(sandbox_id)
