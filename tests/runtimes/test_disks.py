@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +24,14 @@ async def wait_for(spares: SpareDisks, count: int, timeout: float = 30.0) -> Non
     while len(list(spares.directory.glob("*.img"))) < count:
         assert asyncio.get_running_loop().time() < deadline, list(spares.directory.iterdir())
         await asyncio.sleep(0.05)
+
+
+def run_and_unmount(scenario: Coroutine[Any, Any, None], tmp_path: Path) -> None:
+    """Run a scenario; whatever it left mounted under ``tmp_path`` is unmounted after, pass or fail."""
+    try:
+        asyncio.run(scenario)
+    finally:
+        unmount_under(tmp_path)
 
 
 def mounted_spares(spares: SpareDisks) -> list[str]:
@@ -61,10 +71,7 @@ def test_spares_are_made_mounted_taken_and_made_again(tmp_path: Path, monkeypatc
             await hostcmd.run(["umount", str(mount_point)])
         await spares.aclose()
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        unmount_under(tmp_path)
+    run_and_unmount(scenario(), tmp_path)
 
 
 def test_a_spare_not_mounted_is_mounted_again_or_taken_by_a_mount(tmp_path: Path) -> None:
@@ -92,10 +99,7 @@ def test_a_spare_not_mounted_is_mounted_again_or_taken_by_a_mount(tmp_path: Path
             await asyncio.sleep(0.05)
         await again.aclose()
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        unmount_under(tmp_path)
+    run_and_unmount(scenario(), tmp_path)
 
 
 def test_leftovers_and_old_formats_are_swept(tmp_path: Path) -> None:
@@ -117,10 +121,7 @@ def test_leftovers_and_old_formats_are_swept(tmp_path: Path) -> None:
         await wait_for(spares, 1)
         await spares.aclose()
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        unmount_under(tmp_path)
+    run_and_unmount(scenario(), tmp_path)
 
 
 def test_no_spares_when_switched_off(tmp_path: Path) -> None:

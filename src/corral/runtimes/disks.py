@@ -92,6 +92,8 @@ class SpareDisks:
         self.mounts = directory / "mounted"
         self._refill: asyncio.Task[None] | None = None
         self._swept = False
+        self._private = False
+        """Whether ``mounts`` is known to be a private mount (checked once per process)."""
 
     def _spares(self) -> list[Path]:
         """The spares' images, mounted or not (one whose mount failed is still a formatted disk)."""
@@ -158,12 +160,14 @@ class SpareDisks:
         self._sweep()
         self.directory.mkdir(parents=True, exist_ok=True)
         try:
-            self.mounts.mkdir(exist_ok=True)
-            if str(self.mounts.resolve()) not in mount_points():
-                await hostcmd.run(["mount", "--bind", str(self.mounts), str(self.mounts)])
-            await hostcmd.run(["mount", "--make-private", str(self.mounts)])
-            for spare in self._spares():  # left by an earlier run, unmounted by a crash or a reboot
-                await self._mount(spare, spare.stem)
+            if not self._private:
+                self.mounts.mkdir(exist_ok=True)
+                if str(self.mounts.resolve()) not in mount_points():
+                    await hostcmd.run(["mount", "--bind", str(self.mounts), str(self.mounts)])
+                await hostcmd.run(["mount", "--make-private", str(self.mounts)])
+                self._private = True
+                for spare in self._spares():  # left by an earlier run, unmounted by a crash or a reboot
+                    await self._mount(spare, spare.stem)
         except Exception:
             log.exception("could not mount the spare disks ahead; creates mount their own")
         while len(self._spares()) < self.keep:
