@@ -385,7 +385,7 @@ def run(
 ) -> dict[str, Any]:
     if os.geteuid() != 0:
         raise SystemExit("density.py reads other processes' memory maps and cgroups: run it as root")
-    with corral_url(url) as base:
+    with corral_url(url, api_key) as base:
         result = measure(base, api_key, count, parallel=parallel, limits=limits, settling=(least, most))
     headline = report(result, count)
     write_json("density", {"count": count, "headline": headline, **result})

@@ -225,7 +225,7 @@ def summary_rows(h: dict[str, Any]) -> list[Row]:
 
 
 def run(url: str | None, api_key: str | None, *, runs: int, warmup: int, cli_runs: int = 30) -> dict[str, Any]:
-    with corral_url(url) as base:
+    with corral_url(url, api_key) as base:
         result = measure(base, api_key, runs, warmup, cli_runs)
     headline = report(result)
     write_json("exec", {"runs": runs, "warmup": warmup, "headline": headline, **result})

@@ -111,7 +111,7 @@ def size_plan(small_runs: int, big_runs: int, big_mib: int) -> dict[str, tuple[i
 
 
 def run(url: str | None, api_key: str | None, *, small_runs: int, big_runs: int, big_mib: int) -> dict[str, Any]:
-    with corral_url(url) as base:
+    with corral_url(url, api_key) as base:
         result = measure(base, api_key, size_plan(small_runs, big_runs, big_mib))
     headline = report(result)
     write_json("files", {"headline": headline, **result})

@@ -98,7 +98,7 @@ def summary_rows(h: dict[str, Any]) -> list[Row]:
 
 
 def run(url: str | None, api_key: str | None, *, runs: int) -> dict[str, Any]:
-    with corral_url(url) as base:
+    with corral_url(url, api_key) as base:
         result = measure(base, api_key, runs)
     headline = report(result)
     write_json("pool", {"runs": runs, "headline": headline, **result})

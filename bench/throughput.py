@@ -122,7 +122,7 @@ def summary_rows(h: dict[str, Any]) -> list[Row]:
 
 
 def run(url: str | None, api_key: str | None, *, sandboxes: int, calls: int) -> dict[str, Any]:
-    with corral_url(url) as base:
+    with corral_url(url, api_key) as base:
         result = measure(base, api_key, sandboxes, calls)
     headline = report(result, sandboxes, calls)
     write_json("throughput", {"headline": headline, **result})

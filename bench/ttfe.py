@@ -267,7 +267,7 @@ def summary_rows(h: dict[str, Any]) -> list[Row]:
 
 
 def run(url: str | None, api_key: str | None, *, runs: int, warmup: int, bursts: Sequence[int] = ()) -> dict[str, Any]:
-    with corral_url(url) as base:
+    with corral_url(url, api_key) as base:
         result = measure(base, api_key, runs, warmup)
         burst_results = measure_bursts(base, api_key, bursts)
     headline = {"runs": runs, **report(result, burst_results)}

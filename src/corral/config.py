@@ -134,6 +134,11 @@ class Settings(BaseSettings):
     """Sandboxes that may boot at once (runtime start until the agent answers); other creates wait their turn.
     0: twice the host's CPUs. Restores and forks do not wait: their agent is restored running."""
 
+    boot_snapshots: int = Field(default=8, ge=0, le=1000)
+    """Booted sandboxes kept saved on disk, one per image and shape (vCPUs, memory), about 12 MB each: a create
+    restores its image and shape's instead of booting (see docs/api.md, *Boot snapshots*). The least recently
+    used go first. 0: every create boots. Only gVisor (runsc) sandboxes have them."""
+
     spare_disks: int = Field(default=10, ge=0, le=100)
     """Disks of ``default_disk_mb`` kept formatted and mounted ahead (about 4 MB of host disk each), so that
     a create only moves one's mount into place. 0: every create formats and mounts its own."""

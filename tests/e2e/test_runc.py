@@ -60,7 +60,7 @@ def test_runs_on_the_host_kernel(sbx: Sandbox) -> None:
     assert info.runtime == "runc" and info.state == "running"
     # gVisor answers with its own kernel version; runc shares the host's.
     assert sbx.commands.run("uname -r").stdout.strip() == os.uname().release
-    assert sbx.commands.run("hostname; whoami").stdout == f"{sbx.id}\nuser\n"
+    assert sbx.commands.run("hostname; whoami").stdout == "corral\nuser\n"
 
 
 def test_files_round_trip(sbx: Sandbox, runc_server: ServerProcess) -> None:

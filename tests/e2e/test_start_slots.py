@@ -27,7 +27,8 @@ def boot_span(sandbox_dir: Path) -> tuple[datetime, datetime]:
 
 def test_boots_beyond_the_limit_wait_their_turn(tmp_path: Path) -> None:
     # A start_timeout that one boot meets but three at once on a loaded host might not: the wait is not counted.
-    env = {"CORRAL_MAX_CONCURRENT_STARTS": "1", "CORRAL_START_TIMEOUT": "15"}
+    # No boot snapshots: every create boots.
+    env = {"CORRAL_MAX_CONCURRENT_STARTS": "1", "CORRAL_START_TIMEOUT": "15", "CORRAL_BOOT_SNAPSHOTS": "0"}
     with ServerProcess(tmp_path / "data", subnet_index=54 + worker_index(), env=env).running() as proc:
         with ThreadPoolExecutor(CREATES) as pool:
             made = list(pool.map(lambda _: Sandbox.create(url=proc.url, timeout=120), range(CREATES)))

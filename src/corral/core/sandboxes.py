@@ -28,12 +28,14 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from corral.config import Settings
 from corral.core.agent_client import CONNECT_TIMEOUT, AgentClient
+from corral.core.boot_snapshots import BootSnapshots, Shape
 from corral.core.clock import as_utc, utcnow
 from corral.core.images import ImageService
 from corral.core.lifecycle import HIBERNATED, PAUSED, Lifecycle
@@ -52,8 +54,8 @@ from corral.errors import (
 )
 from corral.images.store import Image, ImageConfig, ImageStore, canonical
 from corral.net import links, tcp
-from corral.net.policy import parse_published
-from corral.runtimes.base import AGENT_PORT, Runtime, RuntimeHandle, RuntimeState, SandboxSpec
+from corral.net.policy import EgressPolicy, Published, parse_published
+from corral.runtimes.base import AGENT_PORT, NetworkSpec, Runtime, RuntimeHandle, RuntimeState, SandboxSpec
 from corral.store.db import Store
 from corral.store.models import SandboxRow
 
@@ -66,7 +68,11 @@ _ID_ALPHABET = string.ascii_lowercase + string.digits
 
 
 def new_sandbox_id() -> str:
-    return "sb" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(12))
+    return "sb" + new_id_suffix()
+
+
+def new_id_suffix() -> str:
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(12))
 
 
 @dataclass(slots=True)
@@ -114,12 +120,14 @@ class SandboxManager:
         """The shell found in a sandbox of each image (by id): the next sandbox of it asks its agent no more."""
         self._reaper: asyncio.Task[None] | None = None
         self._teardowns: set[asyncio.Task[None]] = set()
-        self._releasing_slots: set[int] = set()
+        self._reserved_slots: set[int] = set()
+        """Addresses no new sandbox may take: links being torn down, hidden sandboxes booting for boot snapshots."""
         # Boots are CPU-bound (the agent's start inside gVisor): past a few at once they only
         # slow each other down until all miss start_timeout, so the rest wait their turn.
         self.start_slots = settings.max_concurrent_starts or 2 * (os.cpu_count() or 1)
         self._booting = asyncio.Semaphore(self.start_slots)
         self.lifecycle = Lifecycle(self)
+        self.boot_snapshots = BootSnapshots(self)
 
     # -- lifecycle of the manager ----------------------------------------------
 
@@ -131,6 +139,8 @@ class SandboxManager:
         await self.ports.start()
         if self.network.enabled:
             await self.previews.start()
+        await self.boot_snapshots.start()
+        self._want_default_boot_snapshot()
         self._reaper = asyncio.create_task(self._reap_forever(), name="corral-reaper")
 
     async def aclose(self) -> None:
@@ -138,6 +148,7 @@ class SandboxManager:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
+        await self.boot_snapshots.aclose()
         if self._teardowns:
             await asyncio.wait(self._teardowns, timeout=30)
         for client in list(self._clients.values()):
@@ -197,6 +208,7 @@ class SandboxManager:
         image_label: str | None = None,
         start: Callable[[SandboxSpec], Awaitable[RuntimeHandle]] | None = None,
         boots: bool = True,
+        boot_snapshot: bool = True,
     ) -> SandboxRow:
         """Start a sandbox on ``request.image`` (pulled if need be), or on ``image`` as given.
 
@@ -204,52 +216,113 @@ class SandboxManager:
         Only a sandbox that ``boots`` (its agent starts from nothing) waits for a
         boot slot: a restored one brings its running agent along, and restores
         side by side do not starve each other the way Python starting up does.
+
+        A sandbox that would boot is restored from its image and shape's boot
+        snapshot instead, if there is one (:mod:`corral.core.boot_snapshots`);
+        if there is none, it boots and, with ``boot_snapshot``, has one made
+        behind it for the next create.
         """
-        s = self.settings
         if request.on_timeout not in ("kill", "pause"):
             raise InvalidRequest(f"on_timeout must be 'kill' or 'pause', got {request.on_timeout!r}")
         if request.auto_pause is not None and request.auto_pause < 1:
             raise InvalidRequest("auto_pause must be at least 1 second (or absent: never)")
         if image is None:
-            image = await self.images.get_or_pull(request.image or s.default_image)
+            image = await self.images.get_or_pull(request.image or self.settings.default_image)
+        plan = self._plan(request, image, image_label)
+        if start is not None or not boots:
+            return await self._launch(plan, start, boots=boots)
+        if not any(k.startswith(AGENT_SETTINGS) for k in request.envs):  # those are read at boot
+            with self.boot_snapshots.restoring(plan.shape) as saved:
+                if saved is not None and (made := await self._restore_boot_snapshot(plan, saved)) is not None:
+                    return made
+            if boot_snapshot:
+                self.boot_snapshots.want(plan.shape, plan.spec("", _NO_NETWORK, envs={}), plan.label)
+        return await self._launch(plan, None, boots=True)
+
+    def _plan(self, request: CreateRequest, image: Image, image_label: str | None) -> _Plan:
+        s = self.settings
         vcpus = request.vcpus or s.default_vcpus
         memory_mb = request.memory_mb or s.default_memory_mb
         timeout = s.default_timeout if request.timeout is None else request.timeout
         _check_range("vcpus", vcpus, 1, s.max_vcpus)
         _check_range("memory_mb", memory_mb, 64, s.max_memory_mb)
-        disk_mb = request.disk_mb or s.default_disk_mb or None
         if request.disk_mb is not None:
             _check_range("disk_mb", request.disk_mb, 16, s.max_disk_mb)
         _check_range("timeout", timeout, 0, s.max_timeout)
-        policy = self.network.resolve_policy(request.network)
-        publish = [parse_published(p) for p in request.publish]
+        return _Plan(
+            request=request,
+            image=image,
+            label=image_label or (image.names[0] if image.names else (request.image or s.default_image)),
+            layers=tuple(self.images.store.layer_paths(image)),
+            shape=Shape(image.id, vcpus, memory_mb, pids_limit(s.pids_limit, memory_mb)),
+            disk_mb=request.disk_mb or s.default_disk_mb or None,
+            timeout=timeout,
+            policy=self.network.resolve_policy(request.network),
+            publish=[parse_published(p) for p in request.publish],
+        )
 
+    def _want_default_boot_snapshot(self) -> None:
+        """The default image's default shape gets its boot snapshot at start: the first creates need not boot."""
+        image = self.images.store.lookup(self.settings.default_image)
+        if image is not None and self.boot_snapshots.enabled:
+            plan = self._plan(CreateRequest(), image, None)
+            self.boot_snapshots.want(plan.shape, plan.spec("", _NO_NETWORK, envs={}), plan.label)
+
+    async def _restore_boot_snapshot(self, plan: _Plan, saved: Path) -> SandboxRow | None:
+        """Restore the booted sandbox saved in ``saved``; should runsc fail on it, it is dropped (None)."""
+        restore_failed: list[RuntimeFailure] = []
+
+        async def restore(spec: SandboxSpec) -> RuntimeHandle:
+            try:
+                return await self.runtime.restore(spec, saved)
+            except RuntimeFailure as exc:
+                restore_failed.append(exc)
+                raise
+
+        try:
+            return await self._launch(plan, restore, boots=False, how=", from its boot snapshot")
+        except RuntimeFailure:
+            if not restore_failed:
+                raise
+        self.boot_snapshots.discard(plan.shape, restore_failed[0].message)
+        return None
+
+    async def _launch(
+        self,
+        plan: _Plan,
+        start: Callable[[SandboxSpec], Awaitable[RuntimeHandle]] | None,
+        *,
+        boots: bool,
+        how: str = "",
+    ) -> SandboxRow:
+        """Record the sandbox, build and start it, wait for its agent; on failure nothing is left of it."""
+        request, shape = plan.request, plan.shape
         sandbox_id = new_sandbox_id()
-        network = links.network_for_slot(s.sandbox_subnet, self._free_slot())
+        network = links.network_for_slot(self.settings.sandbox_subnet, self._free_slot())
         now = utcnow()
         row = self.store.add_sandbox(
             SandboxRow(
                 id=sandbox_id,
-                image=image_label or (image.names[0] if image.names else (request.image or s.default_image)),
-                image_id=image.id,
+                image=plan.label,
+                image_id=plan.image.id,
                 template=request.template,
                 on_timeout=request.on_timeout,
                 auto_pause=request.auto_pause,
                 runtime=self.runtime.name,
                 state=STARTING,
-                vcpus=vcpus,
-                memory_mb=memory_mb,
-                disk_mb=disk_mb,
+                vcpus=shape.vcpus,
+                memory_mb=shape.memory_mb,
+                disk_mb=plan.disk_mb,
                 envs=dict(request.envs),
                 meta=dict(request.metadata),
-                timeout=timeout,
+                timeout=plan.timeout,
                 created_at=now,
-                ends_at=now + timedelta(seconds=timeout) if timeout else None,
+                ends_at=now + timedelta(seconds=plan.timeout) if plan.timeout else None,
                 slot=network.slot,
                 address=network.sandbox_address,
                 agent_url="",
-                network=policy.to_json(),
-                ports=[p.to_json() for p in publish],
+                network=plan.policy.to_json(),
+                ports=[p.to_json() for p in plan.publish],
                 auto_publish=request.auto_publish,
                 # Enough for a restarted server to tear down a half-made sandbox.
                 runtime_info={
@@ -259,23 +332,12 @@ class SandboxManager:
                 },
             )
         )
-        spec = SandboxSpec(
-            sandbox_id=sandbox_id,
-            image_layers=tuple(self.images.store.layer_paths(image)),
-            network=network,
-            vcpus=vcpus,
-            memory_mb=memory_mb,
-            disk_mb=disk_mb,
-            pids_limit=pids_limit(s.pids_limit, memory_mb),
-            envs=sandbox_env(image.config, request.envs),
-        )
+        spec = plan.spec(sandbox_id, network, envs=request.envs)
         # The policy loads while the runtime builds: until it is in, the firewall drops
         # every packet the sandbox starts (an address it does not know), so none leaves unfiltered.
         attached = asyncio.create_task(self.network.attach(row))
         try:
-            if boots and self._booting.locked():
-                log.info("sandbox %s waits for one of %d boots under way to end", sandbox_id, self.start_slots)
-            async with self._booting if boots else contextlib.nullcontext():
+            async with self.booting(sandbox_id) if boots else contextlib.nullcontext():
                 handle = await (start or self.runtime.create)(spec)
                 self.store.update_sandbox(sandbox_id, agent_url=handle.agent_url, runtime_info=handle.info)
                 await self.wait_for_agent(handle)
@@ -285,13 +347,25 @@ class SandboxManager:
             await self.ports.open(updated)
         except BaseException as exc:
             log.warning("sandbox %s did not start (%s); removing it", sandbox_id, getattr(exc, "message", repr(exc)))
+            if not attached.done():
+                attached.cancel()
+            with contextlib.suppress(BaseException):
+                await attached
             row_now = self.store.get_sandbox(sandbox_id)
             await self.runtime.destroy(_handle(row_now or row))
             await self.network.detach(row_now or row)
             self.store.delete_sandbox(sandbox_id)
             raise
-        log.info("sandbox %s running (%s, %d vCPU, %d MiB)", sandbox_id, updated.image, vcpus, memory_mb)
+        log.info(
+            "sandbox %s running (%s, %d vCPU, %d MiB%s)", sandbox_id, updated.image, shape.vcpus, shape.memory_mb, how
+        )
         return updated
+
+    def booting(self, sandbox_id: str = "") -> contextlib.AbstractAsyncContextManager[Any]:
+        """A boot slot, held from the runtime's start until the agent answers."""
+        if self._booting.locked():
+            log.info("sandbox %s waits for one of %d boots under way to end", sandbox_id, self.start_slots)
+        return self._booting
 
     def get(self, sandbox_id: str) -> SandboxRow:
         row = self.store.get_sandbox(sandbox_id)
@@ -315,7 +389,7 @@ class SandboxManager:
         handle = _handle(row)
         await self.runtime.stop(handle)
         await self.ports.close(sandbox_id)
-        self._releasing_slots.add(row.slot)
+        self._reserved_slots.add(row.slot)
         self.store.delete_sandbox(sandbox_id)
         self.forget_agent(sandbox_id)
         self.lifecycle.forget(sandbox_id)
@@ -331,7 +405,7 @@ class SandboxManager:
         except Exception:
             log.exception("teardown of sandbox %s failed; it is retried at the next start", handle.sandbox_id)
         finally:
-            self._releasing_slots.discard(row.slot)
+            self._reserved_slots.discard(row.slot)
 
     async def set_network(self, sandbox_id: str, network: dict[str, Any]) -> SandboxRow:
         """Replace a sandbox's egress policy; it holds from the next packet on."""
@@ -400,7 +474,7 @@ class SandboxManager:
             )
         client = self._agents.get(sandbox_id)
         if client is None:
-            client = self._agents[sandbox_id] = AgentClient(row.agent_url, http=self._http_for(sandbox_id))
+            client = self._agents[sandbox_id] = AgentClient(row.agent_url, http=self.http_for(sandbox_id))
         return client
 
     async def shell(self, sandbox_id: str) -> list[str]:
@@ -411,17 +485,21 @@ class SandboxManager:
         """
         shell = self._shells.get(sandbox_id)
         if shell is None:
-            image_id = self.get(sandbox_id).image_id or ""
-            shell = self._image_shells.get(image_id)
-            if shell is None:
-                try:
-                    await self.agent(sandbox_id).stat("/bin/bash", user="root")
-                    shell = ["/bin/bash", "-c"]
-                except LookupError:
-                    shell = ["/bin/sh", "-c"]
-                if image_id:
-                    self._image_shells[image_id] = shell
+            shell = await self.image_shell(self.agent(sandbox_id), self.get(sandbox_id).image_id or "")
             self._shells[sandbox_id] = shell
+        return shell
+
+    async def image_shell(self, agent: AgentClient, image_id: str) -> list[str]:
+        """The shell of sandboxes of ``image_id``, asked of ``agent`` if no sandbox of it answered yet."""
+        shell = self._image_shells.get(image_id)
+        if shell is None:
+            try:
+                await agent.stat("/bin/bash", user="root")
+                shell = ["/bin/bash", "-c"]
+            except LookupError:
+                shell = ["/bin/sh", "-c"]
+            if image_id:
+                self._image_shells[image_id] = shell
         return shell
 
     def inherit_shell(self, sandbox_id: str, source_id: str) -> None:
@@ -450,14 +528,27 @@ class SandboxManager:
     # -- internals ---------------------------------------------------------------
 
     def _free_slot(self) -> int:
-        used = self.store.used_slots() | self._releasing_slots
+        used = self.store.used_slots() | self._reserved_slots
         for slot in range(links.slot_count(self.settings.sandbox_subnet)):
             if slot not in used:
                 return slot
         raise RuntimeFailure(f"no free addresses left in {self.settings.sandbox_subnet}")
 
+    def reserve_slot(self) -> int:
+        """An address for a sandbox the store does not list (a boot snapshot's); :meth:`release_slot` after."""
+        slot = self._free_slot()
+        self._reserved_slots.add(slot)
+        return slot
+
+    def release_slot(self, slot: int) -> None:
+        self._reserved_slots.discard(slot)
+
+    @staticmethod
+    def new_id_suffix() -> str:
+        return new_id_suffix()
+
     async def wait_for_agent(self, handle: RuntimeHandle) -> None:
-        agent = AgentClient(handle.agent_url, http=self._http_for(handle.sandbox_id))
+        agent = AgentClient(handle.agent_url, http=self.http_for(handle.sandbox_id))
         deadline = time.monotonic() + self.settings.start_timeout
         delay = 0.002
         while time.monotonic() < deadline:
@@ -485,7 +576,7 @@ class SandboxManager:
             self._teardowns.add(task)
             task.add_done_callback(self._teardowns.discard)
 
-    async def drop_agent_connections(self, sandbox_id: str) -> None:
+    async def drop_agent_connections(self, sandbox_id: str, *, address: str | None = None) -> None:
         """Close every connection to the sandbox's agent (streams through it end).
 
         A checkpoint resets open TCP connections (``--net-disconnect-ok``), and an
@@ -497,13 +588,15 @@ class SandboxManager:
         if client is not None:
             await client.aclose()
             # Until the agent has closed its side too (a few ms), CLOSE_GRACE at most.
-            row = self.store.get_sandbox(sandbox_id)
-            if row is None or not row.address:
+            if address is None:
+                row = self.store.get_sandbox(sandbox_id)
+                address = row.address if row is not None else None
+            if not address:
                 await asyncio.sleep(CLOSE_GRACE)
-            elif not await tcp.closed_by_peer(row.address, AGENT_PORT, timeout=CLOSE_GRACE):
+            elif not await tcp.closed_by_peer(address, AGENT_PORT, timeout=CLOSE_GRACE):
                 log.debug("sandbox %s: its agent kept connections open past %.1fs", sandbox_id, CLOSE_GRACE)
 
-    def _http_for(self, sandbox_id: str) -> httpx.AsyncClient:
+    def http_for(self, sandbox_id: str) -> httpx.AsyncClient:
         client = self._clients.get(sandbox_id)
         if client is None:
             client = self._clients[sandbox_id] = httpx.AsyncClient(
@@ -537,6 +630,38 @@ class SandboxManager:
                 else:
                     await self.kill(row.id)
         await self.lifecycle.reap_idle()
+
+
+AGENT_SETTINGS = "CORRAL_AGENT_"
+"""Variables the agent reads when it boots (:mod:`corral.agent.main`)."""
+_NO_NETWORK = NetworkSpec(slot=-1, host_address="", sandbox_address="")
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """A create request checked and resolved: what any sandbox made for it is made of."""
+
+    request: CreateRequest
+    image: Image
+    label: str
+    layers: tuple[Path, ...]
+    shape: Shape
+    disk_mb: int | None
+    timeout: int
+    policy: EgressPolicy
+    publish: list[Published]
+
+    def spec(self, sandbox_id: str, network: NetworkSpec, *, envs: Mapping[str, str]) -> SandboxSpec:
+        return SandboxSpec(
+            sandbox_id=sandbox_id,
+            image_layers=self.layers,
+            network=network,
+            vcpus=self.shape.vcpus,
+            memory_mb=self.shape.memory_mb,
+            disk_mb=self.disk_mb,
+            pids_limit=self.shape.pids_limit,
+            envs=sandbox_env(self.image.config, envs),
+        )
 
 
 def pids_limit(configured: int, memory_mb: int) -> int:

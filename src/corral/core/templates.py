@@ -325,7 +325,9 @@ class _Build:
             timeout=int(BUILD_STEP_TIMEOUT) + 600,
             metadata={"corral.build": self.row.name},
         )
-        sandbox = await self.manager.create(request, image=image, image_label=f"build of {self.row.name}")
+        sandbox = await self.manager.create(
+            request, image=image, image_label=f"build of {self.row.name}", boot_snapshot=False
+        )
         layer_dir = self.images.store.work_dir(f"layer-{key[:12]}")
         try:
             agent = self.manager.agent(sandbox.id)

@@ -125,6 +125,13 @@ class Runtime(abc.ABC):
         """
         raise RuntimeFailure(f"the {self.name} runtime cannot restore sandboxes")
 
+    async def checkpoint_identity(self) -> str | None:
+        """What a checkpoint of this runtime depends on (its binary, platform, agent), or None if it makes none.
+
+        A checkpoint is restored only by a runtime of the same identity.
+        """
+        return None
+
     async def hibernate(self, handle: RuntimeHandle) -> None:
         """Save the sandbox's processes and memory to disk and stop it: it holds no memory after."""
         raise RuntimeFailure(f"the {self.name} runtime cannot hibernate sandboxes")

@@ -39,8 +39,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from corral import hostcmd
+from corral._version import __version__
 from corral.errors import RuntimeFailure
 from corral.images.agent_bundle import MOUNT_POINT, agent_command, agent_env, build_agent_bundle
+from corral.images.store import tree_size
 from corral.net import links
 from corral.runtimes import cgroups
 from corral.runtimes.base import (
@@ -66,6 +68,10 @@ DISK, DISK_IMAGE = "disk", "disk.img"
 SANDBOX_OWN_FILES = ("etc/hostname", "etc/hosts", "etc/resolv.conf")
 """Files corral writes into each sandbox's rootfs: never part of an exported layer (Docker's rule too)."""
 
+SANDBOX_HOSTNAME = "corral"
+"""Every sandbox's hostname. One name for all: a restored or forked sandbox keeps the kernel's
+hostname it was saved with, and a sandbox made from a boot snapshot is one (E2B's are all ``e2b.local``)."""
+
 CAPABILITIES = [
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
     "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
@@ -74,6 +80,9 @@ CAPABILITIES = [
 """Root inside a sandbox gets Docker's default set, no more."""
 
 CPU_PERIOD_US = 100_000
+
+RESTORE_HEADROOM = 256 << 20
+"""Host memory a restore needs beyond the saved memory (gVisor's own, while it loads)."""
 
 MAX_OPEN_FILES = 1 << 20
 
@@ -230,7 +239,7 @@ class OciRuntime(Runtime):
         start: Callable[[Path], Awaitable[None]],
         *,
         before_mount: Callable[[Path], Awaitable[None]] | None = None,
-        memory_limit: int | None = None,
+        memory_limit: Callable[[], int] | None = None,
     ) -> RuntimeHandle:
         """Disk, link and bundle for ``spec``, then ``start(sandbox_dir)``; on failure nothing is left."""
         bundle_dir = await self._prepare()
@@ -267,7 +276,8 @@ class OciRuntime(Runtime):
             rootfs = rootfs_task.result()
             config = self._oci_config(spec, rootfs, bundle_dir)
             if memory_limit is not None:
-                config["linux"]["resources"]["memory"].update(limit=memory_limit, swap=memory_limit)
+                limit = memory_limit()
+                config["linux"]["resources"]["memory"].update(limit=limit, swap=limit)
             (sdir / "bundle").mkdir(exist_ok=True)
             (sdir / "bundle" / "config.json").write_text(json.dumps(config, indent=1))
             await start(sdir)
@@ -394,9 +404,25 @@ class OciRuntime(Runtime):
                 await asyncio.shield(ready)  # ten copies wait on it: one cancelled must not cancel it
             await hostcmd.run(["cp", "-a", "--reflink=auto", f"{snapshot / 'upper'}/.", str(upper)], timeout=3600)
 
-        # The restored kernel brings its own memory size; the host wall goes into the spec
-        # at once, so loading the saved memory never meets the user's (lower) limit.
-        return await self._build(spec, start, before_mount=copy_upper, memory_limit=host_memory_limit(spec.memory_mb))
+        def memory_limit() -> int:
+            # gVisor shows the spec's limit as MemTotal, and the host cgroup holds the sentry to it
+            # while the saved memory loads (the wall above it comes after). Saved memory close to
+            # the limit gets the wall at once, so that the load is never cut short.
+            asked = spec.memory_mb << 20
+            if tree_size(snapshot / "memory") + RESTORE_HEADROOM <= asked:
+                return asked
+            return host_memory_limit(spec.memory_mb)
+
+        return await self._build(spec, start, before_mount=copy_upper, memory_limit=memory_limit)
+
+    async def checkpoint_identity(self) -> str | None:
+        if self.kind != "runsc":
+            return None
+        bundle = await self._prepare()
+        binary = Path(self.binary).resolve()
+        made = binary.stat().st_mtime_ns
+        flags = " ".join(self._runtime_argv()[3:])
+        return f"{binary}@{made} {flags} corral {__version__} agent {bundle.name}"
 
     async def hibernate(self, handle: RuntimeHandle) -> None:
         self._needs_runsc("hibernate")
@@ -479,9 +505,9 @@ class OciRuntime(Runtime):
         write_own_files(
             rootfs,
             {
-                "hostname": f"{spec.sandbox_id}\n",
+                "hostname": f"{SANDBOX_HOSTNAME}\n",
                 "hosts": (
-                    f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n{net.sandbox_address}\t{spec.sandbox_id}\n"
+                    f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n{net.sandbox_address}\t{SANDBOX_HOSTNAME}\n"
                 ),
                 # The gateway: DNS to any address is answered by corral's forwarder (corral.net.dns).
                 "resolv.conf": f"nameserver {net.host_address}\noptions ndots:0\n",
@@ -508,7 +534,7 @@ class OciRuntime(Runtime):
         memory = spec.memory_mb << 20
         return {
             "ociVersion": "1.0.2",
-            "hostname": spec.sandbox_id,
+            "hostname": SANDBOX_HOSTNAME,
             "root": {"path": str(rootfs), "readonly": False},
             "process": {
                 "terminal": False,

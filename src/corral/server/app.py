@@ -30,7 +30,7 @@ from corral.errors import (
 from corral.images.store import ImageStore
 from corral.runtimes.base import Runtime
 from corral.server.middleware import ApiKeyMiddleware, BodyLimitMiddleware
-from corral.server.routes import commands, files, images, pools, sandboxes, snapshots, templates
+from corral.server.routes import boot_snapshots, commands, files, images, pools, sandboxes, snapshots, templates
 from corral.server.schemas import ErrorEnvelope, Health
 from corral.store.db import Store
 
@@ -94,6 +94,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.include_router(templates.router)
     app.include_router(snapshots.router)
     app.include_router(pools.router)
+    app.include_router(boot_snapshots.router)
 
     @app.get("/health", tags=["health"])
     async def health() -> Health:

@@ -446,3 +446,18 @@ class Pool(BaseModel):
 
 class PoolList(BaseModel):
     pools: list[Pool]
+
+
+class BootSnapshotInfo(BaseModel):
+    key: str = Field(description="What it was made for, hashed: image, shape and runtime.")
+    image: str
+    image_id: str
+    vcpus: int
+    memory_mb: int
+    size: int = Field(description="Bytes on disk.")
+    last_used: datetime = Field(description="When a create last restored it (or when it was made).")
+
+
+class BootSnapshotList(BaseModel):
+    boot_snapshots: list[BootSnapshotInfo] = Field(description="Most recently used first.")
+    making: int = Field(description="Being made now, or waiting their turn.")
