@@ -258,7 +258,8 @@ def test_server_killed_during_a_restore(own_server: ServerProcess) -> None:
     sandboxes = own_server.data_dir / "sandboxes"
 
     def restore_begun() -> list[str]:
-        return [d.name for d in sandboxes.iterdir() if d.name != source.id and (d / "bundle" / "config.json").exists()]
+        made = sandboxes.glob("sb*")  # a boot snapshot's hidden sandbox (bt*) is not the restore
+        return [d.name for d in made if d.name != source.id and (d / "bundle" / "config.json").exists()]
 
     thread, answer = in_background(lambda: httpx.post(f"{url}/v1/sandboxes", json={"snapshot": snap.id}, timeout=60))
     (restoring,) = wait_for("runsc restore starting", restore_begun)
@@ -293,7 +294,7 @@ def test_server_killed_during_a_fork(own_server: ServerProcess, moment: str) -> 
         wait_for("runsc checkpoint writing", lambda: list((own_server.data_dir / "snapshots").glob(".fork-*/memory")))
     else:
         begun = wait_for(
-            "a child's runsc restore", lambda: {d.parent.name for d in sandboxes.glob("*/bundle")} - {parent.id}
+            "a child's runsc restore", lambda: {d.parent.name for d in sandboxes.glob("sb*/bundle")} - {parent.id}
         )
     own_server.kill9()
     thread.join(10)

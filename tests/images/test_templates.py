@@ -141,6 +141,7 @@ def test_commit_makes_an_image_of_a_sandbox(image_server: ServerProcess, tiny_im
         assert sbx.commands.run("cat /home/user/notes.txt").stdout == "kept\n"  # it goes on after the copy
     with Sandbox.create(name, url=image_server.url) as copy:
         r = copy.commands.run(
-            "cat /home/user/notes.txt /opt/tool/v; test -e /etc/marker || echo gone; cat /etc/hostname"
+            "cat /home/user/notes.txt /opt/tool/v; test -e /etc/marker || echo gone; tail -1 /etc/hosts"
         )
-        assert r.stdout == f"kept\n1\ngone\n{copy.id}\n"
+        # /etc/hosts is the new sandbox's own (its address), not the committed sandbox's
+        assert r.stdout == f"kept\n1\ngone\n{copy.get_info().address}\tcorral\n"

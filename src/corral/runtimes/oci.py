@@ -35,6 +35,7 @@ import re
 import resource
 import shutil
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -80,6 +81,10 @@ CAPABILITIES = [
 """Root inside a sandbox gets Docker's default set, no more."""
 
 CPU_PERIOD_US = 100_000
+
+CONSOLE = "console.log"
+CONSOLE_CARRIED = 200
+"""Lines of a checkpointed sandbox's console that its restored copies' consoles begin with."""
 
 RESTORE_HEADROOM = 256 << 20
 """Host memory a restore needs beyond the saved memory (gVisor's own, while it loads)."""
@@ -390,6 +395,8 @@ class OciRuntime(Runtime):
         finally:
             if running:
                 await hostcmd.run(self._runtime_argv("resume", sid), check=False)
+        with contextlib.suppress(FileNotFoundError):  # the saved processes' history, for their copies' consoles
+            shutil.copyfile(self._dir(handle) / CONSOLE, dest / CONSOLE)
 
     async def restore(
         self, spec: SandboxSpec, snapshot: Path, *, ready: asyncio.Future[None] | None = None
@@ -397,6 +404,7 @@ class OciRuntime(Runtime):
         self._needs_runsc("restore")
 
         async def start(sdir: Path) -> None:
+            carry_console(snapshot, sdir)
             await self._start(spec.sandbox_id, sdir, "restore", "--image-path", str(snapshot / "memory"))
 
         async def copy_upper(upper: Path) -> None:
@@ -461,7 +469,7 @@ class OciRuntime(Runtime):
         return Path(handle.info.get("dir") or self.sandbox_dir(handle.sandbox_id))
 
     async def logs(self, handle: RuntimeHandle, *, tail: int | None = None) -> str:
-        path = Path(handle.info.get("dir") or self.sandbox_dir(handle.sandbox_id)) / "console.log"
+        path = Path(handle.info.get("dir") or self.sandbox_dir(handle.sandbox_id)) / CONSOLE
         try:
             text = await asyncio.to_thread(path.read_text, errors="replace")
         except FileNotFoundError:
@@ -623,7 +631,7 @@ class OciRuntime(Runtime):
                 'mount -t tmpfs none /proc/sys/net && exec "$0" "$@"',
                 *argv,
             ]
-        console = sdir / "console.log"
+        console = sdir / CONSOLE
         # A detached runtime keeps the stdio it is given for the sandbox's init:
         # a file, never a pipe we would wait on.
         with console.open("ab") as out:
@@ -647,6 +655,18 @@ class OciRuntime(Runtime):
                 f"{self.kind} could not {command} sandbox {sandbox_id}: {failure_line(lines) or f'exit {code}'}",
                 details={"console": "\n".join(lines[-20:])},
             )
+
+
+def carry_console(snapshot: Path, sdir: Path) -> None:
+    """Start a restored sandbox's console with what its processes said before they were saved, and a line saying so."""
+    try:
+        lines = (snapshot / CONSOLE).read_text(errors="replace").splitlines(keepends=True)[-CONSOLE_CARRIED:]
+    except FileNotFoundError:
+        lines = []
+    now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    with (sdir / CONSOLE).open("a") as console:
+        console.writelines(lines)
+        console.write(f"{now} corral: restored from the checkpoint in {snapshot}\n")
 
 
 def failure_line(console: list[str]) -> str:
