@@ -197,3 +197,26 @@ def test_none_are_kept_when_turned_off(server_of: object) -> None:
         sbx.kill()
         assert httpx.get(f"{proc.url}/v1/boot-snapshots").json() == {"boot_snapshots": [], "making": 0}
         assert not (proc.data_dir / "boot-snapshots").exists()
+
+
+def test_stopped_while_making_one_leaves_nothing(own_server: ServerProcess) -> None:
+    """A server stopped (SIGTERM) while it boots the hidden sandbox removes it before it exits."""
+    boot_snapshots(own_server.url)
+    own_server.stop()
+    for entry in (own_server.data_dir / "boot-snapshots").iterdir():
+        subprocess.run(["rm", "-rf", str(entry)], check=True)
+    own_server.start()
+    sandboxes = own_server.data_dir / "sandboxes"
+    deadline = time.monotonic() + 60
+    while not list(sandboxes.glob("bt*/bundle")):
+        assert time.monotonic() < deadline, "no hidden sandbox was booted for the boot snapshot"
+        time.sleep(0.005)
+    [hidden] = [p.name for p in sandboxes.glob("bt*")]
+    own_server.stop()
+    assert "Application shutdown complete" in own_server.log()  # it shut down, not killed
+    assert not (sandboxes / hidden).exists()
+    assert not Path(f"/var/run/netns/corral-{hidden}").exists()
+    assert processes_naming(hidden) == []
+    runsc = ["/usr/local/lib/corral/bin/runsc", "--root", "/run/corral/runsc", "state", hidden]
+    assert subprocess.run(runsc, capture_output=True, check=False).returncode != 0  # runsc knows it no more
+    own_server.start()

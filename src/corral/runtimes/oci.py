@@ -34,6 +34,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -648,6 +649,13 @@ class OciRuntime(Runtime):
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 raise RuntimeFailure(f"{self.kind} {command} did not return within 60s") from None
+            except asyncio.CancelledError:
+                # The caller destroys what was begun: nothing may go on making it meanwhile
+                # (a runsc left running would finish the sandbox after that, orphaned).
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+                raise
         log.debug("%s %s of sandbox %s -> %s", self.kind, command, sandbox_id, code)
         if code != 0:
             lines = console.read_text(errors="replace").strip().splitlines()
