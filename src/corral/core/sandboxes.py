@@ -280,7 +280,8 @@ class SandboxManager:
                 raise
 
         try:
-            return await self._launch(plan, restore, boots=False, how=", from its boot snapshot")
+            # It takes a boot slot as a boot does: restores at once thrash the CPU as boots do.
+            return await self._launch(plan, restore, boots=True, how=", from its boot snapshot")
         except RuntimeFailure:
             if not restore_failed:
                 raise
