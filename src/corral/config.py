@@ -132,7 +132,8 @@ class Settings(BaseSettings):
 
     max_concurrent_starts: int = Field(default=0, ge=0)
     """Sandboxes that may boot at once (runtime start until the agent answers); other creates wait their turn.
-    0: twice the host's CPUs. Restores and forks do not wait: their agent is restored running."""
+    0: twice the host's CPUs. Creates restored from boot snapshots wait too; restores of snapshots and
+    fork copies do not."""
 
     boot_snapshots: int = Field(default=8, ge=0, le=1000)
     """Booted sandboxes kept saved on disk, one per image and shape (vCPUs, memory), about 12 MB each: a create

@@ -213,14 +213,15 @@ class SandboxManager:
         """Start a sandbox on ``request.image`` (pulled if need be), or on ``image`` as given.
 
         ``start`` replaces the runtime's ``create`` (a restore from a snapshot does).
-        Only a sandbox that ``boots`` (its agent starts from nothing) waits for a
-        boot slot: a restored one brings its running agent along, and restores
-        side by side do not starve each other the way Python starting up does.
+        Only a sandbox that ``boots`` waits for a boot slot: a snapshot's restore
+        or a fork's copy brings its running agent along, and ten of them side by
+        side take about as long as ten raw restores.
 
         A sandbox that would boot is restored from its image and shape's boot
-        snapshot instead, if there is one (:mod:`corral.core.boot_snapshots`);
-        if there is none, it boots and, with ``boot_snapshot``, has one made
-        behind it for the next create.
+        snapshot instead, if there is one (:mod:`corral.core.boot_snapshots`),
+        in a boot slot all the same (a burst of them thrashes the CPU as boots
+        do); if there is none, it boots and, with ``boot_snapshot``, has one
+        made behind it for the next create.
         """
         if request.on_timeout not in ("kill", "pause"):
             raise InvalidRequest(f"on_timeout must be 'kill' or 'pause', got {request.on_timeout!r}")
