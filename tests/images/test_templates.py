@@ -145,3 +145,40 @@ def test_commit_makes_an_image_of_a_sandbox(image_server: ServerProcess, tiny_im
         )
         # /etc/hosts is the new sandbox's own (its address), not the committed sandbox's
         assert r.stdout == f"kept\n1\ngone\n{copy.get_info().address}\tcorral\n"
+
+
+def test_later_spawns_restore_the_template_with_its_service_running(
+    image_server: ServerProcess, tiny_image: str, tmp_path: Path
+) -> None:
+    """The first spawn starts the service; its boot snapshot is taken with it ready, and later spawns restore that."""
+    import time
+
+    from corral import Sandbox
+
+    # Each start records where it ran: the address of the sandbox it started in.
+    run = "#!/bin/sh\ntail -1 /etc/hosts >> /tmp/starts\necho serving > /tmp/served\nexec sleep 1000\n"
+    (tmp_path / "run.sh").write_text(run)
+    name = f"s{uuid.uuid4().hex[:10]}"
+    dockerfile = f"FROM {tiny_image}\nCOPY --chmod=755 run.sh /usr/local/bin/run.sh\n"
+    events = build(image_server, name, dockerfile, tmp_path, start_cmd="/usr/local/bin/run.sh",
+                   ready_cmd="test -f /tmp/served")  # fmt: skip
+    assert events[-1]["type"] == "template", events[-3:]
+
+    def made_from_boot_snapshot(sbx: Sandbox) -> bool:
+        line = next(line for line in image_server.log_path.read_text().splitlines() if f"{sbx.id} running" in line)
+        return "from its boot snapshot" in line
+
+    with Sandbox.create(template=name, url=image_server.url) as first:  # type: ignore[call-arg]
+        assert not made_from_boot_snapshot(first)  # none yet: it booted and started the service itself
+        assert first.commands.run("cat /tmp/starts").stdout == f"{first.get_info().address}\tcorral\n"
+    deadline = time.monotonic() + 120
+    while httpx.get(f"{image_server.url}/v1/boot-snapshots").json()["making"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    with Sandbox.create(template=name, url=image_server.url, envs={"WHO": "second"}) as second:  # type: ignore[call-arg]
+        assert made_from_boot_snapshot(second)
+        # Its service came back running with it: started once, in the sandbox that was saved, never here.
+        starts = second.commands.run("cat /tmp/starts").stdout.splitlines()
+        assert len(starts) == 1 and starts[0] != f"{second.get_info().address}\tcorral", starts
+        assert second.commands.run("cat /tmp/served; echo $WHO").stdout == "serving\nsecond\n"
+        assert "start" in {p.tag for p in second.commands.list()}

@@ -34,7 +34,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,6 +64,22 @@ class Shape:
     vcpus: int
     memory_mb: int
     pids_limit: int
+    started: str = ""
+    """What runs in it besides the agent (:attr:`Started.key`, a template's service); empty: nothing."""
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """What a create starts in its sandbox before handing it out: a template's service, ready.
+
+    A boot snapshot of its shape is taken with it running, so its creates restore
+    it running and ``run`` is not called again.
+    """
+
+    key: str
+    """Names what ``run`` starts (the same key, the same service)."""
+    run: Callable[[AgentClient, list[str]], Awaitable[None]]
+    """Starts it through the sandbox's agent (its shell given) and returns once it is ready."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,11 +189,12 @@ class BootSnapshots:
         self._remove(key)
         return True
 
-    def want(self, shape: Shape, spec: SandboxSpec, image: str) -> None:
+    def want(self, shape: Shape, spec: SandboxSpec, image: str, started: Started | None = None) -> None:
         """Have a boot snapshot of ``shape`` made in the background, if there is none.
 
         ``spec``: how a sandbox of that shape is built (its id and network are
-        replaced by the hidden sandbox's own).
+        replaced by the hidden sandbox's own); ``started``: what is started in it
+        before it is saved.
         """
         if not self.enabled:
             return
@@ -185,9 +202,10 @@ class BootSnapshots:
         task = self._making.get(key)
         if (self.dir / key / KEY_FILE).is_file() or (task is not None and not task.done()):
             return
-        self._making[key] = asyncio.create_task(self._make(key, shape, spec, image), name=f"corral-boot-{key}")
+        making = self._make(key, shape, spec, image, started)
+        self._making[key] = asyncio.create_task(making, name=f"corral-boot-{key}")
 
-    def list(self) -> list[BootSnapshot]:
+    def entries(self) -> list[BootSnapshot]:
         if not self.dir.is_dir():
             return []
         entries = [e for e in sorted(self.dir.iterdir()) if not e.name.endswith(PARTIAL)]
@@ -200,13 +218,13 @@ class BootSnapshots:
 
     # -- making --------------------------------------------------------------------
 
-    async def _make(self, key: str, shape: Shape, spec: SandboxSpec, image: str) -> None:
+    async def _make(self, key: str, shape: Shape, spec: SandboxSpec, image: str, started: Started | None) -> None:
         async with self._one_at_a_time:
             if (self.dir / key / KEY_FILE).is_file():
                 return
-            started = time.monotonic()
+            began = time.monotonic()
             try:
-                size = await self._boot_and_save(key, shape, spec, image)
+                size = await self._boot_and_save(key, shape, spec, image, started)
             except CorralError as exc:
                 log.warning("could not make a boot snapshot of %s: %s", image, exc.message)
                 return
@@ -215,11 +233,13 @@ class BootSnapshots:
                 return
             log.info(
                 "boot snapshot %s of %s (%d vCPU, %d MiB) made in %.0f ms, %d MiB",
-                key, image, shape.vcpus, shape.memory_mb, (time.monotonic() - started) * 1000, size >> 20,
+                key, image, shape.vcpus, shape.memory_mb, (time.monotonic() - began) * 1000, size >> 20,
             )  # fmt: skip
             self._evict()
 
-    async def _boot_and_save(self, key: str, shape: Shape, spec: SandboxSpec, image: str) -> int:
+    async def _boot_and_save(
+        self, key: str, shape: Shape, spec: SandboxSpec, image: str, started: Started | None
+    ) -> int:
         manager = self.manager
         sandbox_id = BOOT_ID_PREFIX + manager.new_id_suffix()
         slot = manager.reserve_slot()
@@ -231,7 +251,9 @@ class BootSnapshots:
             async with manager.booting():
                 handle = await self.runtime.create(spec)
                 await manager.wait_for_agent(handle)
-            await self._warm_up(handle, shape)
+            agent, shell = await self._warm_up(handle, shape)
+            if started is not None:
+                await started.run(agent, shell)
             await manager.drop_agent_connections(sandbox_id, address=network.sandbox_address)
             await asyncio.to_thread(shutil.rmtree, partial, True)
             partial.mkdir(parents=True)
@@ -247,14 +269,15 @@ class BootSnapshots:
             await asyncio.to_thread(shutil.rmtree, partial, True)
         return await asyncio.to_thread(tree_size, self.dir / key)
 
-    async def _warm_up(self, handle: RuntimeHandle, shape: Shape) -> None:
+    async def _warm_up(self, handle: RuntimeHandle, shape: Shape) -> tuple[AgentClient, list[str]]:
         """One command as the default user, so a restored sandbox's first is as quick as a later one."""
         agent = AgentClient(handle.agent_url, http=self.manager.http_for(handle.sandbox_id))
         shell = await self.manager.image_shell(agent, shape.image_id)
         await commands.run(agent, commands.ExecRequest(cmd="true", timeout=30), shell)
+        return agent, shell
 
     def _evict(self) -> None:
-        for old in self.list()[self.keep :]:
+        for old in self.entries()[self.keep :]:
             if old.key not in self._restoring:
                 log.info("removing boot snapshot %s of %s: least recently used", old.key, old.image)
                 self._remove(old.key)

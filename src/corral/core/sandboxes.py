@@ -35,7 +35,7 @@ import httpx
 
 from corral.config import Settings
 from corral.core.agent_client import CONNECT_TIMEOUT, AgentClient
-from corral.core.boot_snapshots import BootSnapshots, Shape
+from corral.core.boot_snapshots import BootSnapshots, Shape, Started
 from corral.core.clock import as_utc, utcnow
 from corral.core.images import ImageService
 from corral.core.lifecycle import HIBERNATED, PAUSED, Lifecycle
@@ -209,6 +209,7 @@ class SandboxManager:
         start: Callable[[SandboxSpec], Awaitable[RuntimeHandle]] | None = None,
         boots: bool = True,
         boot_snapshot: bool = True,
+        started: Started | None = None,
     ) -> SandboxRow:
         """Start a sandbox on ``request.image`` (pulled if need be), or on ``image`` as given.
 
@@ -221,7 +222,9 @@ class SandboxManager:
         snapshot instead, if there is one (:mod:`corral.core.boot_snapshots`),
         in a boot slot all the same (a burst of them thrashes the CPU as boots
         do); if there is none, it boots and, with ``boot_snapshot``, has one
-        made behind it for the next create.
+        made behind it for the next create. With ``started`` (a template's
+        service), a booted sandbox runs it before it is handed out, and the boot
+        snapshot is taken with it running.
         """
         if request.on_timeout not in ("kill", "pause"):
             raise InvalidRequest(f"on_timeout must be 'kill' or 'pause', got {request.on_timeout!r}")
@@ -229,7 +232,7 @@ class SandboxManager:
             raise InvalidRequest("auto_pause must be at least 1 second (or absent: never)")
         if image is None:
             image = await self.images.get_or_pull(request.image or self.settings.default_image)
-        plan = self._plan(request, image, image_label)
+        plan = self._plan(request, image, image_label, started=started.key if started else "")
         if start is not None or not boots:
             return await self._launch(plan, start, boots=boots)
         if not any(k.startswith(AGENT_SETTINGS) for k in request.envs):  # those are read at boot
@@ -237,10 +240,18 @@ class SandboxManager:
                 if saved is not None and (made := await self._restore_boot_snapshot(plan, saved)) is not None:
                     return made
             if boot_snapshot:
-                self.boot_snapshots.want(plan.shape, plan.spec("", _NO_NETWORK, envs={}), plan.label)
-        return await self._launch(plan, None, boots=True)
+                self.boot_snapshots.want(plan.shape, plan.spec("", _NO_NETWORK, envs={}), plan.label, started)
+        row = await self._launch(plan, None, boots=True)
+        if started is not None:
+            try:
+                await started.run(self.agent(row.id), await self.shell(row.id))
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await self.kill(row.id)
+                raise
+        return row
 
-    def _plan(self, request: CreateRequest, image: Image, image_label: str | None) -> _Plan:
+    def _plan(self, request: CreateRequest, image: Image, image_label: str | None, *, started: str = "") -> _Plan:
         s = self.settings
         vcpus = request.vcpus or s.default_vcpus
         memory_mb = request.memory_mb or s.default_memory_mb
@@ -255,7 +266,7 @@ class SandboxManager:
             image=image,
             label=image_label or (image.names[0] if image.names else (request.image or s.default_image)),
             layers=tuple(self.images.store.layer_paths(image)),
-            shape=Shape(image.id, vcpus, memory_mb, pids_limit(s.pids_limit, memory_mb)),
+            shape=Shape(image.id, vcpus, memory_mb, pids_limit(s.pids_limit, memory_mb), started),
             disk_mb=request.disk_mb or s.default_disk_mb or None,
             timeout=timeout,
             policy=self.network.resolve_policy(request.network),

@@ -17,7 +17,9 @@ and exit code; the template keeps the image of its last good build.
 
 Spawning (``Sandbox.create(template=...)``) starts the template's start
 command in the background and hands the sandbox out once its readiness check
-(a command) exits 0.
+(a command) exits 0. Its first spawn (of an image and shape) also has a boot
+snapshot taken with the service ready (:mod:`corral.core.boot_snapshots`):
+later spawns restore the sandbox with its service running.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from corral.core import commands
+from corral.core.agent_client import AgentClient
+from corral.core.boot_snapshots import Started
 from corral.core.clock import utcnow
 from corral.core.sandboxes import CreateRequest, SandboxManager
 from corral.errors import BuildFailed, Conflict, ExecTimeout, InvalidRequest, NotReady, TemplateNotFound
@@ -53,6 +57,11 @@ BUILD_STEP_TIMEOUT = 3600.0
 IMAGE_PREFIX = "corral/templates/"
 
 Emit = Callable[[dict[str, Any]], None]
+
+
+def service_key(row: TemplateRow) -> str:
+    """What a template starts in its sandboxes, hashed: boot snapshots taken with it running are keyed by it."""
+    return hashlib.sha256(json.dumps([row.start_cmd, row.ready_cmd]).encode()).hexdigest()[:16]
 
 
 def image_name(template: str) -> str:
@@ -194,18 +203,18 @@ class TemplateService:
             vcpus=request.vcpus or row.vcpus,
             memory_mb=request.memory_mb or row.memory_mb,
         )
-        sandbox = await self.manager.create(request, image=image, image_label=image_name(row.name))
-        try:
-            await self._start_and_wait(sandbox.id, row, image.config)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await self.manager.kill(sandbox.id)
-            raise
-        return sandbox
+        started = None
+        if row.start_cmd or row.ready_cmd:
 
-    async def _start_and_wait(self, sandbox_id: str, row: TemplateRow, config: ImageConfig) -> None:
-        agent = self.manager.agent(sandbox_id)
-        shell = await self.manager.shell(sandbox_id)
+            async def start_and_wait(agent: AgentClient, shell: list[str]) -> None:
+                await self._start_and_wait(agent, shell, row, image.config)
+
+            started = Started(key=service_key(row), run=start_and_wait)
+        return await self.manager.create(request, image=image, image_label=image_name(row.name), started=started)
+
+    async def _start_and_wait(
+        self, agent: AgentClient, shell: list[str], row: TemplateRow, config: ImageConfig
+    ) -> None:
         cwd = config.workdir or None
         if row.start_cmd:
             start = commands.ExecRequest(cmd=row.start_cmd, cwd=cwd, tag="start")

@@ -27,7 +27,7 @@ async def list_boot_snapshots(manager: Manager) -> BootSnapshotList:
                 size=s.size,
                 last_used=datetime.fromtimestamp(s.last_used, UTC),
             )
-            for s in saved.list()
+            for s in saved.entries()
         ],
         making=saved.making(),
     )
