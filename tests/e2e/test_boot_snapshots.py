@@ -199,24 +199,36 @@ def test_none_are_kept_when_turned_off(server_of: object) -> None:
         assert not (proc.data_dir / "boot-snapshots").exists()
 
 
-def test_stopped_while_making_one_leaves_nothing(own_server: ServerProcess) -> None:
-    """A server stopped (SIGTERM) while it boots the hidden sandbox removes it before it exits."""
+@pytest.mark.parametrize("moment", ["booting", "saving", "removing"])
+def test_stopped_while_making_one_leaves_nothing(own_server: ServerProcess, moment: str) -> None:
+    """A server stopped (SIGTERM) while it makes a boot snapshot removes the hidden sandbox before it exits.
+
+    ``booting``: its runsc run; ``saving``: its checkpoint; ``removing``: its teardown, once it is saved.
+    """
     boot_snapshots(own_server.url)
     own_server.stop()
-    for entry in (own_server.data_dir / "boot-snapshots").iterdir():
+    saved = own_server.data_dir / "boot-snapshots"
+    for entry in saved.iterdir():
         subprocess.run(["rm", "-rf", str(entry)], check=True)
     own_server.start()
     sandboxes = own_server.data_dir / "sandboxes"
+    reached = {
+        "booting": lambda: list(sandboxes.glob("bt*/bundle")),
+        "saving": lambda: list(saved.glob("*.partial")),
+        "removing": lambda: list(saved.glob("*/key.json")) and list(sandboxes.glob("bt*")),
+    }[moment]
     deadline = time.monotonic() + 60
-    while not list(sandboxes.glob("bt*/bundle")):
-        assert time.monotonic() < deadline, "no hidden sandbox was booted for the boot snapshot"
-        time.sleep(0.005)
-    [hidden] = [p.name for p in sandboxes.glob("bt*")]
+    while not reached():
+        assert time.monotonic() < deadline, f"the making of the boot snapshot never reached {moment}"
+        time.sleep(0.002)
+    hidden = {p.name for p in sandboxes.glob("bt*")}
     own_server.stop()
     assert "Application shutdown complete" in own_server.log()  # it shut down, not killed
-    assert not (sandboxes / hidden).exists()
-    assert not Path(f"/var/run/netns/corral-{hidden}").exists()
-    assert processes_naming(hidden) == []
-    runsc = ["/usr/local/lib/corral/bin/runsc", "--root", "/run/corral/runsc", "state", hidden]
-    assert subprocess.run(runsc, capture_output=True, check=False).returncode != 0  # runsc knows it no more
+    for sid in hidden:
+        assert not (sandboxes / sid).exists()
+        assert not Path(f"/var/run/netns/corral-{sid}").exists()
+        assert processes_naming(sid) == []
+        runsc = ["/usr/local/lib/corral/bin/runsc", "--root", "/run/corral/runsc", "state", sid]
+        assert subprocess.run(runsc, capture_output=True, check=False).returncode != 0  # runsc knows it no more
+    assert not list(saved.glob("*.partial"))
     own_server.start()

@@ -34,7 +34,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -264,10 +264,17 @@ class BootSnapshots:
             partial.rename(self.dir / key)
         finally:
             manager.forget_agent(sandbox_id)
-            await self.runtime.destroy(handle)
-            manager.release_slot(slot)
-            await asyncio.to_thread(shutil.rmtree, partial, True)
+            # To its end even when the server stops meanwhile: a destroy cut short leaves the
+            # hidden sandbox running until the next start.
+            await _to_the_end(self._remove_hidden(handle, slot, partial))
         return await asyncio.to_thread(tree_size, self.dir / key)
+
+    async def _remove_hidden(self, handle: RuntimeHandle, slot: int, partial: Path) -> None:
+        try:
+            await self.runtime.destroy(handle)
+        finally:
+            self.manager.release_slot(slot)
+            await asyncio.to_thread(shutil.rmtree, partial, True)
 
     async def _warm_up(self, handle: RuntimeHandle, shape: Shape) -> tuple[AgentClient, list[str]]:
         """One command as the default user, so a restored sandbox's first is as quick as a later one."""
@@ -307,6 +314,16 @@ class BootSnapshots:
             )
         except (OSError, ValueError, KeyError, TypeError):
             return None
+
+
+async def _to_the_end(work: Coroutine[Any, Any, None]) -> None:
+    """Await ``work`` to its end even if the caller is cancelled meanwhile; the cancellation goes on after it."""
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
 
 
 def _network_info(network: NetworkSpec) -> dict[str, Any]:
