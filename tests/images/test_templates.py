@@ -155,8 +155,8 @@ def test_later_spawns_restore_the_template_with_its_service_running(
 
     from corral import Sandbox
 
-    # Each start records where it ran: the address of the sandbox it started in.
-    run = "#!/bin/sh\ntail -1 /etc/hosts >> /tmp/starts\necho serving > /tmp/served\nexec sleep 1000\n"
+    # Each start records when it ran (the sandbox's clock is the host's), in seconds.
+    run = "#!/bin/sh\ndate +%s >> /tmp/starts\necho serving > /tmp/served\nexec sleep 1000\n"
     (tmp_path / "run.sh").write_text(run)
     name = f"s{uuid.uuid4().hex[:10]}"
     dockerfile = f"FROM {tiny_image}\nCOPY --chmod=755 run.sh /usr/local/bin/run.sh\n"
@@ -168,17 +168,22 @@ def test_later_spawns_restore_the_template_with_its_service_running(
         line = next(line for line in image_server.log_path.read_text().splitlines() if f"{sbx.id} running" in line)
         return "from its boot snapshot" in line
 
+    before = int(time.time())
     with Sandbox.create(template=name, url=image_server.url) as first:  # type: ignore[call-arg]
         assert not made_from_boot_snapshot(first)  # none yet: it booted and started the service itself
-        assert first.commands.run("cat /tmp/starts").stdout == f"{first.get_info().address}\tcorral\n"
+        [started] = first.commands.run("cat /tmp/starts").stdout.split()
+        assert int(started) >= before
     deadline = time.monotonic() + 120
     while httpx.get(f"{image_server.url}/v1/boot-snapshots").json()["making"]:
         assert time.monotonic() < deadline
         time.sleep(0.2)
+    time.sleep(1.1)  # a start from now on would record a later second than the saved one did
+    before = int(time.time())
     with Sandbox.create(template=name, url=image_server.url, envs={"WHO": "second"}) as second:  # type: ignore[call-arg]
         assert made_from_boot_snapshot(second)
-        # Its service came back running with it: started once, in the sandbox that was saved, never here.
-        starts = second.commands.run("cat /tmp/starts").stdout.splitlines()
-        assert len(starts) == 1 and starts[0] != f"{second.get_info().address}\tcorral", starts
+        # Its service came back running with it: started once, before this create (in the sandbox that
+        # was saved), never here.
+        starts = second.commands.run("cat /tmp/starts").stdout.split()
+        assert len(starts) == 1 and int(starts[0]) < before, (starts, before)
         assert second.commands.run("cat /tmp/served; echo $WHO").stdout == "serving\nsecond\n"
         assert "start" in {p.tag for p in second.commands.list()}
