@@ -30,6 +30,16 @@ def build(
         return [json.loads(line) for line in response.iter_lines() if line.strip()]
 
 
+def wait_for_boot_snapshots(server: ServerProcess, timeout: float = 120.0) -> None:
+    """Until the server makes no boot snapshot."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while httpx.get(f"{server.url}/v1/boot-snapshots").json()["making"]:
+        assert time.monotonic() < deadline, "boot snapshots still being made"
+        time.sleep(0.2)
+
+
 def test_template_build_spawn_and_cache(image_server: ServerProcess, tiny_image: str, tmp_path: Path) -> None:
     from corral import Sandbox
 
@@ -127,6 +137,14 @@ def test_a_readiness_check_that_never_passes_gives_not_ready_and_no_sandbox(
         Sandbox.create(template=name, url=image_server.url, metadata={"case": name})
     assert "not yet" in info.value.details["output"]
     assert Sandbox.list(metadata={"case": name}, url=image_server.url) == []
+    # Its boot snapshot cannot be made either (the check fails there too), and is not tried at every create.
+    for _ in range(2):
+        wait_for_boot_snapshots(image_server)
+        with pytest.raises(NotReady):
+            Sandbox.create(template=name, url=image_server.url, metadata={"case": name})
+    wait_for_boot_snapshots(image_server)
+    failed = f"could not make a boot snapshot of corral/templates/{name}"
+    assert image_server.log_path.read_text().count(failed) == 1
 
 
 def test_commit_makes_an_image_of_a_sandbox(image_server: ServerProcess, tiny_image: str) -> None:
@@ -173,10 +191,7 @@ def test_later_spawns_restore_the_template_with_its_service_running(
         assert not made_from_boot_snapshot(first)  # none yet: it booted and started the service itself
         [started] = first.commands.run("cat /tmp/starts").stdout.split()
         assert int(started) >= before
-    deadline = time.monotonic() + 120
-    while httpx.get(f"{image_server.url}/v1/boot-snapshots").json()["making"]:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    wait_for_boot_snapshots(image_server)
     time.sleep(1.1)  # a start from now on would record a later second than the saved one did
     before = int(time.time())
     with Sandbox.create(template=name, url=image_server.url, envs={"WHO": "second"}) as second:  # type: ignore[call-arg]

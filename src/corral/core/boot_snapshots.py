@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 BOOT_ID_PREFIX = "bt"
 KEY_FILE = "key.json"
 PARTIAL = ".partial"
+RETRY_AFTER = 300.0
+"""Seconds before a boot snapshot whose making failed is tried again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +112,8 @@ class BootSnapshots:
         """Restores reading each boot snapshot now: it is not removed under them."""
         self._doomed: dict[str, Path] = {}
         """Removed while restores read them: moved aside, deleted once the last is done."""
+        self._failed: dict[str, float] = {}
+        """When the making of each key last failed: it is not tried again for RETRY_AFTER seconds."""
 
     @property
     def enabled(self) -> bool:
@@ -202,6 +206,8 @@ class BootSnapshots:
         task = self._making.get(key)
         if (self.dir / key / KEY_FILE).is_file() or (task is not None and not task.done()):
             return
+        if time.monotonic() - self._failed.get(key, -RETRY_AFTER) < RETRY_AFTER:
+            return  # a template whose readiness check fails would cost a boot per create
         making = self._make(key, shape, spec, image, started)
         self._making[key] = asyncio.create_task(making, name=f"corral-boot-{key}")
 
@@ -227,9 +233,11 @@ class BootSnapshots:
                 size = await self._boot_and_save(key, shape, spec, image, started)
             except CorralError as exc:
                 log.warning("could not make a boot snapshot of %s: %s", image, exc.message)
+                self._failed[key] = time.monotonic()
                 return
             except Exception:
                 log.exception("could not make a boot snapshot of %s", image)
+                self._failed[key] = time.monotonic()
                 return
             log.info(
                 "boot snapshot %s of %s (%d vCPU, %d MiB) made in %.0f ms, %d MiB",
