@@ -93,7 +93,6 @@ class BootSnapshot:
     """The runtime's identity when it was made."""
     image: str
     path: Path
-    size: int
     last_used: float
 
 
@@ -317,7 +316,6 @@ class BootSnapshots:
                 runtime=saved.get("runtime"),
                 image=str(saved.get("image", "")),
                 path=entry,
-                size=tree_size(entry),
                 last_used=(entry / KEY_FILE).stat().st_mtime,
             )
         except (OSError, ValueError, KeyError, TypeError):

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Response
 
 from corral.errors import NotFound
+from corral.images.store import tree_size
 from corral.server.routes.deps import Manager
 from corral.server.schemas import BootSnapshotInfo, BootSnapshotList
 
@@ -24,7 +25,7 @@ async def list_boot_snapshots(manager: Manager) -> BootSnapshotList:
                 image_id=s.shape.image_id,
                 vcpus=s.shape.vcpus,
                 memory_mb=s.shape.memory_mb,
-                size=s.size,
+                size=tree_size(s.path),
                 last_used=datetime.fromtimestamp(s.last_used, UTC),
             )
             for s in saved.entries()
