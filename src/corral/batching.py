@@ -1,10 +1,10 @@
-"""Jobs that arrive together, run as one host command.
+"""Jobs that arrive together, run as one host command or transaction.
 
-A fork into ten, or a burst of creates, asks for ten ``nft -f`` transactions
-and ten ``ip -batch`` runs within milliseconds. Each is a process start and,
-for nft, a fetch of the whole ruleset, all fighting for the same cores. A
-:class:`Batcher` runs the jobs that arrive while one batch runs as the next
-batch: one command for all of them. If a batch fails, each of its jobs runs
+A fork into ten, or a burst of creates, asks for ten nftables transactions
+and ten ``ip -batch`` runs within milliseconds. Each ``ip`` is a process
+start and each transaction a fetch of the whole ruleset, all fighting for
+the same cores. A :class:`Batcher` runs the jobs that arrive while one batch
+runs as the next batch: one command for all of them. If a batch fails, each of its jobs runs
 again alone, so a bad job fails only its own caller.
 """
 

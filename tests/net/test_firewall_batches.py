@@ -1,17 +1,18 @@
-"""Firewall attachments with the real ``nft``: asked for (or removed) together, in one transaction."""
+"""Firewall attachments with the real nftables: asked for (or removed) together, in one transaction."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import subprocess
+from typing import Any
 
 import pytest
 
 from corral.errors import RuntimeFailure
+from corral.net import nftables
 from corral.net.firewall import Attachment, Firewall
 from corral.net.policy import EgressPolicy
-from tests.net.conftest import Ran
 from tests.serverproc import SUBNET_BASE, worker_index
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="nftables needs root")
@@ -23,9 +24,23 @@ def listed(fw: Firewall) -> str:
     return subprocess.run(["nft", "list", "table", "inet", fw.table], capture_output=True, text=True, check=True).stdout
 
 
-def test_attachments_asked_for_together_load_in_one_transaction(ran: list[Ran]) -> None:
+@pytest.fixture
+def applied(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every nftables transaction's script, in order, as it is applied for real."""
+    scripts: list[str] = []
+    real_apply = nftables.apply
+
+    async def spy(script: str, **kwargs: Any) -> nftables.Outcome:
+        scripts.append(script)
+        return await real_apply(script, **kwargs)
+
+    monkeypatch.setattr(nftables, "apply", spy)
+    return scripts
+
+
+def test_attachments_asked_for_together_load_in_one_transaction(applied: list[str]) -> None:
     def transactions() -> list[str]:
-        return [r.input for r in ran if r.argv[:2] == ["nft", "-f"]]
+        return applied
 
     fw = Firewall(SUBNET, dns_port=5353)
     prefix = SUBNET.rsplit(".", 1)[0]
@@ -35,7 +50,7 @@ def test_attachments_asked_for_together_load_in_one_transaction(ran: list[Ran]) 
 
     async def scenario() -> list[object]:
         await fw.install([])
-        ran.clear()
+        applied.clear()
         first = await asyncio.gather(*(fw.attach(a) for a in good), return_exceptions=True)
         second = await asyncio.gather(*(fw.attach(a) for a in (*good[:2], bad)), return_exceptions=True)
         return [*first, *second]
@@ -52,7 +67,7 @@ def test_attachments_asked_for_together_load_in_one_transaction(ran: list[Ran]) 
             assert f"chain out_{a.sandbox_id}" in table and f"{a.address} : jump out_{a.sandbox_id}" in table
         assert "fbbad" not in table
 
-        ran.clear()
+        applied.clear()
 
         async def detach_all() -> None:
             await asyncio.gather(*(fw.detach(a.sandbox_id, a.address) for a in (*good, bad)))

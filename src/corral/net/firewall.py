@@ -26,8 +26,8 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from corral import hostcmd
 from corral.batching import Batcher
+from corral.net import nftables
 from corral.net.links import HOST_IFACE_PREFIX
 from corral.net.policy import NEVER_PUBLIC, PRIVATE_RANGES, EgressPolicy
 
@@ -53,7 +53,7 @@ def table_name(subnet: str) -> str:
 
 
 class Firewall:
-    """This server's nftables table. Every change is one atomic ``nft -f`` transaction."""
+    """This server's nftables table. Every change is one atomic transaction (:mod:`corral.net.nftables`)."""
 
     def __init__(self, subnet: str, *, dns_port: int) -> None:
         self.subnet = subnet
@@ -96,7 +96,7 @@ class Firewall:
 
     async def _detach_one(self, sandbox: tuple[str, str]) -> None:
         steps = self._detach(*sandbox)
-        if (await self._nft(steps, check=False)).returncode != 0:
+        if not (await self._nft(steps, check=False)).ok:
             for step in steps:  # some were never made (a crash between steps): remove the rest
                 await self._nft([step], check=False)
 
@@ -187,8 +187,8 @@ table inet {self.table} {{
         ]
         return script
 
-    async def _nft(self, script: list[str], *, check: bool = True) -> hostcmd.Completed:
-        return await hostcmd.run(["nft", "-f", "-"], input=("\n".join(script) + "\n").encode(), check=check)
+    async def _nft(self, script: list[str], *, check: bool = True) -> nftables.Outcome:
+        return await nftables.apply("\n".join(script) + "\n", check=check)
 
 
 def _names(sandbox_id: str) -> tuple[str, str, str]:
