@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from corral.net import firewall
+from corral.net import firewall, links
 
 IMAGES = Path(os.environ.get("CORRAL_TEST_IMAGES", "/var/lib/corral/images"))
 
@@ -122,8 +123,10 @@ class ServerProcess:
             self.stop()
             # Its sandboxes are gone: so may its firewall table and its read-only agent
             # bundle mount be (a real server leaves both for the sandboxes that outlive it).
-            table = firewall.table_name(self.env["CORRAL_SANDBOX_SUBNET"])
+            subnet = self.env["CORRAL_SANDBOX_SUBNET"]
+            table = firewall.table_name(subnet)
             subprocess.run(["nft", "delete", "table", "inet", table], capture_output=True, check=False)
+            asyncio.run(links.Links.remove_spares(subnet))  # a server killed with -9 leaves its links made ahead
             unmount_under(self.data_dir)
 
     def log(self) -> str:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
+import sys
 from typing import Any
 
 import pytest
 
 from corral.errors import RuntimeFailure
 from corral.net import links
-from corral.net.links import Links, delete_link, host_iface, netns_name, network_for_slot
+from corral.net.links import Links, delete_link, host_iface, netns_name, network_for_slot, spare_id
 from tests.net.conftest import Ran
 from tests.serverproc import SUBNET_BASE, worker_index
 
@@ -72,3 +74,46 @@ def test_links_asked_for_together_are_made_by_one_ip_batch(ran: list[Ran]) -> No
     finally:
         for sid, spec in wanted:
             asyncio.run(delete_link(sid, spec))
+
+
+def test_a_link_made_ahead_is_taken_without_a_command(ran: list[Ran]) -> None:
+    pid = os.getpid()
+    spec, other = network_for_slot(SUBNET, 20), network_for_slot(SUBNET, 21)
+    sid, plain = f"lt{pid}z0", f"lt{pid}z1"
+    outside = network_for_slot(f"10.{SUBNET_BASE + 17 + worker_index()}.9.0/24", 0)
+
+    async def scenario() -> None:
+        maker = Links()
+        await maker.prepare(spec)
+        await maker.prepare(other)
+        ran.clear()
+        await maker.create(sid, spec)
+
+    try:
+        asyncio.run(scenario())
+        assert ran == [], [r.argv for r in ran]
+        assert not os.path.exists(links.netns_path(spare_id(spec)))
+        assert addresses("-n", netns_name(sid), dev="eth0") == [spec.sandbox_address]
+        assert addresses(dev=host_iface(spec)) == [spec.host_address]
+        # the link works: from inside its namespace, a connection reaches the host's end
+        with socket.create_server((spec.host_address, 0)) as server:
+            port = server.getsockname()[1]
+            reach = f"import socket; socket.create_connection(({spec.host_address!r}, {port}), 2)"
+            dial = ["ip", "netns", "exec", netns_name(sid), sys.executable, "-c", reach]
+            subprocess.run(dial, check=True, timeout=10)
+        # A spare whose veth pair is gone (a crash) is not taken: the create makes its own link.
+        subprocess.run(["ip", "link", "del", host_iface(other)], check=True)
+        asyncio.run(Links().create(plain, other))
+        assert not os.path.exists(links.netns_path(spare_id(other)))
+        assert addresses("-n", netns_name(plain), dev="eth0") == [other.sandbox_address]
+        # What an earlier run made ahead is removed; other servers' subnets are left alone.
+        asyncio.run(Links().prepare(other))
+        asyncio.run(Links().prepare(outside))
+        asyncio.run(Links.remove_spares(SUBNET))
+        assert not os.path.exists(links.netns_path(spare_id(other)))
+        assert os.path.exists(links.netns_path(spare_id(outside)))
+    finally:
+        for name, net in ((sid, spec), (plain, other)):
+            asyncio.run(delete_link(name, net))
+        for net in (spec, other, outside):
+            asyncio.run(delete_link(spare_id(net), net))

@@ -43,6 +43,7 @@ from corral.core.network import Network
 from corral.core.pools import POOLED
 from corral.core.ports import PublishedPorts
 from corral.core.previews import Previews
+from corral.core.spare_links import SpareLinks
 from corral.errors import (
     AgentUnavailable,
     Conflict,
@@ -128,6 +129,7 @@ class SandboxManager:
         self._booting = asyncio.Semaphore(self.start_slots)
         self.lifecycle = Lifecycle(self)
         self.boot_snapshots = BootSnapshots(self)
+        self.spare_links = SpareLinks(self, settings.spare_links)
 
     # -- lifecycle of the manager ----------------------------------------------
 
@@ -139,6 +141,7 @@ class SandboxManager:
         await self.ports.start()
         if self.network.enabled:
             await self.previews.start()
+        await self.spare_links.start()
         await self.boot_snapshots.start()
         self._want_default_boot_snapshot()
         self._reaper = asyncio.create_task(self._reap_forever(), name="corral-reaper")
@@ -149,6 +152,7 @@ class SandboxManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
         await self.boot_snapshots.aclose()
+        await self.spare_links.aclose()
         if self._teardowns:
             await asyncio.wait(self._teardowns, timeout=30)
         for client in list(self._clients.values()):
@@ -311,7 +315,8 @@ class SandboxManager:
         """Record the sandbox, build and start it, wait for its agent; on failure nothing is left of it."""
         request, shape = plan.request, plan.shape
         sandbox_id = new_sandbox_id()
-        network = links.network_for_slot(self.settings.sandbox_subnet, self._free_slot())
+        slot = self.spare_links.take()  # recorded below with no await before: no other create gets it
+        network = links.network_for_slot(self.settings.sandbox_subnet, self._free_slot() if slot is None else slot)
         now = utcnow()
         row = self.store.add_sandbox(
             SandboxRow(

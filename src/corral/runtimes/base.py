@@ -140,6 +140,18 @@ class Runtime(abc.ABC):
         """Bring a hibernated sandbox back, under the same id and address."""
         raise RuntimeFailure(f"the {self.name} runtime cannot hibernate sandboxes")
 
+    # -- links made ahead: optional ------------------------------------------------
+
+    async def prepare_link(self, network: NetworkSpec) -> bool:
+        """Make ``network``'s link ahead, for a sandbox yet to come; False if this runtime makes no links.
+
+        A create (or restore) later given ``network`` takes the link as it is.
+        """
+        return False
+
+    async def remove_prepared_links(self, subnet: str) -> None:  # noqa: B027 - optional hook
+        """Remove every link made ahead for an address of ``subnet`` (at start: what an earlier run left)."""
+
     @abc.abstractmethod
     async def logs(self, handle: RuntimeHandle, *, tail: int | None = None) -> str:
         """The sandbox's console: its agent's output and the runtime's own messages."""

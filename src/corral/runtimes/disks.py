@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import secrets
 from pathlib import Path
 
 from corral import hostcmd
+from corral.mounts import detach_mount, mount_points, move_mount
 
 log = logging.getLogger(__name__)
 
@@ -54,30 +54,6 @@ async def format_disk(image: Path, size_mb: int, *, nice: bool = False) -> None:
 
 async def mount_disk(image: Path, mount_point: Path) -> None:
     await hostcmd.run(["mount", "-o", "loop,discard,nosuid,nodev", str(image), str(mount_point)])
-
-
-MS_MOVE, MNT_DETACH = 0x2000, 0x2
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def move_mount(source: Path, target: Path) -> None:
-    """``mount --move source target``, as one system call."""
-    if _libc.mount(os.fsencode(source), os.fsencode(target), None, MS_MOVE, None) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, f"could not move the mount {source} to {target}: {os.strerror(code)}")
-
-
-def mount_points() -> set[str]:
-    """Every mount point of this mount namespace (``os.path.ismount`` misses a bind mount within one file system)."""
-    with open("/proc/self/mountinfo") as info:
-        return {line.split()[4].encode().decode("unicode_escape") for line in info}
-
-
-def detach_mount(path: Path) -> None:
-    """``umount -l path``; nothing if it is not a mount."""
-    if os.path.ismount(path) and _libc.umount2(os.fsencode(path), MNT_DETACH) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, f"could not unmount {path}: {os.strerror(code)}")
 
 
 class SpareDisks:

@@ -45,10 +45,12 @@ from corral._version import __version__
 from corral.errors import RuntimeFailure
 from corral.images.agent_bundle import MOUNT_POINT, agent_command, agent_env, build_agent_bundle
 from corral.images.store import tree_size
+from corral.mounts import mount_overlay, unmount
 from corral.net import links
 from corral.runtimes import cgroups
 from corral.runtimes.base import (
     AGENT_PORT,
+    NetworkSpec,
     Runtime,
     RuntimeHandle,
     RuntimeState,
@@ -336,10 +338,10 @@ class OciRuntime(Runtime):
         await asyncio.to_thread(hostcmd.kill_processes_naming, f"{sdir}/")
         rootfs = sdir / "rootfs"
         for target in (rootfs / "tmp", rootfs, sdir / DISK):
-            if os.path.ismount(target):
-                done = await hostcmd.run(["umount", str(target)], check=False)
-                if done.returncode != 0:
-                    await hostcmd.run(["umount", "-l", str(target)], check=False)
+            try:
+                await asyncio.to_thread(unmount, target)
+            except OSError as exc:
+                log.warning("sandbox %s: %s", sid, exc)
         if "slot" in handle.info:
             await links.delete_link(sid, links.network_from_info(handle.info))
         elif links.netns_path(sid).exists():  # no record of its link: its end dies with the namespace
@@ -457,6 +459,13 @@ class OciRuntime(Runtime):
         cgroups.raise_memory_limit(config["linux"]["cgroupsPath"], host_memory_limit(limit_mb))
         shutil.rmtree(saved, ignore_errors=True)
 
+    async def prepare_link(self, network: NetworkSpec) -> bool:
+        await self.links.prepare(network)
+        return True
+
+    async def remove_prepared_links(self, subnet: str) -> None:
+        await self.links.remove_spares(subnet)
+
     def _checkpoint_argv(self, *args: str) -> list[str]:
         """``runsc checkpoint``; uncompressed (the default) it saves in half the time, and restores in two thirds."""
         compression = [f"--compression={self.snapshot_compression}"] if self.snapshot_compression else []
@@ -500,13 +509,7 @@ class OciRuntime(Runtime):
             d.mkdir(parents=True, exist_ok=True)
         if fill is not None:
             await fill(upper)
-        await hostcmd.run(
-            [
-                "mount", "-t", "overlay", "overlay", "-o",
-                f"lowerdir={':'.join(map(str, spec.image_layers))},upperdir={upper},workdir={work}",
-                str(rootfs),
-            ]
-        )  # fmt: skip
+        await asyncio.to_thread(mount_overlay, spec.image_layers, upper, work, rootfs)
         tmp = rootfs / "tmp"
         tmp.mkdir(exist_ok=True)
         tmp.chmod(0o1777)
