@@ -15,7 +15,7 @@ import pytest
 
 from tests.serverproc import ServerProcess, unmount_under, worker_index
 
-pytest_plugins = ["tests.hostile_report"]
+pytest_plugins = ["tests.hostile_report", "tests.hostcmds"]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -15,7 +15,7 @@ import pytest
 from corral.errors import RuntimeFailure
 from corral.net import links
 from corral.net.links import Links, delete_link, host_iface, netns_name, network_for_slot, spare_id
-from tests.net.conftest import Ran
+from tests.hostcmds import Ran
 from tests.serverproc import SUBNET_BASE, worker_index
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")

@@ -25,6 +25,8 @@ from typing import Any
 
 import httpx
 
+from corral.config import Settings
+from corral.net.links import SPARE
 from tests.serverproc import ServerProcess
 
 RUNSC = "/usr/local/lib/corral/bin/runsc"
@@ -197,12 +199,18 @@ def audit(server: ServerProcess, ledger: Ledger) -> list[str]:
             break
         time.sleep(0.2)
     log = server.log_path.read_text(errors="replace")
-    problems += orphans(server.data_dir, set(listed), subnet=server.env["CORRAL_SANDBOX_SUBNET"], log=log)
+    keep = int(server.env.get("CORRAL_SPARE_LINKS", Settings.model_fields["spare_links"].default))
+    problems += orphans(
+        server.data_dir, set(listed), subnet=server.env["CORRAL_SANDBOX_SUBNET"], log=log, spare_links=keep
+    )
     return problems
 
 
-def orphans(data_dir: Path, known: set[str], *, subnet: str, log: str) -> list[str]:
-    """Runtime processes, runtime state, network namespaces and mounts of this server's with no sandbox row."""
+def orphans(data_dir: Path, known: set[str], *, subnet: str, log: str, spare_links: int = 0) -> list[str]:
+    """Runtime processes, runtime state, network namespaces and mounts of this server's with no sandbox row.
+
+    Up to ``spare_links`` links made ahead (``corral-spare-*``) are the server's own; more are a leak.
+    """
     found = []
     sandboxes = f"{data_dir}/sandboxes/"
     for pid, sid in runsc_processes(sandboxes):
@@ -211,8 +219,12 @@ def orphans(data_dir: Path, known: set[str], *, subnet: str, log: str) -> list[s
     for sid in runsc_containers(sandboxes):
         if sid not in known:
             found.append(f"runsc state of unknown sandbox {sid}")
-    for sid in netns_in(subnet, log):
-        if sid not in known:
+    namespaces = netns_in(subnet, log)
+    spares = [sid for sid in namespaces if sid.startswith(SPARE)]
+    if len(spares) > spare_links:
+        found.append(f"{len(spares)} links made ahead, more than the {spare_links} kept: {spares}")
+    for sid in namespaces:
+        if sid not in known and sid not in spares:
             found.append(f"network namespace corral-{sid} of unknown sandbox")
     for sid, mount in mounts_under(sandboxes):
         if sid not in known:

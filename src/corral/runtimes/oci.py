@@ -58,6 +58,7 @@ from corral.runtimes.base import (
 )
 from corral.runtimes.disks import SpareDisks, format_disk, mount_disk
 from corral.runtimes.etc_files import write_own_files
+from corral.runtimes.upper_copy import copy_upper
 
 log = logging.getLogger(__name__)
 
@@ -354,8 +355,8 @@ class OciRuntime(Runtime):
             raise RuntimeFailure(f"sandbox {handle.sandbox_id} has no filesystem left to export")
         running = await self._pause_if_running(handle)  # nothing writes while its files are copied
         try:
-            # cp -a keeps owners, modes, xattrs (opaque dirs) and whiteouts (0/0 char devices).
-            await hostcmd.run(["cp", "-a", "--reflink=auto", f"{upper}/.", str(dest)], timeout=3600)
+            # As cp -a: owners, modes, xattrs (opaque dirs) and whiteouts (0/0 char devices) kept.
+            await copy_upper(upper, dest)
         finally:
             if running:
                 await hostcmd.run(self._runtime_argv("resume", handle.sandbox_id), check=False)
@@ -394,7 +395,8 @@ class OciRuntime(Runtime):
                 self._checkpoint_argv("--leave-running", "--image-path", str(dest / "memory"), sid),
                 timeout=600,
             )
-            await hostcmd.run(["cp", "-a", "--reflink=auto", str(upper), str(dest / "upper")], timeout=3600)
+            (dest / "upper").mkdir()
+            await copy_upper(upper, dest / "upper")
         finally:
             if running:
                 await hostcmd.run(self._runtime_argv("resume", sid), check=False)
@@ -410,10 +412,10 @@ class OciRuntime(Runtime):
             carry_console(snapshot, sdir)
             await self._start(spec.sandbox_id, sdir, "restore", "--image-path", str(snapshot / "memory"))
 
-        async def copy_upper(upper: Path) -> None:
+        async def fill_upper(upper: Path) -> None:
             if ready is not None:
                 await asyncio.shield(ready)  # ten copies wait on it: one cancelled must not cancel it
-            await hostcmd.run(["cp", "-a", "--reflink=auto", f"{snapshot / 'upper'}/.", str(upper)], timeout=3600)
+            await copy_upper(snapshot / "upper", upper)
 
         def memory_limit() -> int:
             # gVisor shows the spec's limit as MemTotal, and the host cgroup holds the sentry to it
@@ -424,7 +426,7 @@ class OciRuntime(Runtime):
                 return asked
             return host_memory_limit(spec.memory_mb)
 
-        return await self._build(spec, start, before_mount=copy_upper, memory_limit=memory_limit)
+        return await self._build(spec, start, before_mount=fill_upper, memory_limit=memory_limit)
 
     async def checkpoint_identity(self) -> str | None:
         if self.kind != "runsc":

@@ -1,4 +1,4 @@
-"""Fixtures for the host-network tests: every host command they run, recorded as it runs for real."""
+"""A fixture for tests of host plumbing: every host command run, recorded as it runs for real."""
 
 from __future__ import annotations
 
