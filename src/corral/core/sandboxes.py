@@ -354,13 +354,16 @@ class SandboxManager:
         # The policy loads while the runtime builds: until it is in, the firewall drops
         # every packet the sandbox starts (an address it does not know), so none leaves unfiltered.
         attached = asyncio.create_task(self.network.attach(row))
+        handle: RuntimeHandle | None = None
         try:
             async with self.booting(sandbox_id) if boots else contextlib.nullcontext():
                 handle = await (start or self.runtime.create)(spec)
-                self.store.update_sandbox(sandbox_id, agent_url=handle.agent_url, runtime_info=handle.info)
                 await self.wait_for_agent(handle)
             await attached
-            updated = self.store.update_sandbox(sandbox_id, state=RUNNING)
+            # One write: until it, the row (starting) holds enough to undo the sandbox after a crash.
+            updated = self.store.update_sandbox(
+                sandbox_id, state=RUNNING, agent_url=handle.agent_url, runtime_info=handle.info
+            )
             assert updated is not None
             await self.ports.open(updated)
         except BaseException as exc:
@@ -370,7 +373,7 @@ class SandboxManager:
             with contextlib.suppress(BaseException):
                 await attached
             row_now = self.store.get_sandbox(sandbox_id)
-            await self.runtime.destroy(_handle(row_now or row))
+            await self.runtime.destroy(handle or _handle(row_now or row))
             await self.network.detach(row_now or row)
             self.store.delete_sandbox(sandbox_id)
             raise
