@@ -378,7 +378,9 @@ class Lifecycle:
                 return_exceptions=True,
             )
         finally:
-            await asyncio.to_thread(shutil.rmtree, work, True)
+            # Its copies hold what they need of it: it goes after the answer (the next start
+            # removes it should the server stop first).
+            self.manager.in_background(asyncio.to_thread(shutil.rmtree, work, True), name=f"corral-rm-{work.name}")
             if checkpointed.done() and not checkpointed.cancelled():
                 checkpointed.exception()  # seen, even when no copy got as far as waiting for it
         made = [r for r in results if isinstance(r, SandboxRow)]

@@ -25,7 +25,7 @@ import secrets
 import shutil
 import string
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -356,7 +356,8 @@ class SandboxManager:
         attached = asyncio.create_task(self.network.attach(row))
         handle: RuntimeHandle | None = None
         try:
-            async with self.booting(sandbox_id) if boots else contextlib.nullcontext():
+            boot_slot = self.booting(sandbox_id) if boots else contextlib.nullcontext()
+            async with self.runtime.activity.making(), boot_slot:
                 handle = await (start or self.runtime.create)(spec)
                 await self.wait_for_agent(handle)
             await attached
@@ -414,9 +415,7 @@ class SandboxManager:
         self.store.delete_sandbox(sandbox_id)
         self.forget_agent(sandbox_id)
         self.lifecycle.forget(sandbox_id)
-        task = asyncio.create_task(self._teardown(handle, row), name=f"corral-teardown-{sandbox_id}")
-        self._teardowns.add(task)
-        task.add_done_callback(self._teardowns.discard)
+        self.in_background(self._teardown(handle, row), name=f"corral-teardown-{sandbox_id}")
         log.info("sandbox %s killed", sandbox_id)
 
     async def _teardown(self, handle: RuntimeHandle, row: SandboxRow) -> None:
@@ -593,9 +592,13 @@ class SandboxManager:
         self._shells.pop(sandbox_id, None)
         client = self._clients.pop(sandbox_id, None)
         if client is not None:
-            task = asyncio.create_task(client.aclose())
-            self._teardowns.add(task)
-            task.add_done_callback(self._teardowns.discard)
+            self.in_background(client.aclose(), name=f"corral-close-{sandbox_id}")
+
+    def in_background(self, work: Coroutine[Any, Any, None], *, name: str) -> None:
+        """Run ``work`` after the answer, off the caller's way; the manager's close waits for it (30 s at most)."""
+        task = asyncio.create_task(work, name=name)
+        self._teardowns.add(task)
+        task.add_done_callback(self._teardowns.discard)
 
     async def drop_agent_connections(self, sandbox_id: str, *, address: str | None = None) -> None:
         """Close every connection to the sandbox's agent (streams through it end).

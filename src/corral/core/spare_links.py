@@ -3,8 +3,9 @@
 A create given one of these addresses (:meth:`SpareLinks.take`) finds its
 link made (see :mod:`corral.net.links`), and runs no ``ip`` on its way: that
 was 40-60 ms of a create on two busy cores, beside its disk. Links are made
-one at a time in the background, a moment after one was taken, so that they
-do not compete with the sandbox that took it. A server removes its spare
+one at a time in the background, a moment after one was taken and only while
+no sandbox is being made, so that they do not compete with the sandboxes
+that took them. A server removes its spare
 links when it stops; one that was killed leaves them, and the next start
 removes them before it makes its own (the addresses it keeps aside may
 differ).
@@ -67,9 +68,11 @@ class SpareLinks:
         self._refill = asyncio.create_task(self._fill(delay), name="corral-spare-links")
 
     async def _fill(self, delay: float) -> None:
-        await asyncio.sleep(delay)
         subnet = self.manager.settings.sandbox_subnet
+        settle = delay
         while len(self._ready) < self.keep:
+            await self.manager.runtime.activity.until_quiet(settle)  # a fork or a burst under way has the CPU first
+            settle = 0.0
             slot = self.manager.reserve_slot()
             try:
                 made = await self.manager.runtime.prepare_link(links.network_for_slot(subnet, slot))

@@ -11,10 +11,12 @@ from __future__ import annotations
 import abc
 import asyncio
 import enum
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from corral.activity import Activity
 from corral.errors import RuntimeFailure
 
 AGENT_PORT = 49983
@@ -64,6 +66,11 @@ class Runtime(abc.ABC):
     """Creates, inspects and destroys sandboxes. Use as ``async with`` or call :meth:`aclose`."""
 
     name: str
+
+    @functools.cached_property
+    def activity(self) -> Activity:
+        """Whether sandboxes are being made (the manager says so): what this runtime makes ahead waits for quiet."""
+        return Activity()
 
     @abc.abstractmethod
     async def create(self, spec: SandboxSpec) -> RuntimeHandle:

@@ -17,7 +17,8 @@ its mount (one ``mount(MS_MOVE)`` call): no command runs on its way.
 mount from under a shared one (systemd makes ``/`` shared); the images stay
 outside it, as ``rename`` does not cross mounts. Spares are made
 one at a time in the background, at low CPU priority, a moment after one was
-taken (so that they do not compete with the sandbox that took it). A spare
+taken and only while no sandbox is being made (so that they do not compete
+with the sandboxes that took them). A spare
 holds nothing but an empty file system, so one left by a crash is as good as
 new (mounted again if it was not); a half-made one (``*.part``), or a mount
 whose image was taken, is removed at start.
@@ -33,6 +34,7 @@ import secrets
 from pathlib import Path
 
 from corral import hostcmd
+from corral.activity import Activity
 from corral.mounts import detach_mount, mount_points, move_mount
 
 log = logging.getLogger(__name__)
@@ -59,8 +61,9 @@ async def mount_disk(image: Path, mount_point: Path) -> None:
 class SpareDisks:
     """Up to ``keep`` formatted and mounted images of ``size_mb`` MiB, ready to be moved into a sandbox."""
 
-    def __init__(self, directory: Path, *, size_mb: int, keep: int) -> None:
+    def __init__(self, directory: Path, *, size_mb: int, keep: int, activity: Activity | None = None) -> None:
         self.directory = directory
+        self.activity = activity or Activity()
         self.size_mb = size_mb
         self.keep = keep if size_mb > 0 else 0
         self.taken = 0
@@ -132,7 +135,7 @@ class SpareDisks:
         self._refill = asyncio.create_task(self._fill(delay), name="corral-spare-disks")
 
     async def _fill(self, delay: float) -> None:
-        await asyncio.sleep(delay)
+        await self.activity.until_quiet(delay)
         self._sweep()
         self.directory.mkdir(parents=True, exist_ok=True)
         try:
@@ -147,6 +150,7 @@ class SpareDisks:
         except Exception:
             log.exception("could not mount the spare disks ahead; creates mount their own")
         while len(self._spares()) < self.keep:
+            await self.activity.until_quiet()  # a fork or a burst under way has the CPU first
             token = secrets.token_hex(6)
             part = self.directory / f"spare-{FORMAT}-{self.size_mb}-{token}.part"
             try:

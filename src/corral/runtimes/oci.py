@@ -199,7 +199,9 @@ class OciRuntime(Runtime):
         self.state_root = STATE_ROOT / kind
         self._bundle: Path | None = None
         self._ready = asyncio.Lock()
-        self.spare_disks = SpareDisks(data_dir / "spare-disks", size_mb=spare_disk_mb, keep=spare_disks)
+        self.spare_disks = SpareDisks(
+            data_dir / "spare-disks", size_mb=spare_disk_mb, keep=spare_disks, activity=self.activity
+        )
         self.links = links.Links()
 
     # -- set-up ----------------------------------------------------------------
