@@ -359,7 +359,9 @@ class SandboxManager:
             boot_slot = self.booting(sandbox_id) if boots else contextlib.nullcontext()
             async with self.runtime.activity.making(), boot_slot:
                 handle = await (start or self.runtime.create)(spec)
+                started = time.perf_counter()
                 await self.wait_for_agent(handle)
+                log.debug("sandbox %s: agent answered in %.1f ms", sandbox_id, 1000 * (time.perf_counter() - started))
             await attached
             # One write: until it, the row (starting) holds enough to undo the sandbox after a crash.
             updated = self.store.update_sandbox(

@@ -35,6 +35,7 @@ import re
 import resource
 import shutil
 import signal
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -276,6 +277,7 @@ class OciRuntime(Runtime):
             async def disk() -> Path:
                 return await self._mount_rootfs(sdir, spec, fill=before_mount)
 
+            began = time.perf_counter()
             # Disk and link are independent: made side by side (a TaskGroup stops the
             # other half should one fail, so destroy below never races it).
             try:
@@ -285,6 +287,7 @@ class OciRuntime(Runtime):
             except BaseExceptionGroup as failed:
                 raise failed.exceptions[0] from None  # what went wrong, not the group that carried it
             rootfs = rootfs_task.result()
+            log.debug("sandbox %s: disk and link in %.1f ms", spec.sandbox_id, 1000 * (time.perf_counter() - began))
             config = self._oci_config(spec, rootfs, bundle_dir)
             if memory_limit is not None:
                 limit = memory_limit()
@@ -640,6 +643,7 @@ class OciRuntime(Runtime):
                 *argv,
             ]
         console = sdir / CONSOLE
+        began = time.perf_counter()
         # A detached runtime keeps the stdio it is given for the sandbox's init:
         # a file, never a pipe we would wait on.
         with console.open("ab") as out:
@@ -663,7 +667,8 @@ class OciRuntime(Runtime):
                     os.killpg(proc.pid, signal.SIGKILL)
                 await proc.wait()
                 raise
-        log.debug("%s %s of sandbox %s -> %s", self.kind, command, sandbox_id, code)
+        took = 1000 * (time.perf_counter() - began)
+        log.debug("%s %s of sandbox %s -> %s in %.1f ms", self.kind, command, sandbox_id, code, took)
         if code != 0:
             lines = console.read_text(errors="replace").strip().splitlines()
             raise RuntimeFailure(
