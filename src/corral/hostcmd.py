@@ -4,16 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from corral.errors import RuntimeFailure
 
 log = logging.getLogger(__name__)
+
+LOW_PRIORITY = 19
+"""The nice value of commands run :func:`in_the_background`: any other process on the host comes first."""
+_low_priority: contextvars.ContextVar[bool] = contextvars.ContextVar("corral_hostcmd_low_priority", default=False)
+
+
+@contextlib.contextmanager
+def in_the_background() -> Iterator[None]:
+    """Commands run inside (and in tasks started inside) yield the CPU to every other process.
+
+    For work done ahead of need (spare disks and links): on a busy host it must
+    not slow the sandboxes being made beside it. Each command is niced right
+    after it is spawned, which costs no ``nice`` process on its way.
+    """
+    token = _low_priority.set(True)
+    try:
+        yield
+    finally:
+        _low_priority.reset(token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +61,9 @@ async def run(
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, **env} if env else None,
     )
+    if _low_priority.get():
+        with contextlib.suppress(OSError):  # it may have ended already
+            os.setpriority(os.PRIO_PROCESS, proc.pid, LOW_PRIORITY)
     try:
         out, err = await asyncio.wait_for(proc.communicate(input), timeout)
     except TimeoutError:

@@ -18,6 +18,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
+from corral import hostcmd
 from corral.net import links
 
 if TYPE_CHECKING:
@@ -65,7 +66,8 @@ class SpareLinks:
         """Make links up to ``keep`` in the background, unless that is under way already."""
         if self.keep == 0 or (self._refill is not None and not self._refill.done()):
             return
-        self._refill = asyncio.create_task(self._fill(delay), name="corral-spare-links")
+        with hostcmd.in_the_background():  # the task keeps this context: its commands yield the CPU
+            self._refill = asyncio.create_task(self._fill(delay), name="corral-spare-links")
 
     async def _fill(self, delay: float) -> None:
         subnet = self.manager.settings.sandbox_subnet

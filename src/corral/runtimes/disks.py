@@ -46,12 +46,11 @@ REFILL_DELAY = 1.0
 """Seconds after a spare was taken before the next is made: the sandbox that took it gets the CPU first."""
 
 
-async def format_disk(image: Path, size_mb: int, *, nice: bool = False) -> None:
+async def format_disk(image: Path, size_mb: int) -> None:
     """A sparse ``size_mb`` MiB file at ``image`` holding an empty ext4 file system."""
     with image.open("wb") as f:
         f.truncate(size_mb << 20)
-    argv = ["mkfs.ext4", *MKFS_OPTIONS, str(image)]
-    await hostcmd.run(["nice", "-n", "19", *argv] if nice else argv)
+    await hostcmd.run(["mkfs.ext4", *MKFS_OPTIONS, str(image)])
 
 
 async def mount_disk(image: Path, mount_point: Path) -> None:
@@ -132,7 +131,8 @@ class SpareDisks:
         """Make spares up to ``keep`` in the background, unless that is under way already."""
         if self.keep == 0 or (self._refill is not None and not self._refill.done()):
             return
-        self._refill = asyncio.create_task(self._fill(delay), name="corral-spare-disks")
+        with hostcmd.in_the_background():  # the task keeps this context: its commands yield the CPU
+            self._refill = asyncio.create_task(self._fill(delay), name="corral-spare-disks")
 
     async def _fill(self, delay: float) -> None:
         await self.activity.until_quiet(delay)
@@ -154,7 +154,7 @@ class SpareDisks:
             token = secrets.token_hex(6)
             part = self.directory / f"spare-{FORMAT}-{self.size_mb}-{token}.part"
             try:
-                await format_disk(part, self.size_mb, nice=True)
+                await format_disk(part, self.size_mb)
                 await self._mount(part, part.stem)
                 os.rename(part, part.with_suffix(".img"))
             except Exception:
