@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
-from corral.activity import Activity
+from corral import hostcmd
+from corral.activity import Activity, WorkAhead
 
 
 def test_until_quiet_waits_for_every_making_and_the_settle_after_it() -> None:
@@ -31,3 +33,29 @@ def test_until_quiet_waits_for_every_making_and_the_settle_after_it() -> None:
         return seen
 
     assert asyncio.run(scenario()) == ["first made", "second made", "spare"]
+
+
+def test_work_ahead_runs_one_fill_at_a_time_at_low_priority_and_stops() -> None:
+    async def scenario() -> tuple[list[float], int, bool]:
+        delays: list[float] = []
+        nice: list[int] = []
+        blocked, ran = asyncio.Event(), asyncio.Event()
+
+        async def fill(delay: float) -> None:
+            delays.append(delay)
+            done = await hostcmd.run(["sh", "-c", "sleep 0.2; cut -d' ' -f19 /proc/$$/stat"])
+            nice.append(int(done.stdout))
+            ran.set()
+            await blocked.wait()  # until stopped
+
+        ahead = WorkAhead(fill, name="test-work-ahead")
+        ahead.start(delay=0.5)
+        ahead.start()  # running already: no second fill
+        await ran.wait()
+        await ahead.stop()
+        return delays, nice[0], blocked.is_set()
+
+    delays, nice, released = asyncio.run(scenario())
+    assert delays == [0.5]
+    assert nice == max(os.getpriority(os.PRIO_PROCESS, 0), hostcmd.LOW_PRIORITY)
+    assert not released  # stop cancelled the fill where it waited

@@ -13,12 +13,10 @@ differ).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-from corral import hostcmd
+from corral.activity import WorkAhead
 from corral.net import links
 
 if TYPE_CHECKING:
@@ -40,7 +38,7 @@ class SpareLinks:
         """Creates that took a link made ahead (the others made their own)."""
         self._ready: list[int] = []
         """Slots (reserved in the manager) whose links are made."""
-        self._refill: asyncio.Task[None] | None = None
+        self._refill = WorkAhead(self._fill, name="corral-spare-links")
 
     async def start(self) -> None:
         """Remove what an earlier run made ahead, and make links anew."""
@@ -64,10 +62,8 @@ class SpareLinks:
 
     def refill(self, *, delay: float = 0.0) -> None:
         """Make links up to ``keep`` in the background, unless that is under way already."""
-        if self.keep == 0 or (self._refill is not None and not self._refill.done()):
-            return
-        with hostcmd.in_the_background():  # the task keeps this context: its commands yield the CPU
-            self._refill = asyncio.create_task(self._fill(delay), name="corral-spare-links")
+        if self.keep:
+            self._refill.start(delay=delay)
 
     async def _fill(self, delay: float) -> None:
         subnet = self.manager.settings.sandbox_subnet
@@ -92,10 +88,7 @@ class SpareLinks:
 
     async def aclose(self) -> None:
         """Stop making links, and remove those made."""
-        if self._refill is not None:
-            self._refill.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refill
+        await self._refill.stop()
         if self._ready:
             await self.manager.runtime.remove_prepared_links(self.manager.settings.sandbox_subnet)
             for slot in self._ready:

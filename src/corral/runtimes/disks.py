@@ -34,7 +34,7 @@ import secrets
 from pathlib import Path
 
 from corral import hostcmd
-from corral.activity import Activity
+from corral.activity import Activity, WorkAhead
 from corral.mounts import detach_mount, mount_points, move_mount
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class SpareDisks:
         self.taken = 0
         """Disks handed out from the spares (the rest of the creates formatted their own)."""
         self.mounts = directory / "mounted"
-        self._refill: asyncio.Task[None] | None = None
+        self._refill = WorkAhead(self._fill, name="corral-spare-disks")
         self._swept = False
         self._private = False
         """Whether ``mounts`` is known to be a private mount (checked once per process)."""
@@ -129,10 +129,8 @@ class SpareDisks:
 
     def refill(self, *, delay: float = 0.0) -> None:
         """Make spares up to ``keep`` in the background, unless that is under way already."""
-        if self.keep == 0 or (self._refill is not None and not self._refill.done()):
-            return
-        with hostcmd.in_the_background():  # the task keeps this context: its commands yield the CPU
-            self._refill = asyncio.create_task(self._fill(delay), name="corral-spare-disks")
+        if self.keep:
+            self._refill.start(delay=delay)
 
     async def _fill(self, delay: float) -> None:
         await self.activity.until_quiet(delay)
@@ -178,7 +176,4 @@ class SpareDisks:
             raise
 
     async def aclose(self) -> None:
-        if self._refill is not None:
-            self._refill.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refill
+        await self._refill.stop()
