@@ -11,6 +11,7 @@ again alone, so a bad job fails only its own caller.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -39,7 +40,9 @@ class Batcher(Generic[T]):
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append((job, done))
         if self._worker is None or self._worker.done():
-            self._worker = asyncio.create_task(self._work())
+            # A batch runs jobs of several callers: it takes on none of their context
+            # (a job made ahead at low priority must not slow a create's that joins it).
+            self._worker = asyncio.create_task(self._work(), context=contextvars.Context())
         try:
             await asyncio.shield(done)
         except asyncio.CancelledError:

@@ -27,7 +27,9 @@ def in_the_background() -> Iterator[None]:
 
     For work done ahead of need (spare disks and links): on a busy host it must
     not slow the sandboxes being made beside it. Each command is niced right
-    after it is spawned, which costs no ``nice`` process on its way.
+    after it is spawned, which costs no ``nice`` process on its way. A
+    :class:`~corral.batching.Batcher`'s batches are not: they may hold a
+    create's job beside the background one.
     """
     token = _low_priority.set(True)
     try:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Sequence
 
 import pytest
 
+from corral import hostcmd
 from corral.batching import Batcher
 
 
@@ -97,3 +99,26 @@ def test_a_cancelled_caller_returns_only_once_its_job_is_done() -> None:
 
     asyncio.run(scenario())
     assert sorted(rec.done) == [5, 6]
+
+
+def test_a_batch_started_by_background_work_runs_its_commands_at_normal_priority() -> None:
+    """A create's job that joins a batch begun by a spare's must not run niced with it."""
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    seen: list[int] = []
+
+    async def many(jobs: Sequence[int]) -> None:
+        done = await hostcmd.run(["sh", "-c", "sleep 0.2; cut -d' ' -f19 /proc/$$/stat"])
+        seen.append(int(done.stdout))
+
+    async def one(job: int) -> None:
+        await many([job])
+
+    async def scenario() -> None:
+        batcher = Batcher(many, one)
+        with hostcmd.in_the_background():
+            spare = asyncio.create_task(batcher.run(1))
+        await asyncio.sleep(0.05)  # the spare's batch runs
+        await asyncio.gather(spare, batcher.run(2))  # the create's job: the next batch
+
+    asyncio.run(scenario())
+    assert seen == [own, own]
