@@ -1,4 +1,4 @@
-"""A fixture for tests of host plumbing: every host command run, recorded as it runs for real."""
+"""For tests of host plumbing: every host command run, recorded as it runs for real; a command's nice value."""
 
 from __future__ import annotations
 
@@ -29,3 +29,13 @@ def ran(monkeypatch: pytest.MonkeyPatch) -> list[Ran]:
 
     monkeypatch.setattr(hostcmd, "run", spy)
     return commands
+
+
+# The shell waits a moment before it reads: a background command is niced right after its spawn.
+READ_NICE = "sleep 0.2; cut -d' ' -f19 /proc/$$/stat"
+
+
+async def nice_of_a_command() -> int:
+    """The nice value a host command run from here gets (see :func:`corral.hostcmd.in_the_background`)."""
+    done = await hostcmd.run(["sh", "-c", READ_NICE])
+    return int(done.stdout)

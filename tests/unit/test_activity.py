@@ -7,6 +7,7 @@ import os
 
 from corral import hostcmd
 from corral.activity import Activity, WorkAhead
+from tests.hostcmds import nice_of_a_command
 
 
 def test_until_quiet_waits_for_every_making_and_the_settle_after_it() -> None:
@@ -36,26 +37,30 @@ def test_until_quiet_waits_for_every_making_and_the_settle_after_it() -> None:
 
 
 def test_work_ahead_runs_one_fill_at_a_time_at_low_priority_and_stops() -> None:
-    async def scenario() -> tuple[list[float], int, bool]:
+    async def scenario() -> tuple[list[float], int, list[str]]:
         delays: list[float] = []
         nice: list[int] = []
-        blocked, ran = asyncio.Event(), asyncio.Event()
+        ended: list[str] = []
+        ran = asyncio.Event()
 
         async def fill(delay: float) -> None:
             delays.append(delay)
-            done = await hostcmd.run(["sh", "-c", "sleep 0.2; cut -d' ' -f19 /proc/$$/stat"])
-            nice.append(int(done.stdout))
+            nice.append(await nice_of_a_command())
             ran.set()
-            await blocked.wait()  # until stopped
+            try:
+                await asyncio.Event().wait()  # never set: only stop ends it
+            except asyncio.CancelledError:
+                ended.append("cancelled")
+                raise
 
         ahead = WorkAhead(fill, name="test-work-ahead")
         ahead.start(delay=0.5)
         ahead.start()  # running already: no second fill
         await ran.wait()
         await ahead.stop()
-        return delays, nice[0], blocked.is_set()
+        return delays, nice[0], ended
 
-    delays, nice, released = asyncio.run(scenario())
+    delays, nice, ended = asyncio.run(scenario())
     assert delays == [0.5]
     assert nice == max(os.getpriority(os.PRIO_PROCESS, 0), hostcmd.LOW_PRIORITY)
-    assert not released  # stop cancelled the fill where it waited
+    assert ended == ["cancelled"]  # stop cancelled the fill where it waited

@@ -10,6 +10,7 @@ import pytest
 
 from corral import hostcmd
 from corral.batching import Batcher
+from tests.hostcmds import nice_of_a_command
 
 
 class Recorder:
@@ -107,8 +108,7 @@ def test_a_batch_started_by_background_work_runs_its_commands_at_normal_priority
     seen: list[int] = []
 
     async def many(jobs: Sequence[int]) -> None:
-        done = await hostcmd.run(["sh", "-c", "sleep 0.2; cut -d' ' -f19 /proc/$$/stat"])
-        seen.append(int(done.stdout))
+        seen.append(await nice_of_a_command())
 
     async def one(job: int) -> None:
         await many([job])

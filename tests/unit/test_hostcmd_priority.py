@@ -6,14 +6,7 @@ import asyncio
 import os
 
 from corral import hostcmd
-
-# The shell waits a moment before it reads: the nice value is set right after the spawn.
-READ_NICE = "sleep 0.2; cut -d' ' -f19 /proc/$$/stat"
-
-
-async def nice_of_a_command() -> int:
-    done = await hostcmd.run(["sh", "-c", READ_NICE])
-    return int(done.stdout)
+from tests.hostcmds import nice_of_a_command
 
 
 def test_commands_in_the_background_are_niced_and_others_are_not() -> None:
