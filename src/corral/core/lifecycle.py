@@ -151,11 +151,13 @@ class Lifecycle:
         """Someone used the sandbox: its idle time starts over."""
         self._last_activity[sandbox_id] = time.monotonic()
 
-    async def ensure_awake(self, sandbox_id: str) -> None:
-        """Before any request to its agent: thaw or wake the sandbox if need be."""
+    async def ensure_awake(self, sandbox_id: str) -> SandboxRow:
+        """Before any request to its agent: thaw or wake the sandbox if need be; its row after."""
         self.touch(sandbox_id)
-        if self.manager.get(sandbox_id).state in (PAUSED, HIBERNATED):
-            await self.resume(sandbox_id)
+        row = self.manager.get(sandbox_id)
+        if row.state in (PAUSED, HIBERNATED):
+            row = await self.resume(sandbox_id)
+        return row
 
     async def pause(self, sandbox_id: str, *, fresh_timeout: bool = False) -> SandboxRow:
         """Freeze it in memory; ``fresh_timeout``: a whole timeout once it is back (a pause at its timeout)."""

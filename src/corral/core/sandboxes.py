@@ -478,8 +478,12 @@ class SandboxManager:
 
     async def awake_agent(self, sandbox_id: str) -> AgentClient:
         """The agent of a sandbox, thawed or woken first if it is paused or hibernated."""
-        await self.lifecycle.ensure_awake(sandbox_id)
-        return self.agent(sandbox_id)
+        return (await self.awake(sandbox_id))[1]
+
+    async def awake(self, sandbox_id: str) -> tuple[SandboxRow, AgentClient]:
+        """:meth:`awake_agent`, with the sandbox's row read on the way (one store read in all)."""
+        row = await self.lifecycle.ensure_awake(sandbox_id)
+        return row, self._agent_of(row)
 
     def in_use(self, sandbox_id: str) -> bool:
         """Whether a command's output is being read from the sandbox right now."""
@@ -488,7 +492,10 @@ class SandboxManager:
 
     def agent(self, sandbox_id: str) -> AgentClient:
         """The agent of a running sandbox; raises if it is not running."""
-        row = self.get(sandbox_id)
+        return self._agent_of(self.get(sandbox_id))
+
+    def _agent_of(self, row: SandboxRow) -> AgentClient:
+        sandbox_id = row.id
         if row.state != RUNNING:
             raise SandboxNotRunning(
                 f"sandbox '{sandbox_id}' is {row.state}" + (f": {row.error}" if row.error else ""),

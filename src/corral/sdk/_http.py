@@ -35,10 +35,18 @@ Content = bytes | Iterable[bytes] | AsyncIterable[bytes]
 
 
 @functools.cache
-def _tls() -> ssl.SSLContext:
+def _tls_context() -> ssl.SSLContext:
     """One TLS context per process: building one loads the CA bundle (tens of ms), and
     every Sandbox has a client of its own."""
     return ssl.create_default_context(cafile=certifi.where())
+
+
+def _tls(config: ConnectionConfig) -> ssl.SSLContext | bool:
+    """What the client verifies a server with: for a plain-HTTP server (the default, on
+    loopback) nothing, so a short-lived process (a CLI call) does not load the CA bundle
+    for a handshake it never makes. The client sends only to ``config.url`` and follows
+    no redirect, so it never speaks TLS then."""
+    return _tls_context() if httpx.URL(config.url).scheme == "https" else False
 
 
 def _raw(response: httpx.Response) -> httpx.Response:
@@ -104,7 +112,7 @@ class SyncHTTP:
             headers=config.headers,
             timeout=config.request_timeout,
             transport=sync_transport,
-            verify=_tls(),
+            verify=_tls(config),
         )
 
     def call(self, call: Call[T]) -> T:
@@ -168,7 +176,7 @@ class AsyncHTTP:
             headers=config.headers,
             timeout=config.request_timeout,
             transport=async_transport,
-            verify=_tls(),
+            verify=_tls(config),
         )
 
     async def call(self, call: Call[T]) -> T:

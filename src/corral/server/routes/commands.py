@@ -34,12 +34,12 @@ def _selector(pid: str) -> int | str:
 )
 async def exec_command(sandbox_id: str, body: Exec, manager: Manager) -> Response:
     """Run a command: to completion, streamed (NDJSON), or in the background."""
-    agent = await manager.awake_agent(sandbox_id)
+    row, agent = await manager.awake(sandbox_id)
     request = commands.ExecRequest(
         cmd=body.cmd,
         argv=body.argv,
         cwd=body.cwd,
-        envs={**manager.get(sandbox_id).envs, **body.envs},  # a pooled sandbox learns its envs at claim
+        envs={**row.envs, **body.envs},  # a pooled sandbox learns its envs at claim
         user=body.user,
         timeout=manager.settings.exec_timeout if body.timeout is None else body.timeout,
         stdin=body.stdin,
