@@ -140,14 +140,15 @@ class Settings(BaseSettings):
     restores its image and shape's instead of booting (see docs/api.md, *Boot snapshots*). The least recently
     used go first. 0: every create boots. Only gVisor (runsc) sandboxes have them."""
 
-    spare_disks: int = Field(default=10, ge=0, le=100)
+    spare_disks: int = Field(default=16, ge=0, le=100)
     """Disks of ``default_disk_mb`` kept formatted and mounted ahead (about 4 MB of host disk each), so that
-    a create only moves one's mount into place. 0: every create formats and mounts its own."""
+    a create only moves one's mount into place (16: a fork into ten finds its disks made even right after a
+    few creates). 0: every create formats and mounts its own."""
 
-    spare_links: int = Field(default=10, ge=0, le=64)
+    spare_links: int = Field(default=16, ge=0, le=64)
     """Sandbox links (network namespace and veth pair, addressed and up) kept made ahead, each on an address
-    kept aside, so that a create runs no ``ip`` command on its way (10: a fork into ten takes links only).
-    0: every create makes its own."""
+    kept aside, so that a create runs no ``ip`` command on its way (16: a fork into ten takes links only,
+    even right after a few creates). 0: every create makes its own."""
 
     reaper_interval: float = Field(default=1.0, gt=0)
     """How often, in seconds, expired sandboxes are looked for."""
