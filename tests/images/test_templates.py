@@ -113,6 +113,25 @@ def test_a_failing_step_fails_the_build_with_its_output_and_exit_code(
     assert left["sandboxes"] == []
 
 
+def test_the_sdk_sends_a_large_build_context_whole(
+    image_server: ServerProcess, tiny_image: str, tmp_path: Path
+) -> None:
+    """A context over the SDK's upload chunk goes in pieces with its length (see corral.sdk._upload)."""
+    import os
+
+    from corral import Sandbox, Templates
+    from corral.sdk import _upload
+
+    blob = os.urandom(_upload.CHUNK_SIZE * 3)  # random: the packed context stays over a chunk
+    (tmp_path / "blob.bin").write_bytes(blob)
+    name = f"c{uuid.uuid4().hex[:10]}"
+    with Templates(url=image_server.url) as templates:
+        templates.build(name, dockerfile=f"FROM {tiny_image}\nCOPY blob.bin /srv/blob.bin\n", context=tmp_path)
+        with Sandbox.create(template=name, url=image_server.url) as sbx:
+            assert sbx.files.read("/srv/blob.bin", format="bytes") == blob
+        templates.delete(name)
+
+
 def test_a_bad_recipe_is_refused_with_its_line(image_server: ServerProcess, tiny_image: str) -> None:
     r = httpx.put(
         f"{image_server.url}/v1/templates/bad",

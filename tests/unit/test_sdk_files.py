@@ -76,6 +76,11 @@ def test_uploads_stream_file_objects_and_iterators(
     sbx.files.write("/tmp/gen.txt", pieces())
     assert fake.last().headers.get("transfer-encoding") == "chunked"
     assert sbx.files.read("/tmp/gen.txt") == "one,two"
+    sbx.files.write("/tmp/whole.bin", blob)  # larger than a chunk: sent in pieces, its length known
+    sent = fake.last()
+    assert sent.headers.get("content-length") == str(len(blob))
+    assert "transfer-encoding" not in sent.headers
+    assert fake.sandboxes[sbx.id].files["/tmp/whole.bin"] == blob
     sbx.files.write("/tmp/raw.bin", bytearray(b"\x00\x01"))
     assert sbx.files.read("/tmp/raw.bin", format="bytes") == b"\x00\x01"
     with pytest.raises(InvalidRequest):
