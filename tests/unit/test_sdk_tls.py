@@ -61,8 +61,15 @@ def test_an_https_server_with_an_unknown_certificate_is_refused(https_server: st
         Sandbox.list(url=https_server)
 
 
-def test_a_plain_http_server_needs_no_tls_context() -> None:
+def _verifies(context: ssl.SSLContext | bool) -> bool:
+    return isinstance(context, ssl.SSLContext) and context.verify_mode is ssl.CERT_REQUIRED and context.check_hostname
+
+
+def test_a_plain_http_server_needs_no_tls_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
     assert _http._tls(ConnectionConfig("http://127.0.0.1:7423")) is False
-    context = _http._tls(ConnectionConfig("HTTPS://corral.example.com"))
-    assert isinstance(context, ssl.SSLContext)
-    assert context.verify_mode is ssl.CERT_REQUIRED and context.check_hostname
+    assert _verifies(_http._tls(ConnectionConfig("HTTPS://corral.example.com")))
+    # A proxy may be reached over TLS: its certificate is verified.
+    monkeypatch.setenv("HTTP_PROXY", "https://proxy.example.com:3128")
+    assert _verifies(_http._tls(ConnectionConfig("http://corral.example.com:7423")))

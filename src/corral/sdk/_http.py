@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import ssl
+import urllib.request
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -43,10 +44,13 @@ def _tls_context() -> ssl.SSLContext:
 
 def _tls(config: ConnectionConfig) -> ssl.SSLContext | bool:
     """What the client verifies a server with: for a plain-HTTP server (the default, on
-    loopback) nothing, so a short-lived process (a CLI call) does not load the CA bundle
-    for a handshake it never makes. The client sends only to ``config.url`` and follows
-    no redirect, so it never speaks TLS then."""
-    return _tls_context() if httpx.URL(config.url).scheme == "https" else False
+    loopback) reached without a proxy, nothing, so a short-lived process (a CLI call) does
+    not load the CA bundle for a handshake it never makes. The client sends only to
+    ``config.url`` and follows no redirect, so it never speaks TLS then; through a proxy
+    it might (an ``https://`` proxy), and the proxy's certificate is verified."""
+    if httpx.URL(config.url).scheme == "https" or urllib.request.getproxies():
+        return _tls_context()
+    return False
 
 
 def _raw(response: httpx.Response) -> httpx.Response:
