@@ -69,6 +69,8 @@ def test_a_plain_http_server_needs_no_tls_context(monkeypatch: pytest.MonkeyPatc
     for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
     assert _http._tls(ConnectionConfig("http://127.0.0.1:7423")) is False
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")  # names no proxy
+    assert _http._tls(ConnectionConfig("http://127.0.0.1:7423")) is False
     assert _verifies(_http._tls(ConnectionConfig("HTTPS://corral.example.com")))
     # A proxy may be reached over TLS: its certificate is verified.
     monkeypatch.setenv("HTTP_PROXY", "https://proxy.example.com:3128")

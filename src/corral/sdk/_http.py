@@ -48,7 +48,8 @@ def _tls(config: ConnectionConfig) -> ssl.SSLContext | bool:
     not load the CA bundle for a handshake it never makes. The client sends only to
     ``config.url`` and follows no redirect, so it never speaks TLS then; through a proxy
     it might (an ``https://`` proxy), and the proxy's certificate is verified."""
-    if httpx.URL(config.url).scheme == "https" or urllib.request.getproxies():
+    proxied = any(scheme != "no" for scheme in urllib.request.getproxies())  # "no": NO_PROXY's list
+    if httpx.URL(config.url).scheme == "https" or proxied:
         return _tls_context()
     return False
 
