@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import ssl
 import subprocess
 import threading
@@ -66,8 +67,8 @@ def _verifies(context: ssl.SSLContext | bool) -> bool:
 
 
 def test_a_plain_http_server_needs_no_tls_context(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
+    for name in [n for n in os.environ if n.lower().endswith("_proxy")]:  # what urllib reads proxies from
+        monkeypatch.delenv(name)
     assert _http._tls(ConnectionConfig("http://127.0.0.1:7423")) is False
     monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")  # names no proxy
     assert _http._tls(ConnectionConfig("http://127.0.0.1:7423")) is False
