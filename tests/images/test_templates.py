@@ -116,13 +116,13 @@ def test_a_failing_step_fails_the_build_with_its_output_and_exit_code(
 def test_the_sdk_sends_a_large_build_context_whole(
     image_server: ServerProcess, tiny_image: str, tmp_path: Path
 ) -> None:
-    """A context over the SDK's upload chunk goes in pieces with its length (see corral.sdk._upload)."""
+    """A context larger than a piece goes in pieces with its length (see corral.sdk._http)."""
     import os
 
     from corral import Sandbox, Templates
-    from corral.sdk import _upload
+    from corral.sdk import _http
 
-    blob = os.urandom(_upload.CHUNK_SIZE * 3)  # random: the packed context stays over a chunk
+    blob = os.urandom(_http.SEND_PIECE * 3)  # random: the packed context stays over a piece
     (tmp_path / "blob.bin").write_bytes(blob)
     name = f"c{uuid.uuid4().hex[:10]}"
     with Templates(url=image_server.url) as templates:

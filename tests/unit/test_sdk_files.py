@@ -15,7 +15,7 @@ from corral import (
     NotADirectory_,
     Sandbox,
 )
-from corral.sdk import _upload
+from corral.sdk import _http, _upload
 from tests.unit.sdk_fake import FakeCorral, install
 
 
@@ -76,7 +76,8 @@ def test_uploads_stream_file_objects_and_iterators(
     sbx.files.write("/tmp/gen.txt", pieces())
     assert fake.last().headers.get("transfer-encoding") == "chunked"
     assert sbx.files.read("/tmp/gen.txt") == "one,two"
-    sbx.files.write("/tmp/whole.bin", blob)  # larger than a chunk: sent in pieces, its length known
+    monkeypatch.setattr(_http, "SEND_PIECE", 1000)
+    sbx.files.write("/tmp/whole.bin", blob)  # larger than a piece: sent in pieces, its length known
     sent = fake.last()
     assert sent.headers.get("content-length") == str(len(blob))
     assert "transfer-encoding" not in sent.headers

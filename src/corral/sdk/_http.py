@@ -7,7 +7,9 @@ failure into :class:`ServerUnavailable`. Only the I/O differs between them.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import io
 import ssl
 import urllib.request
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
@@ -52,6 +54,20 @@ def _tls(config: ConnectionConfig) -> ssl.SSLContext | bool:
     if httpx.URL(config.url).scheme == "https" or proxied:
         return _tls_context()
     return False
+
+
+SEND_PIECE = 1 << 20
+"""A whole body larger than this is sent by the blocking client in pieces (see :func:`_in_pieces`)."""
+
+
+def _in_pieces(call: Call[T]) -> Call[T]:
+    """``call`` with a large whole body turned into a file object, which httpx sends 64 KiB
+    at a time with its length known. Handed one ``bytes``, httpx's blocking transport copies
+    what is left of it after every send: 300 MiB took 6 s to reach an agent on loopback."""
+    content = call.content
+    if isinstance(content, bytes) and len(content) > SEND_PIECE:
+        return dataclasses.replace(call, content=io.BytesIO(content))
+    return call
 
 
 def _raw(response: httpx.Response) -> httpx.Response:
@@ -134,7 +150,7 @@ class SyncHTTP:
     def open(self, call: Call[Any]) -> httpx.Response:
         """Send ``call`` and answer the response with its body still unread; close it."""
         try:
-            response = self._client.send(_build(self._client, self.config, call), stream=True)
+            response = self._client.send(_build(self._client, self.config, _in_pieces(call)), stream=True)
             if not response.is_success:
                 try:
                     response.read()

@@ -464,7 +464,7 @@ def put_template(name: str, body: dict[str, Any]) -> Call[TemplateInfo]:
     return Call("PUT", f"/v1/templates/{_seg(name)}", json=_drop_none(body), parse=_template)
 
 
-def build_template(name: str, context: Content) -> Call[httpx.Response]:
+def build_template(name: str, context: bytes) -> Call[httpx.Response]:
     return Call("POST", f"/v1/templates/{_seg(name)}/builds", content=context, extra_time=None)
 
 

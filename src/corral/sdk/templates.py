@@ -19,7 +19,6 @@ from typing import Any
 from corral.errors import InternalError, InvalidRequest, error_from_envelope
 from corral.sdk import _routes as routes
 from corral.sdk._base import AsyncClient, SyncClient
-from corral.sdk._upload import sync_body
 from corral.sdk.models import TemplateInfo
 
 __all__ = ["AsyncTemplates", "Templates"]
@@ -91,7 +90,7 @@ class Templates(SyncClient):
         )  # fmt: skip
         self._http.call(routes.put_template(name, body))
         reader = _BuildReader(on_log)
-        with self._http.stream(routes.build_template(name, sync_body(packed))) as response:
+        with self._http.stream(routes.build_template(name, packed)) as response:
             for line in response.iter_lines():
                 reader.feed(line)
         return reader.result()
