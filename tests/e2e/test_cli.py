@@ -216,3 +216,80 @@ def test_cp_needs_exactly_one_sandbox_side(corral, tmp_path: Path) -> None:
     done = corral("cp", str(tmp_path / "a"), str(tmp_path / "b"))
     assert done.returncode == 1
     assert done.stderr.decode().startswith("error: invalid_request: exactly one side")
+
+
+def test_snapshot_restore_fork_hibernate_and_timeout_commands(corral, sandbox: Sandbox, corral_url: str) -> None:
+    sandbox.files.write("/home/user/state.txt", "before the snapshot")
+    sandbox.commands.run("sleep 1000", background=True)
+    made: list[str] = []
+    try:
+        taken = corral("snapshot", "create", sandbox.id, "--metadata", "step=one")
+        assert taken.returncode == 0, taken.stderr
+        snapshot_id = taken.stdout.decode().strip()
+        listed = json.loads(corral("snapshot", "list", "--sandbox", sandbox.id, "--json").stdout)["snapshots"]
+        assert [(s["id"], s["state"], s["metadata"]) for s in listed] == [(snapshot_id, "ready", {"step": "one"})]
+        text = corral("snapshot", "info", snapshot_id).stdout.decode()
+        assert snapshot_id in text and "ready" in text and sandbox.id in text
+
+        restored = corral("sandbox", "create", "--snapshot", snapshot_id, "--on-timeout", "pause",
+                          "--auto-pause", "60", "--json")  # fmt: skip
+        assert restored.returncode == 0, restored.stderr
+        info = json.loads(restored.stdout)
+        made.append(info["id"])
+        assert (info["on_timeout"], info["auto_pause"]) == ("pause", 60)
+        # The same files, and the same processes: the background sleep came along.
+        check = "cat /home/user/state.txt; pgrep -x sleep >/dev/null && echo running"
+        assert corral("exec", info["id"], check).stdout == b"before the snapshotrunning\n"
+
+        forked = corral("sandbox", "fork", sandbox.id, "-n", "2", "--metadata", "branch=b", "--json")
+        assert forked.returncode == 0, forked.stderr
+        copies = json.loads(forked.stdout)["sandboxes"]
+        made.extend(c["id"] for c in copies)
+        assert len({c["id"] for c in copies}) == 2 and sandbox.id not in {c["id"] for c in copies}
+        assert all(c["metadata"]["branch"] == "b" and c["metadata"]["corral.forked_from"] == sandbox.id for c in copies)
+        assert corral("exec", copies[1]["id"], "cat /home/user/state.txt").stdout == b"before the snapshot"
+
+        never = corral("sandbox", "timeout", info["id"], "0")
+        assert never.stdout.decode().strip() == f"{info['id']} has no timeout"
+        later = json.loads(corral("sandbox", "timeout", info["id"], "600", "--json").stdout)
+        assert later["ends_at"] is not None and later["timeout"] > 0
+
+        slept = corral("sandbox", "hibernate", info["id"])
+        assert slept.stdout.decode().strip() == f"{info['id']} is hibernated", slept.stderr
+        assert corral("exec", info["id"], "cat /home/user/state.txt").stdout == b"before the snapshot"  # woken
+
+        deleted = corral("snapshot", "rm", snapshot_id)
+        assert deleted.stdout.decode().strip() == f"deleted {snapshot_id}"
+        gone = corral("snapshot", "info", snapshot_id)
+        assert gone.returncode == 1 and gone.stderr.decode().startswith("error: snapshot_not_found: ")
+    finally:
+        for sid in made:
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.delete(f"{corral_url}/v1/sandboxes/{sid}", timeout=60)
+
+
+@pytest.mark.xdist_group("pools")
+def test_pool_commands(corral) -> None:
+    key = "image:corral/base"
+    try:
+        done = corral("pool", "set", key, "1")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.decode().startswith(f"{key}: size 1")
+        deadline = time.monotonic() + 60
+        while True:
+            pools = {p["key"]: p for p in json.loads(corral("pool", "list", "--json").stdout)["pools"]}
+            if pools[key]["ready"] == 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert (pools[key]["size"], pools[key]["ready"]) == (1, 1)
+        table = corral("pool", "list").stdout.decode().splitlines()
+        assert table[0].split() == ["KEY", "SIZE", "READY", "HITS", "MISSES"]
+        assert any(line.split()[:3] == [key, "1", "1"] for line in table[1:])
+        bad = corral("pool", "set", "nonsense", "1")
+        assert bad.returncode == 1 and bad.stderr.decode().startswith("error: invalid_request: ")
+    finally:
+        deleted = corral("pool", "rm", key)
+    assert deleted.stdout.decode().strip() == f"deleted {key}", deleted.stderr
+    assert key not in {p["key"] for p in json.loads(corral("pool", "list", "--json").stdout)["pools"]}
+    again = corral("pool", "rm", key)
+    assert again.returncode == 1 and again.stderr.decode().startswith("error: not_found: ")

@@ -12,12 +12,14 @@ from corral import (
     AsyncCommands,
     AsyncFiles,
     AsyncImages,
+    AsyncPools,
     AsyncSandbox,
     AsyncTemplates,
     CommandHandle,
     Commands,
     Files,
     Images,
+    Pools,
     Sandbox,
     Templates,
 )
@@ -29,6 +31,7 @@ TWINS = [
     (CommandHandle, AsyncCommandHandle),
     (Images, AsyncImages),
     (Templates, AsyncTemplates),
+    (Pools, AsyncPools),
 ]
 
 # Protocol methods that differ by design between the twins.

@@ -7,10 +7,12 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from corral.errors import CorralError
 from corral.sdk import Sandbox
@@ -84,3 +86,27 @@ def console() -> Console:
 
 def format_pairs(values: Mapping[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in values.items())
+
+
+def print_fields(data: Mapping[str, Any]) -> None:
+    """An API object as two columns, name and value (``-`` for none; mappings as ``k=v,...``)."""
+    grid = Table.grid(padding=(0, 2))
+    for key, value in data.items():
+        shown = format_pairs(value) if isinstance(value, dict) else value
+        grid.add_row(key, "-" if shown is None or shown == "" else str(shown))
+    console().print(grid)
+
+
+def human_size(n: int) -> str:
+    """``1536`` as ``1.5 KiB``."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def when(value: datetime | None) -> str:
+    """A time as ``2026-12-07 01:33:21`` (``-`` for none)."""
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from corral.cli._common import JsonOption, cli_errors, connection, console, print_json
+from corral.cli._common import JsonOption, cli_errors, connection, console, human_size, print_json
 from corral.sdk import ImageInfo, Images, PullProgress
 
 app = typer.Typer(help="Pull, list and remove images; build the offline base images.", no_args_is_help=True)
@@ -33,15 +33,6 @@ def _data_dir(given: Path | None) -> Path:
 def _images(ctx: typer.Context) -> Images:
     conn = connection(ctx)
     return Images(url=conn.url, api_key=conn.api_key)
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB"):
-        if value < 1024:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
 
 
 @app.command("build-base")
@@ -73,7 +64,7 @@ def build_base(
                 for line in str(exc.details.get("output", "")).splitlines()[-10:]:
                     err.print(f"  {line}")
                 raise typer.Exit(1) from None
-        err.print(f"{name} built ({image.id[:12]}, {_size(image.size)})")
+        err.print(f"{name} built ({image.id[:12]}, {human_size(image.size)})")
 
 
 @app.command()
@@ -102,7 +93,7 @@ def pull(ctx: typer.Context, name: NameArgument, json: JsonOption = False) -> No
     if json:
         print_json(image.to_json())
     else:
-        err.print(f"pulled {name}: {image.id[:12]} ({_size(image.size)})")
+        err.print(f"pulled {name}: {image.id[:12]} ({human_size(image.size)})")
 
 
 @app.command("list")
@@ -119,7 +110,7 @@ def list_images(
         return
     table = Table("name", "id", "source", "size", "layers", "used by")
     for image in found:
-        table.add_row(_names(image), image.id[:12], image.source, _size(image.size), str(image.layers),
+        table.add_row(_names(image), image.id[:12], image.source, human_size(image.size), str(image.layers),
                       str(len(image.used_by)))  # fmt: skip
     console().print(table)
 
@@ -152,7 +143,7 @@ def gc(ctx: typer.Context, json: JsonOption = False) -> None:
     if json:
         print_json(freed)
     else:
-        typer.echo(f"freed {freed['images']} image(s), {freed['layers']} layer(s), {_size(freed['bytes'])}")
+        typer.echo(f"freed {freed['images']} image(s), {freed['layers']} layer(s), {human_size(freed['bytes'])}")
 
 
 def _names(image: ImageInfo) -> str:

@@ -1,6 +1,8 @@
 """``corral``: the command line.
 
-    corral sandbox create | list | info | kill | logs | pause | resume
+    corral sandbox create | list | info | kill | logs | pause | resume | hibernate | timeout | fork
+    corral snapshot create | list | info | rm    (restore: corral sandbox create --snapshot ID)
+    corral pool list | set | rm
     corral exec ID -- cmd args...
     corral cp SRC DST            (ID:/path in a sandbox, a local path, or -)
     corral serve
@@ -20,7 +22,7 @@ from typing import Annotated
 import typer
 
 from corral._version import __version__
-from corral.cli import image, run, sandbox, template
+from corral.cli import image, pool, run, sandbox, snapshot, template
 from corral.cli._common import Connection
 
 app = typer.Typer(
@@ -31,6 +33,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(sandbox.app, name="sandbox")
+app.add_typer(snapshot.app, name="snapshot")
+app.add_typer(pool.app, name="pool")
 app.add_typer(image.app, name="image")
 app.add_typer(template.app, name="template")
 app.command("exec")(run.exec_)

@@ -1,8 +1,7 @@
-"""``corral sandbox ...``: create, list, inspect, kill and read the logs of sandboxes."""
+"""``corral sandbox ...``: create, list, inspect, kill, pause, hibernate and fork sandboxes, read their logs."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 import typer
@@ -15,9 +14,11 @@ from corral.cli._common import (
     console,
     format_pairs,
     parse_pairs,
+    print_fields,
     print_json,
+    when,
 )
-from corral.sdk import Sandbox, SandboxInfo
+from corral.sdk import Sandbox
 
 app = typer.Typer(help="Create, list, inspect and kill sandboxes.", no_args_is_help=True)
 
@@ -37,10 +38,6 @@ PublicOption = Annotated[bool, typer.Option("--public-previews", help="Preview U
 IdArgument = Annotated[str, typer.Argument(help="The sandbox's id.")]
 
 
-def _when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
-
-
 @app.command()
 def create(
     ctx: typer.Context,
@@ -53,6 +50,15 @@ def create(
     disk_mb: Annotated[int | None, typer.Option(help="Disk size in MiB; default: the server's.")] = None,
     timeout: Annotated[
         int | None, typer.Option(help="Seconds until it is killed (0: never); default: the server's.")
+    ] = None,
+    snapshot: Annotated[
+        str | None, typer.Option(help="Restore this snapshot: its processes, memory and files (`corral snapshot`).")
+    ] = None,
+    on_timeout: Annotated[
+        str | None, typer.Option(help="At its timeout: kill (the default) or pause.", metavar="kill|pause")
+    ] = None,
+    auto_pause: Annotated[
+        int | None, typer.Option(help="Hibernate it after this many seconds without requests (it wakes on the next).")
     ] = None,
     env: PairsOption = None,
     metadata: PairsOption = None,
@@ -83,6 +89,9 @@ def create(
             metadata=labels or None,
             timeout=timeout,
             template=template,
+            snapshot=snapshot,
+            on_timeout=on_timeout,
+            auto_pause=auto_pause,
             network=policy,
             publish=publish or None,
             auto_publish=auto_publish or None,
@@ -125,20 +134,11 @@ def list_(
             s.state,
             str(s.vcpus),
             f"{s.memory_mb} MiB",
-            _when(s.created_at),
-            _when(s.ends_at),
+            when(s.created_at),
+            when(s.ends_at),
             format_pairs(s.metadata),
         )
     console().print(table)
-
-
-def _show(info: SandboxInfo) -> None:
-    grid = Table.grid(padding=(0, 2))
-    for key, value in info.to_json().items():
-        if isinstance(value, dict):
-            value = format_pairs(value)
-        grid.add_row(key, "-" if value is None or value == "" else str(value))
-    console().print(grid)
 
 
 @app.command()
@@ -149,7 +149,7 @@ def info(ctx: typer.Context, sandbox_id: IdArgument, json: JsonOption = False) -
     if json:
         print_json(found.to_json())
     else:
-        _show(found)
+        print_fields(found.to_json())
 
 
 @app.command()
@@ -175,13 +175,62 @@ def resume(ctx: typer.Context, sandbox_id: IdArgument, json: JsonOption = False)
     _lifecycle(ctx, sandbox_id, "resume", json)
 
 
+@app.command()
+def hibernate(ctx: typer.Context, sandbox_id: IdArgument, json: JsonOption = False) -> None:
+    """Save a sandbox to disk and free its memory (any later command on it wakes it)."""
+    _lifecycle(ctx, sandbox_id, "hibernate", json)
+
+
 def _lifecycle(ctx: typer.Context, sandbox_id: str, action: str, json: bool) -> None:
     with cli_errors(), connection(ctx).sandbox(sandbox_id) as sbx:
-        info = sbx.pause() if action == "pause" else sbx.resume()
+        info = {"pause": sbx.pause, "resume": sbx.resume, "hibernate": sbx.hibernate}[action]()
     if json:
         print_json(info.to_json())
     else:
         typer.echo(f"{sandbox_id} is {info.state}")
+
+
+@app.command("timeout")
+def set_timeout(
+    ctx: typer.Context,
+    sandbox_id: IdArgument,
+    seconds: Annotated[int, typer.Argument(help="Seconds from now (0: never).", min=0)],
+    json: JsonOption = False,
+) -> None:
+    """Set when a sandbox ends: SECONDS from now, or never (0)."""
+    with cli_errors(), connection(ctx).sandbox(sandbox_id) as sbx:
+        info = sbx.set_timeout(seconds or None)
+    if json:
+        print_json(info.to_json())
+    else:
+        typer.echo(f"{sandbox_id} ends {when(info.ends_at)}" if info.ends_at else f"{sandbox_id} has no timeout")
+
+
+@app.command()
+def fork(
+    ctx: typer.Context,
+    sandbox_id: IdArgument,
+    count: Annotated[int, typer.Option("--count", "-n", help="How many copies.", min=1)] = 1,
+    metadata: PairsOption = None,
+    timeout: Annotated[
+        int | None, typer.Option(help="The copies' lifetime in seconds (0: none); default: the server's.")
+    ] = None,
+    json: JsonOption = False,
+) -> None:
+    """Copy a running sandbox (processes, memory, files) COUNT times; it goes on unchanged. Prints the copies' ids."""
+    labels = parse_pairs(metadata, "--metadata")
+    with cli_errors(), connection(ctx).sandbox(sandbox_id) as sbx:
+        copies = sbx.fork(count, metadata=labels or None, timeout=timeout)
+        try:
+            infos = [copy.info() for copy in copies] if json else []
+        finally:
+            for copy in copies:
+                copy.close()
+    if json:
+        print_json({"sandboxes": [info.to_json() for info in infos]})
+    else:
+        for copy in copies:
+            typer.echo(copy.id)
 
 
 def _policy(

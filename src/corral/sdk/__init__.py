@@ -17,6 +17,7 @@ from corral.sdk.models import (
     EntryInfo,
     ImageInfo,
     OutputChunk,
+    PoolInfo,
     PortInfo,
     ProcessInfo,
     PullProgress,
@@ -24,6 +25,7 @@ from corral.sdk.models import (
     SnapshotInfo,
     TemplateInfo,
 )
+from corral.sdk.pools import AsyncPools, Pools
 from corral.sdk.sandbox import Sandbox
 from corral.sdk.sandbox_async import AsyncSandbox
 from corral.sdk.templates import AsyncTemplates, Templates
@@ -35,6 +37,7 @@ __all__ = [
     "AsyncCommands",
     "AsyncFiles",
     "AsyncImages",
+    "AsyncPools",
     "AsyncSandbox",
     "AsyncTemplates",
     "CommandExitError",
@@ -47,6 +50,8 @@ __all__ = [
     "ImageInfo",
     "Images",
     "OutputChunk",
+    "PoolInfo",
+    "Pools",
     "PortInfo",
     "ProcessInfo",
     "PullProgress",

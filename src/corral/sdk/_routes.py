@@ -19,6 +19,7 @@ from corral.sdk.models import (
     CommandResult,
     EntryInfo,
     ImageInfo,
+    PoolInfo,
     PortInfo,
     ProcessInfo,
     SandboxInfo,
@@ -227,6 +228,10 @@ def take_snapshot(sandbox_id: str, metadata: Mapping[str, str] | None) -> Call[S
 def list_snapshots(sandbox_id: str | None) -> Call[list[SnapshotInfo]]:
     params = (("sandbox_id", sandbox_id),) if sandbox_id else ()
     return Call("GET", "/v1/snapshots", params=params, parse=_snapshots)
+
+
+def get_snapshot(snapshot_id: str) -> Call[SnapshotInfo]:
+    return Call("GET", f"/v1/snapshots/{_seg(snapshot_id)}", parse=_snapshot)
 
 
 def delete_snapshot(snapshot_id: str) -> Call[None]:
@@ -478,3 +483,30 @@ def get_template(name: str) -> Call[TemplateInfo]:
 
 def delete_template(name: str) -> Call[None]:
     return Call("DELETE", f"/v1/templates/{_seg(name)}", parse=_nothing)
+
+
+# Warm pools
+
+
+def _pool_path(key: str) -> str:
+    return f"/v1/pools/{quote(key, safe='/:@')}"
+
+
+def _pool(response: httpx.Response) -> PoolInfo:
+    return PoolInfo.from_json(response.json())
+
+
+def _pools(response: httpx.Response) -> list[PoolInfo]:
+    return [PoolInfo.from_json(p) for p in response.json()["pools"]]
+
+
+def list_pools() -> Call[list[PoolInfo]]:
+    return Call("GET", "/v1/pools", parse=_pools)
+
+
+def set_pool(key: str, size: int) -> Call[PoolInfo]:
+    return Call("PUT", _pool_path(key), json={"size": size}, parse=_pool)
+
+
+def delete_pool(key: str) -> Call[None]:
+    return Call("DELETE", _pool_path(key), parse=_nothing)

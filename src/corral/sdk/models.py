@@ -132,6 +132,26 @@ class PortInfo(_JsonModel):
 
 
 @dataclass(frozen=True)
+class PoolInfo(_JsonModel):
+    """A warm pool: sandboxes of one image or template kept started, handed out by ``Sandbox.create``."""
+
+    key: str
+    """``image:<canonical name>`` or ``template:<name>``."""
+    size: int
+    """Sandboxes it keeps started (0: it fills no more)."""
+    ready: int = 0
+    """Sandboxes waiting in it now."""
+    hits: int = 0
+    """Creates it served."""
+    misses: int = 0
+    """Creates that found it empty."""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PoolInfo:
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+@dataclass(frozen=True)
 class EntryInfo(_JsonModel):
     """A file, directory or symlink inside a sandbox."""
 

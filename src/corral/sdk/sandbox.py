@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from corral.errors import SandboxNotFound
 from corral.sdk import _routes as routes
@@ -17,6 +17,8 @@ from corral.sdk.files import Files
 from corral.sdk.models import ImageInfo, PortInfo, SandboxInfo, SnapshotInfo
 
 __all__ = ["Sandbox"]
+
+T = TypeVar("T")
 
 
 class Sandbox(SandboxBase[Commands, Files]):
@@ -116,11 +118,7 @@ class Sandbox(SandboxBase[Commands, Files]):
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
     ) -> builtins.list[SandboxInfo]:
         """The server's sandboxes, filtered by state and by metadata (all pairs must match)."""
-        http = SyncHTTP(ConnectionConfig(url, api_key=api_key, request_timeout=request_timeout))
-        try:
-            return http.call(routes.list_sandboxes(state=state, metadata=metadata))
-        finally:
-            http.close()
+        return _once(routes.list_sandboxes(state=state, metadata=metadata), url, api_key, request_timeout)
 
     def info(self) -> SandboxInfo:
         """The sandbox as the server sees it now."""
@@ -179,11 +177,18 @@ class Sandbox(SandboxBase[Commands, Files]):
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
     ) -> builtins.list[SnapshotInfo]:
         """The server's snapshots (of one sandbox, with ``sandbox_id``)."""
-        http = SyncHTTP(ConnectionConfig(url, api_key=api_key, request_timeout=request_timeout))
-        try:
-            return http.call(routes.list_snapshots(sandbox_id))
-        finally:
-            http.close()
+        return _once(routes.list_snapshots(sandbox_id), url, api_key, request_timeout)
+
+    @staticmethod
+    def get_snapshot(
+        snapshot_id: str,
+        *,
+        url: str | None = None,
+        api_key: str | None = None,
+        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+    ) -> SnapshotInfo:
+        """One snapshot: its state (``creating``, ``ready``, ``failed``), size and source."""
+        return _once(routes.get_snapshot(snapshot_id), url, api_key, request_timeout)
 
     @staticmethod
     def delete_snapshot(
@@ -193,11 +198,7 @@ class Sandbox(SandboxBase[Commands, Files]):
         api_key: str | None = None,
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
     ) -> None:
-        http = SyncHTTP(ConnectionConfig(url, api_key=api_key, request_timeout=request_timeout))
-        try:
-            http.call(routes.delete_snapshot(snapshot_id))
-        finally:
-            http.close()
+        _once(routes.delete_snapshot(snapshot_id), url, api_key, request_timeout)
 
     def set_network(self, **policy: Any) -> SandboxInfo:
         """Replace its egress policy (``mode=``, ``allow_cidrs=``, ``allow_domains=``, ``allow_host=``,
@@ -245,3 +246,12 @@ class Sandbox(SandboxBase[Commands, Files]):
             self.kill()
         finally:
             self.close()
+
+
+def _once(call: Call[T], url: str | None, api_key: str | None, request_timeout: float | None) -> T:
+    """One call on a connection of its own: the class-level calls, which need no sandbox."""
+    http = SyncHTTP(ConnectionConfig(url, api_key=api_key, request_timeout=request_timeout))
+    try:
+        return http.call(call)
+    finally:
+        http.close()

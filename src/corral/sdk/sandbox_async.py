@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from corral.errors import SandboxNotFound
 from corral.sdk import _routes as routes
@@ -17,6 +17,8 @@ from corral.sdk.files_async import AsyncFiles
 from corral.sdk.models import ImageInfo, PortInfo, SandboxInfo, SnapshotInfo
 
 __all__ = ["AsyncSandbox"]
+
+T = TypeVar("T")
 
 
 class AsyncSandbox(SandboxBase[AsyncCommands, AsyncFiles]):
@@ -117,11 +119,7 @@ class AsyncSandbox(SandboxBase[AsyncCommands, AsyncFiles]):
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
     ) -> builtins.list[SandboxInfo]:
         """The server's sandboxes, filtered by state and by metadata (all pairs must match)."""
-        http = AsyncHTTP(ConnectionConfig(url, api_key=api_key, request_timeout=request_timeout))
-        try:
-            return await http.call(routes.list_sandboxes(state=state, metadata=metadata))
-        finally:
-            await http.close()
+        return await _once(routes.list_sandboxes(state=state, metadata=metadata), url, api_key, request_timeout)
 
     async def info(self) -> SandboxInfo:
         """The sandbox as the server sees it now."""
@@ -180,11 +178,18 @@ class AsyncSandbox(SandboxBase[AsyncCommands, AsyncFiles]):
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
     ) -> builtins.list[SnapshotInfo]:
         """The server's snapshots (of one sandbox, with ``sandbox_id``)."""
-        http = AsyncHTTP(ConnectionConfig(url, api_key=api_key, request_timeout=request_timeout))
-        try:
-            return await http.call(routes.list_snapshots(sandbox_id))
-        finally:
-            await http.close()
+        return await _once(routes.list_snapshots(sandbox_id), url, api_key, request_timeout)
+
+    @staticmethod
+    async def get_snapshot(
+        snapshot_id: str,
+        *,
+        url: str | None = None,
+        api_key: str | None = None,
+        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+    ) -> SnapshotInfo:
+        """One snapshot: its state (``creating``, ``ready``, ``failed``), size and source."""
+        return await _once(routes.get_snapshot(snapshot_id), url, api_key, request_timeout)
 
     @staticmethod
     async def delete_snapshot(
@@ -194,11 +199,7 @@ class AsyncSandbox(SandboxBase[AsyncCommands, AsyncFiles]):
         api_key: str | None = None,
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
     ) -> None:
-        http = AsyncHTTP(ConnectionConfig(url, api_key=api_key, request_timeout=request_timeout))
-        try:
-            await http.call(routes.delete_snapshot(snapshot_id))
-        finally:
-            await http.close()
+        await _once(routes.delete_snapshot(snapshot_id), url, api_key, request_timeout)
 
     async def set_network(self, **policy: Any) -> SandboxInfo:
         """Replace its egress policy (``mode=``, ``allow_cidrs=``, ``allow_domains=``, ``allow_host=``,
@@ -246,3 +247,12 @@ class AsyncSandbox(SandboxBase[AsyncCommands, AsyncFiles]):
             await self.kill()
         finally:
             await self.close()
+
+
+async def _once(call: Call[T], url: str | None, api_key: str | None, request_timeout: float | None) -> T:
+    """One call on a connection of its own: the class-level calls, which need no sandbox."""
+    http = AsyncHTTP(ConnectionConfig(url, api_key=api_key, request_timeout=request_timeout))
+    try:
+        return await http.call(call)
+    finally:
+        await http.close()
