@@ -60,4 +60,10 @@ def run_server(*, host: str | None = None, port: int | None = None, data_dir: Pa
         access_log=False,
         timeout_graceful_shutdown=5,
         timeout_keep_alive=KEEP_ALIVE,
+        # The standard library's event loop, not uvloop: the server runs host commands
+        # (runsc, ip, nft...) all the time, and uvloop starts each with a fork() of the
+        # whole server, 10-20 ms of CPU with the event loop stopped for a server of a few
+        # hundred MiB, where the standard loop's vfork() takes under 1 ms. Network I/O
+        # measured no slower (docs/benchmarks.md, "The server's event loop").
+        loop="asyncio",
     )
