@@ -250,9 +250,14 @@ def test_snapshot_restore_fork_hibernate_and_timeout_commands(corral, sandbox: S
         assert corral("exec", copies[1]["id"], "cat /home/user/state.txt").stdout == b"before the snapshot"
 
         never = corral("sandbox", "timeout", info["id"], "0")
-        assert never.stdout.decode().strip() == f"{info['id']} has no timeout"
+        assert never.stdout.decode().strip() == f"{info['id']}: no timeout"
         later = json.loads(corral("sandbox", "timeout", info["id"], "600", "--json").stdout)
         assert later["ends_at"] is not None and later["timeout"] > 0
+        assert corral("sandbox", "timeout", info["id"], "600").stdout.decode().startswith(f"{info['id']}: 20")
+        corral("sandbox", "pause", info["id"])
+        row = next(line for line in corral("sandbox", "list").stdout.decode().splitlines() if info["id"] in line)
+        assert "paused" in row and "s after resume" in row  # its clock stopped: what is left, not a time
+        assert corral("sandbox", "resume", info["id"]).stdout.decode().strip() == f"{info['id']} is running"
 
         slept = corral("sandbox", "hibernate", info["id"])
         assert slept.stdout.decode().strip() == f"{info['id']} is hibernated", slept.stderr

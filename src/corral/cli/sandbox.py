@@ -18,7 +18,7 @@ from corral.cli._common import (
     print_json,
     when,
 )
-from corral.sdk import Sandbox
+from corral.sdk import Sandbox, SandboxInfo
 
 app = typer.Typer(help="Create, list, inspect and kill sandboxes.", no_args_is_help=True)
 
@@ -135,10 +135,17 @@ def list_(
             str(s.vcpus),
             f"{s.memory_mb} MiB",
             when(s.created_at),
-            when(s.ends_at),
+            _ends(s),
             format_pairs(s.metadata),
         )
     console().print(table)
+
+
+def _ends(info: SandboxInfo) -> str:
+    """When it ends: a time, or, paused or hibernated, what its clock has left (``-``: never)."""
+    if info.ends_at is None and info.remaining is not None:
+        return f"{info.remaining:.0f}s after resume"
+    return when(info.ends_at)
 
 
 @app.command()
@@ -203,7 +210,7 @@ def set_timeout(
     if json:
         print_json(info.to_json())
     else:
-        typer.echo(f"{sandbox_id} ends {when(info.ends_at)}" if info.ends_at else f"{sandbox_id} has no timeout")
+        typer.echo(f"{sandbox_id}: {_ends(info) if info.ends_at or info.remaining is not None else 'no timeout'}")
 
 
 @app.command()
