@@ -138,7 +138,7 @@ class PoolInfo(_JsonModel):
     key: str
     """``image:<canonical name>`` or ``template:<name>``."""
     size: int
-    """Sandboxes it keeps started (0: it fills no more)."""
+    """Sandboxes it keeps started (0: it is emptied)."""
     ready: int = 0
     """Sandboxes waiting in it now."""
     hits: int = 0
