@@ -190,7 +190,7 @@ def hibernate(ctx: typer.Context, sandbox_id: IdArgument, json: JsonOption = Fal
 
 def _lifecycle(ctx: typer.Context, sandbox_id: str, action: str, json: bool) -> None:
     with cli_errors(), connection(ctx).sandbox(sandbox_id) as sbx:
-        info = {"pause": sbx.pause, "resume": sbx.resume, "hibernate": sbx.hibernate}[action]()
+        info = getattr(sbx, action)()  # pause, resume or hibernate
     if json:
         print_json(info.to_json())
     else:
