@@ -190,6 +190,7 @@ class OciRuntime(Runtime):
         snapshot_compression: str = "none",
         spare_disks: int = 0,
         spare_disk_mb: int = 0,
+        favor_cgroup_moves: bool = False,
     ) -> None:
         self.name = kind
         self.kind = kind
@@ -197,6 +198,7 @@ class OciRuntime(Runtime):
         self.binary = binary or (find_runsc() if kind == "runsc" else shutil.which("runc") or "runc")
         self.platform = platform
         self.snapshot_compression = snapshot_compression
+        self.favor_cgroup_moves = favor_cgroup_moves
         self.state_root = STATE_ROOT / kind
         self._bundle: Path | None = None
         self._ready = asyncio.Lock()
@@ -217,6 +219,8 @@ class OciRuntime(Runtime):
                     if not await checkpoints_compress(self.binary):
                         self.snapshot_compression = ""  # an older runsc always compresses
                 self.state_root.mkdir(parents=True, exist_ok=True)
+                if self.favor_cgroup_moves:
+                    await cgroups.favor_moves(STATE_ROOT / "cgroup2")
                 bundle = await asyncio.to_thread(build_agent_bundle, self.data_dir / "agent")
                 await seal_read_only(bundle)
                 self._bundle = bundle

@@ -48,6 +48,7 @@ def make_runtime(settings: Settings) -> Runtime:
         snapshot_compression=settings.snapshot_compression,
         spare_disks=settings.spare_disks,
         spare_disk_mb=settings.default_disk_mb,
+        favor_cgroup_moves=settings.cgroup_favordynmods,
     )
 
 
