@@ -23,6 +23,9 @@ pytestmark = [
 ]
 
 
+VFS_OPTIONS = {"rw", "ro", "nosuid", "nodev", "noexec", "relatime", "noatime", "strictatime", "nodiratime", "seclabel"}
+
+
 def cgroup2_mounts() -> list[tuple[str, list[str]]]:
     """(target, options) of every cgroup2 mount the host has."""
     rows = [line.split() for line in Path("/proc/mounts").read_text().splitlines()]
@@ -35,16 +38,18 @@ def mounts_file(tmp_path: Path, *lines: str) -> Path:
     return path
 
 
-def test_the_hosts_cgroup2_mount_is_remounted_with_it(tmp_path: Path, ran: list[Ran]) -> None:
+def test_the_hosts_cgroup2_mount_is_remounted_with_it_and_keeps_its_options(tmp_path: Path, ran: list[Ran]) -> None:
     found = cgroup2_mounts()
     if not found:
         pytest.skip("this host has no cgroup2 mount")
-    target, _ = found[0]
+    target, before = found[0]
+    kept = [option for option in before if option != "favordynmods"]
     # As /proc/mounts shows it before the server's first start on a fresh host.
-    table = mounts_file(tmp_path, f"cgroup2 {target} cgroup2 rw,nosuid,nodev,noexec,relatime 0 0")
+    table = mounts_file(tmp_path, f"cgroup2 {target} cgroup2 {','.join(kept)} 0 0")
     asyncio.run(cgroups.favor_moves(tmp_path / "own", mounts=table))
-    assert [r.argv for r in ran] == [["mount", "-o", "remount,favordynmods", target]]
-    assert "favordynmods" in dict(cgroup2_mounts())[target]
+    assert [r.argv for r in ran] == [["mount", "-o", f"remount,{','.join(kept)},favordynmods", target]]
+    after = dict(cgroup2_mounts())[target]
+    assert set(after) == {*kept, "favordynmods"}
     assert not (tmp_path / "own").exists()
 
 
@@ -55,6 +60,11 @@ def test_nothing_is_run_when_it_is_on(tmp_path: Path, ran: list[Ran]) -> None:
 
 
 def test_a_host_without_cgroup2_gets_a_mount_of_its_own(tmp_path: Path, ran: list[Ran]) -> None:
+    # A new cgroup2 mount sets the one hierarchy's flags to its own options: where the host's
+    # mount has others (nsdelegate, memory_recursiveprot...), this test would take them away.
+    hierarchy_flags = {o for _, options in cgroup2_mounts() for o in options if o not in VFS_OPTIONS}
+    if hierarchy_flags - {"favordynmods"}:
+        pytest.skip(f"the host's cgroup2 hierarchy has flags a new mount would clear: {sorted(hierarchy_flags)}")
     own = tmp_path / "cgroup2"
     table = mounts_file(tmp_path, "cgroup /sys/fs/cgroup/pids cgroup rw,relatime,pids 0 0")
     try:
