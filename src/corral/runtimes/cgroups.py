@@ -24,9 +24,10 @@ async def favor_moves(own_mount: Path, *, mounts: Path = MOUNTS) -> None:
     host, so about 20 ms of every create); with ``favordynmods`` a move takes
     0.2 ms, and forks and exits on the host cost a little more. The flag
     belongs to the one cgroup2 hierarchy and covers cgroup v1 moves too: an
-    existing cgroup2 mount is remounted with it (and the options it has), else
-    one is mounted at ``own_mount``. Kernels before 6.0 do not have it: nothing changes, and
-    the server says so. On 6.18 a remount without it did not turn it off; a reboot does.
+    existing cgroup2 mount is remounted with it (and the options it has),
+    else one is mounted at ``own_mount``. Kernels before 6.0 do not have it:
+    nothing changes, and the server says so. On 6.18 a remount without it
+    did not turn it off; a reboot does.
     """
     cgroup2 = [(target, options) for _, target, kind, options in _mount_table(mounts) if kind == "cgroup2"]
     if any(FAVOR_DYNMODS in options.split(",") for _, options in cgroup2):

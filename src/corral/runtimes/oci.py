@@ -210,7 +210,7 @@ class OciRuntime(Runtime):
     # -- set-up ----------------------------------------------------------------
 
     async def _prepare(self) -> Path:
-        """Once per process: the agent bundle, and a platform this runsc has."""
+        """Once per process: the agent bundle, a platform this runsc has, and quick cgroup moves (if asked)."""
         async with self._ready:
             if self._bundle is None:
                 if self.kind == "runsc":
