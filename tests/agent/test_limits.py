@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from corral.agent import limits
+from corral.agent.limits import OOM_GROWTH, OomKiller
 from tests.agent.conftest import USER_UID, Agent, UserWorld, start_agent, stop
 from tests.agent.helpers import server_stream, sh, start_message
 
@@ -48,3 +54,59 @@ def test_pids_limit_refuses_forks_past_it(limited_agent: Agent) -> None:
         server_stream(c, "process.Process/Start", sh(f"pkill -KILL -u {USER_UID}; true"), user="root")
     assert b"fork" in bomb.output("stderr").lower()
     assert 0 < len(count.output("stdout").split()) <= 20
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    running = asyncio.new_event_loop()
+    yield running
+    running.close()
+
+
+def test_after_a_kill_the_oom_killer_waits_for_the_victims_memory_before_killing_again(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    # Two processes of the killer's own: the larger is the first victim. The memory
+    # in use is scripted as gVisor reports it, where a dead process's memory comes
+    # back tens of milliseconds after it is reaped.
+    big = subprocess.Popen([sys.executable, "-c", BIG], start_new_session=True, stdout=subprocess.PIPE)
+    small = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        assert big.stdout is not None and big.stdout.readline() == b"ready\n"
+        killer = OomKiller(loop, 256 << 20, lambda: {big.pid, small.pid})
+        readings = iter([300 << 20, 300 << 20, 290 << 20, 40 << 20, 300 << 20, (300 << 20) + OOM_GROWTH + 1])
+        killer._in_use = lambda: next(readings)
+        assert killer.check() == big.pid
+        assert big.wait(5) == -signal.SIGKILL
+        assert killer.check() is None and killer.check() is None  # its memory is not back yet
+        assert killer.check() is None  # back: under the limit
+        assert killer.check() == small.pid  # over again, a new kill
+        assert small.wait(5) == -signal.SIGKILL
+    finally:
+        for proc in (big, small):
+            proc.kill()
+            proc.wait()
+
+
+def test_the_oom_killer_stops_waiting_when_memory_keeps_growing_or_the_wait_is_over(
+    loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits, "OOM_RELEASE_WAIT", 0.2)
+    procs = [subprocess.Popen(["sleep", "30"], start_new_session=True) for _ in range(3)]
+    try:
+        killer = OomKiller(loop, 256 << 20, lambda: {p.pid for p in procs})
+        readings = iter([300 << 20, (300 << 20) + OOM_GROWTH + (1 << 20), 300 << 20, 300 << 20])
+        killer._in_use = lambda: next(readings)
+        killed = [killer.check(), killer.check()]  # the second: memory grew past the kill's
+        assert killed[0] is not None and killed[1] is not None and killed[0] != killed[1]
+        assert killer.check() is None  # waiting for the second victim's memory
+        time.sleep(0.3)
+        third = killer.check()  # the wait is over
+        assert third is not None and third not in killed
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+BIG = "x = bytearray(32 << 20)\nprint('ready', flush=True)\nimport time\ntime.sleep(30)\n"

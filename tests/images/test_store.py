@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from corral.errors import RuntimeFailure
-from corral.images.pull import Progress, Puller
+from corral.images.pull import Progress, Puller, _unpack_error
 from corral.images.store import ImageStore
 from tests.registry import Layer, Registry, busybox_layer, write_layout
 
@@ -71,6 +72,28 @@ def test_a_full_disk_while_unpacking_is_a_clear_error_and_the_store_stays_consis
     assert leftovers(store) == []
     assert store.lookup(ref) is None
     assert store.list_images(all_images=True) == []
+
+
+GO_CRASH = """\
+panic: runtime error: invalid memory address or nil pointer dereference
+[signal SIGSEGV: segmentation violation code=0x1 addr=0x0 pc=0x5a1b2c]
+
+goroutine 1 [running]:
+main.main()
+\tgithub.com/opencontainers/umoci/cmd/umoci/main.go:172 +0x32
+"""
+
+
+def test_an_unpack_that_crashed_is_reported_by_its_reason_and_a_full_disk_by_name(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    assert _unpack_error(GO_CRASH, tmp_path) == GO_CRASH.splitlines()[0]
+    umoci_error = "   \u2022 unpacking rootfs ...\n   \u2a2f create rootfs: unpack layer: no space left on device\n"
+    assert _unpack_error(umoci_error, tmp_path) == "create rootfs: unpack layer: no space left on device"
+    with (small_disk / "filler").open("wb") as filler, contextlib.suppress(OSError):
+        filler.write(bytes(8 << 20))  # more than the 3 MiB disk holds
+    reason = _unpack_error(GO_CRASH, small_disk)
+    assert reason.startswith(f"no space left on device in {small_disk}") and "panic: runtime error" in reason
 
 
 def test_work_a_dead_process_left_is_swept_and_live_work_is_kept(tmp_path: Path) -> None:

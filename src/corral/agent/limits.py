@@ -9,12 +9,18 @@ environment variables:
   process it starts (set on the agent itself so spawning keeps ``vfork``).
 - ``CORRAL_AGENT_MEMORY_LIMIT_MB``: an OOM killer. Every 50 ms it measures the
   memory in use; past the limit the largest process is SIGKILLed and an
-  ``oom:`` line is logged. As PID 1 (in a sandbox) the measure is the kernel's
-  own, ``MemTotal - MemAvailable`` from ``/proc/meminfo`` (gVisor counts
-  what its processes really use there, shared pages once, and file caches
-  not at all), and ``/proc`` is only walked to pick the victim. Otherwise (the
-  agent run as a plain host process, in tests) it is the resident memory of
-  the sessions it started, summed.
+  ``oom:`` line is logged. Like the kernel's, it then waits for its victim's
+  memory to come back before it picks another: gVisor returns a dead
+  process's memory tens of milliseconds after it is reaped, and a process
+  started in between (the next command) must not pay for it. It waits at most
+  ``OOM_RELEASE_WAIT``, and no longer once the memory in use has grown
+  ``OOM_GROWTH`` past what it was at the kill (another process allocating).
+  As PID 1 (in a sandbox) the measure is the kernel's own, ``MemTotal -
+  MemAvailable`` from ``/proc/meminfo`` (gVisor counts what its processes
+  really use there, shared pages once, and file caches not at all), and
+  ``/proc`` is only walked to pick the victim. Otherwise (the agent run as a
+  plain host process, in tests) it is the resident memory of the sessions it
+  started, summed.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import Callable
 
 from .log import log
@@ -30,6 +37,8 @@ PIDS_ENV = "CORRAL_AGENT_PIDS_LIMIT"
 MEMORY_ENV = "CORRAL_AGENT_MEMORY_LIMIT_MB"
 OOM_INTERVAL = 0.05
 OOM_MARGIN = 4 << 20  # act just before the limit, not after it
+OOM_RELEASE_WAIT = 0.5  # seconds a victim's memory may take to come back
+OOM_GROWTH = 32 << 20  # grown more than this since the kill: someone else is allocating
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -95,6 +104,9 @@ class OomKiller:
         self._limit = limit_bytes
         self._sessions = sessions  # the session ids the agent started
         self._timer: asyncio.TimerHandle | None = None
+        self._last_kill: tuple[int, float] | None = None  # (memory in use then, when)
+        self._everyone = os.getpid() == 1  # PID 1 of a sandbox: every process is the agent's
+        self._in_use: Callable[[], int | None] = _memory_in_use if self._everyone else lambda: None
 
     @classmethod
     def from_env(
@@ -128,14 +140,16 @@ class OomKiller:
 
     def check(self) -> int | None:
         """Kill the largest process if over the limit; its pid, if one was killed."""
-        me = os.getpid()
-        everyone = me == 1
+        me, everyone = os.getpid(), self._everyone
         sessions = set() if everyone else self._sessions()
         if not everyone and not sessions:
             return None
-        in_use = _memory_in_use() if everyone else None
+        in_use = self._in_use()
         if in_use is not None and in_use < self._limit - OOM_MARGIN:
+            self._last_kill = None
             return None  # the common case: one small read, no walk of /proc
+        if in_use is not None and self._releasing(in_use):
+            return None
         total = 0
         largest: tuple[int, int, str] | None = None
         for entry in os.listdir("/proc"):
@@ -158,6 +172,8 @@ class OomKiller:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             return None
+        if in_use is not None:
+            self._last_kill = (in_use, time.monotonic())
         log(
             "oom: memory limit exceeded, killed the largest process",
             pid=pid,
@@ -167,3 +183,13 @@ class OomKiller:
             limit_mb=self._limit >> 20,
         )
         return pid
+
+    def _releasing(self, in_use: int) -> bool:
+        """Whether the last victim's memory may still be on its way back (so no one else is killed yet)."""
+        if self._last_kill is None:
+            return False
+        in_use_then, killed_at = self._last_kill
+        if in_use <= in_use_then + OOM_GROWTH and time.monotonic() - killed_at < OOM_RELEASE_WAIT:
+            return True
+        self._last_kill = None
+        return False

@@ -38,6 +38,10 @@ _INDEX_TYPES = {
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 }
+_UMOCI_ERROR = "\u2a2f"
+"""The mark at the start of umoci's error line (a cross)."""
+_FULL_DISK = 1 << 20
+"""Less than this many bytes free after a failed unpack: the disk filled up."""
 _NOT_FOUND_HINTS = ("manifest unknown", "name unknown", "not found", "404", "repository name not known")
 
 
@@ -202,7 +206,8 @@ class Puller:
             if unpack.returncode != 0:
                 text = out.decode(errors="replace").strip()
                 raise RuntimeFailure(
-                    f"unpacking '{ref}' failed: {_last_line(text)}", details={"image": str(ref), "output": text[-2000:]}
+                    f"unpacking '{ref}' failed: {_unpack_error(text, rootfs.parent)}",
+                    details={"image": str(ref), "output": text[-2000:]},
                 )
             config = _image_config(layout)
             rootfs.chmod(0o755)
@@ -262,6 +267,25 @@ def _json(raw: bytes, ref: reference.Reference) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidRequest(f"'{ref}' does not name an image manifest", details={"image": str(ref)})
     return data
+
+
+def _unpack_error(output: str, disk: Path) -> str:
+    """What went wrong in a failed ``umoci unpack``, in one line.
+
+    umoci reports an error on one line marked with a cross; a crash of the Go
+    program leaves its reason on the line starting ``panic:`` or ``fatal
+    error:``, followed by goroutine stacks. A full disk is named as such even
+    when the output does not say so (a crash while writing can hide it).
+    """
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    reason = next((line.removeprefix(_UMOCI_ERROR).strip() for line in lines if line.startswith(_UMOCI_ERROR)), None)
+    reason = reason or next((line for line in lines if line.startswith(("panic:", "fatal error:"))), None)
+    reason = reason or (lines[-1] if lines else "umoci said nothing")
+    with contextlib.suppress(OSError):
+        free = os.statvfs(disk)
+        if "no space left on device" not in reason and free.f_bavail * free.f_frsize < _FULL_DISK:
+            reason = f"no space left on device in {disk} ({reason})"
+    return reason
 
 
 def _last_line(text: str) -> str:
