@@ -97,22 +97,25 @@ def test_large_output_arrives_whole(client: httpx.Client) -> None:
     assert result.output("stdout") == b"x" * 3_000_000
 
 
-def test_output_arrives_as_it_is_written(client: httpx.Client) -> None:
-    with live_stream(client, START, sh("echo first; sleep 1; echo second")) as frames:
+def test_output_arrives_as_it_is_written(client: httpx.Client, tmp_path: Path) -> None:
+    # The process goes on only once the test has seen its first line: were output
+    # held until the process ends, it would come after a minute, past the client's 30 s timeout.
+    go_on = tmp_path / "go-on"
+    line = f"echo first; for i in $(seq 1200); do [ -e {go_on} ] && break; sleep 0.05; done; echo second"
+    with live_stream(client, START, sh(line)) as frames:
         _, start = next(frames)
         assert "start" in start["event"]
-        began = time.monotonic()
         _, first = next(frames)
         assert base64.b64decode(first["event"]["data"]["stdout"]) == b"first\n"
-        assert time.monotonic() - began < 0.8  # did not wait for the process to end
+        go_on.touch()
         rest = list(frames)
     assert rest[-1][0] == 2 and rest[-1][1] == {}
 
 
 def test_background_grandchild_does_not_hold_the_stream(client: httpx.Client) -> None:
     began = time.monotonic()
-    result = server_stream(client, START, sh("sleep 5 & echo started"))
-    assert time.monotonic() - began < 3
+    result = server_stream(client, START, sh("sleep 15 & echo started"))
+    assert time.monotonic() - began < 10  # not held until the grandchild ends
     assert result.output("stdout") == b"started\n"
     assert result.exit["exitCode"] == 0
 
@@ -267,10 +270,10 @@ def test_process_outlives_a_disconnected_stream(client: httpx.Client, agent: Age
 def test_deadline_kills_the_process(client: httpx.Client, tmp_path: Path) -> None:
     marker = tmp_path / "late"
     began = time.monotonic()
-    result = server_stream(client, START, sh(f"sleep 1.5; touch {marker}"), headers={"Connect-Timeout-Ms": "300"})
-    assert 0.25 < time.monotonic() - began < 1.4
+    result = server_stream(client, START, sh(f"sleep 3; touch {marker}"), headers={"Connect-Timeout-Ms": "300"})
+    assert 0.25 < time.monotonic() - began < 2.5  # well before the process would have ended
     assert result.error is not None and result.error["code"] == "deadline_exceeded"
-    time.sleep(1.6)
+    time.sleep(max(0.0, began + 3.5 - time.monotonic()))
     assert not marker.exists()
 
 
