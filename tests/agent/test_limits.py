@@ -73,9 +73,8 @@ def test_after_a_kill_the_oom_killer_waits_for_the_victims_memory_before_killing
     small = subprocess.Popen(["sleep", "30"], start_new_session=True)
     try:
         assert big.stdout is not None and big.stdout.readline() == b"ready\n"
-        killer = OomKiller(loop, 256 << 20, lambda: {big.pid, small.pid})
-        readings = iter([300 << 20, 300 << 20, 290 << 20, 40 << 20, 300 << 20, (300 << 20) + OOM_GROWTH + 1])
-        killer._in_use = lambda: next(readings)
+        readings = iter([300 << 20, 300 << 20, 290 << 20, 40 << 20, 300 << 20])
+        killer = OomKiller(loop, 256 << 20, lambda: {big.pid, small.pid}, in_use=lambda: next(readings))
         assert killer.check() == big.pid
         assert big.wait(5) == -signal.SIGKILL
         assert killer.check() is None and killer.check() is None  # its memory is not back yet
@@ -94,9 +93,8 @@ def test_the_oom_killer_stops_waiting_when_memory_keeps_growing_or_the_wait_is_o
     monkeypatch.setattr(limits, "OOM_RELEASE_WAIT", 0.2)
     procs = [subprocess.Popen(["sleep", "30"], start_new_session=True) for _ in range(3)]
     try:
-        killer = OomKiller(loop, 256 << 20, lambda: {p.pid for p in procs})
         readings = iter([300 << 20, (300 << 20) + OOM_GROWTH + (1 << 20), 300 << 20, 300 << 20])
-        killer._in_use = lambda: next(readings)
+        killer = OomKiller(loop, 256 << 20, lambda: {p.pid for p in procs}, in_use=lambda: next(readings))
         killed = [killer.check(), killer.check()]  # the second: memory grew past the kill's
         assert killed[0] is not None and killed[1] is not None and killed[0] != killed[1]
         assert killer.check() is None  # waiting for the second victim's memory

@@ -99,14 +99,17 @@ class OomKiller:
         loop: asyncio.AbstractEventLoop,
         limit_bytes: int,
         sessions: Callable[[], set[int]],
+        *,
+        in_use: Callable[[], int | None] | None = None,
     ) -> None:
+        """``in_use`` measures the memory in use (default: the kernel's measure as PID 1, else none)."""
         self._loop = loop
         self._limit = limit_bytes
         self._sessions = sessions  # the session ids the agent started
         self._timer: asyncio.TimerHandle | None = None
         self._last_kill: tuple[int, float] | None = None  # (memory in use then, when)
         self._everyone = os.getpid() == 1  # PID 1 of a sandbox: every process is the agent's
-        self._in_use: Callable[[], int | None] = _memory_in_use if self._everyone else lambda: None
+        self._in_use = in_use or (_memory_in_use if self._everyone else lambda: None)
 
     @classmethod
     def from_env(
