@@ -88,6 +88,8 @@ def test_an_unpack_that_crashed_is_reported_by_its_reason_and_a_full_disk_by_nam
     tmp_path: Path, small_disk: Path
 ) -> None:
     assert _unpack_error(GO_CRASH, tmp_path) == GO_CRASH.splitlines()[0]
+    killed = "SIGQUIT: quit\nPC=0x46b2a1 m=0 sigcode=0\n\ngoroutine 1 [running]:\nmain.main()\n"
+    assert _unpack_error(killed, tmp_path) == "SIGQUIT: quit"
     umoci_error = "   \u2022 unpacking rootfs ...\n   \u2a2f create rootfs: unpack layer: no space left on device\n"
     assert _unpack_error(umoci_error, tmp_path) == "create rootfs: unpack layer: no space left on device"
     with (small_disk / "filler").open("wb") as filler, contextlib.suppress(OSError):

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -40,6 +41,8 @@ _INDEX_TYPES = {
 }
 _UMOCI_ERROR = "\u2a2f"
 """The mark at the start of umoci's error line (a cross)."""
+_GO_CRASH = re.compile(r"(panic|fatal error|SIG[A-Z]+): ")
+"""The line that says why a Go program crashed."""
 _FULL_DISK = 1 << 20
 """Less than this many bytes free after a failed unpack: the disk filled up."""
 _NOT_FOUND_HINTS = ("manifest unknown", "name unknown", "not found", "404", "repository name not known")
@@ -273,13 +276,13 @@ def _unpack_error(output: str, disk: Path) -> str:
     """What went wrong in a failed ``umoci unpack``, in one line.
 
     umoci reports an error on one line marked with a cross; a crash of the Go
-    program leaves its reason on the line starting ``panic:`` or ``fatal
-    error:``, followed by goroutine stacks. A full disk is named as such even
+    program leaves its reason on one line (``panic: ...``, ``fatal error: ...``,
+    or the signal, ``SIGQUIT: quit``), followed by goroutine stacks. A full disk is named as such even
     when the output does not say so (a crash while writing can hide it).
     """
     lines = [line.strip() for line in output.splitlines() if line.strip()]
     reason = next((line.removeprefix(_UMOCI_ERROR).strip() for line in lines if line.startswith(_UMOCI_ERROR)), None)
-    reason = reason or next((line for line in lines if line.startswith(("panic:", "fatal error:"))), None)
+    reason = reason or next((line for line in lines if _GO_CRASH.match(line)), None)
     reason = reason or (lines[-1] if lines else "umoci said nothing")
     with contextlib.suppress(OSError):
         free = os.statvfs(disk)
