@@ -209,7 +209,7 @@ class Puller:
             if unpack.returncode != 0:
                 text = out.decode(errors="replace").strip()
                 raise RuntimeFailure(
-                    f"unpacking '{ref}' failed: {_unpack_error(text, rootfs.parent)}",
+                    f"unpacking '{ref}' failed: {_unpack_error(text, self.store.root)}",
                     details={"image": str(ref), "output": text[-2000:]},
                 )
             config = _image_config(layout)
@@ -276,9 +276,10 @@ def _unpack_error(output: str, disk: Path) -> str:
     """What went wrong in a failed ``umoci unpack``, in one line.
 
     umoci reports an error on one line marked with a cross; a crash of the Go
-    program leaves its reason on one line (``panic: ...``, ``fatal error: ...``,
-    or the signal, ``SIGQUIT: quit``), followed by goroutine stacks. A full disk is named as such even
-    when the output does not say so (a crash while writing can hide it).
+    program leaves its reason on one line (``panic: ...``, ``fatal error:
+    ...``, or the signal, ``SIGQUIT: quit``), followed by goroutine stacks. A
+    full ``disk`` (the image store's) is named as such even when the output
+    does not say so (a crash while writing can hide it).
     """
     lines = [line.strip() for line in output.splitlines() if line.strip()]
     reason = next((line.removeprefix(_UMOCI_ERROR).strip() for line in lines if line.startswith(_UMOCI_ERROR)), None)
