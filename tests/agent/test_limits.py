@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from corral.agent import limits
-from corral.agent.limits import OOM_GROWTH, OomKiller
+from corral.agent.limits import OOM_GROWTH, MemoryInUse, OomKiller
 from tests.agent.conftest import USER_UID, Agent, UserWorld, start_agent, stop
 from tests.agent.helpers import server_stream, sh, start_message
 
@@ -108,3 +110,25 @@ def test_the_oom_killer_stops_waiting_when_memory_keeps_growing_or_the_wait_is_o
 
 
 BIG = "x = bytearray(32 << 20)\nprint('ready', flush=True)\nimport time\ntime.sleep(30)\n"
+
+
+def test_memory_in_use_reads_the_file_anew_each_time(tmp_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_bytes(b"MemTotal:        1000 kB\nMemFree:          100 kB\nMemAvailable:     400 kB\n")
+    measure = MemoryInUse(str(meminfo))
+    try:
+        assert measure() == 600 << 10
+        with meminfo.open("r+b") as f:  # in place: the open file sees it, as it sees /proc's
+            f.write(b"MemTotal:        1000 kB\nMemFree:          100 kB\nMemAvailable:     250 kB\n")
+        assert measure() == 750 << 10
+        meminfo.write_bytes(b"MemTotal:        1000 kB\n")
+        assert measure() is None  # no MemAvailable: no measure
+    finally:
+        measure.close()
+    assert MemoryInUse(str(tmp_path / "absent"))() is None
+    host = MemoryInUse()
+    try:
+        in_use = host()
+        assert in_use is not None and 0 < in_use < os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    finally:
+        host.close()

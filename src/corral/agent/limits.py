@@ -58,20 +58,43 @@ def apply_pids_limit(env: dict[str, str]) -> None:
         log("pids limit set", limit=limit)
 
 
-def _memory_in_use() -> int | None:
-    """``MemTotal - MemAvailable`` in bytes, if /proc/meminfo tells both."""
-    fields: dict[str, int] = {}
-    try:
-        with open("/proc/meminfo", "rb") as f:
-            for line in f:
-                name, _, rest = line.partition(b":")
-                if name in (b"MemTotal", b"MemAvailable"):
-                    fields[name.decode()] = int(rest.split()[0]) << 10
-    except (OSError, ValueError, IndexError):
-        return None
-    if len(fields) < 2:
-        return None
-    return fields["MemTotal"] - fields["MemAvailable"]
+class MemoryInUse:
+    """``MemTotal - MemAvailable`` in bytes, if /proc/meminfo tells both.
+
+    The file stays open and each measure is one ``pread`` from its start, which
+    makes the kernel (gVisor's too) write it anew: the killer measures twenty
+    times a second in every sandbox, and an open, read and close each time
+    costs an idle sandbox more CPU than one call.
+    """
+
+    def __init__(self, path: str = "/proc/meminfo") -> None:
+        self._path = path
+        self._fd = -1
+
+    def __call__(self) -> int | None:
+        try:
+            if self._fd < 0:
+                self._fd = os.open(self._path, os.O_RDONLY)  # not inherited by children
+            data = os.pread(self._fd, 16384, 0)
+        except OSError:
+            self.close()
+            return None
+        fields: dict[bytes, int] = {}
+        for line in data.splitlines():
+            name, _, rest = line.partition(b":")
+            if name in (b"MemTotal", b"MemAvailable"):
+                try:
+                    fields[name] = int(rest.split()[0]) << 10
+                except (ValueError, IndexError):
+                    return None
+        if len(fields) < 2:
+            return None
+        return fields[b"MemTotal"] - fields[b"MemAvailable"]
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 def _read_stat(pid: int) -> tuple[int, int, str] | None:
@@ -109,7 +132,7 @@ class OomKiller:
         self._timer: asyncio.TimerHandle | None = None
         self._last_kill: tuple[int, float] | None = None  # (memory in use then, when)
         self._everyone = os.getpid() == 1  # PID 1 of a sandbox: every process is the agent's
-        self._in_use = in_use or (_memory_in_use if self._everyone else lambda: None)
+        self._in_use = in_use or (MemoryInUse() if self._everyone else lambda: None)
 
     @classmethod
     def from_env(
