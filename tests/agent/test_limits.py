@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -107,6 +108,37 @@ def test_the_oom_killer_stops_waiting_when_memory_keeps_growing_or_the_wait_is_o
         for proc in procs:
             proc.kill()
             proc.wait()
+
+
+def test_the_oom_killer_never_picks_a_victim_still_dying_nor_a_zombie(
+    loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SIGKILL takes effect asynchronously; signal 0 instead stands for a victim that
+    # has not died yet when the next check comes, however long that takes.
+    monkeypatch.setattr(limits, "signal", SimpleNamespace(SIGKILL=0))
+    monkeypatch.setattr(limits, "OOM_RELEASE_WAIT", 0)  # each check may kill
+    big = subprocess.Popen([sys.executable, "-c", BIG], start_new_session=True, stdout=subprocess.PIPE)
+    procs = [subprocess.Popen(["sleep", "30"], start_new_session=True) for _ in range(2)]
+    try:
+        assert big.stdout is not None and big.stdout.readline() == b"ready\n"
+        zombie = procs[1]
+        os.kill(zombie.pid, signal.SIGKILL)  # not waited for: a zombie until the finally
+        _wait_for_state(zombie.pid, "Z")
+        killer = OomKiller(loop, 256 << 20, lambda: {p.pid for p in (big, *procs)}, in_use=lambda: 400 << 20)
+        assert killer.check() == big.pid  # the largest
+        assert killer.check() == procs[0].pid  # alive still, but a victim: the next largest
+        assert killer.check() is None  # the rest are victims or a zombie
+    finally:
+        for proc in (big, *procs):
+            proc.kill()
+            proc.wait()
+
+
+def _wait_for_state(pid: int, state: str) -> None:
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != state:
+        assert time.monotonic() < deadline, f"{pid} never reached state {state}"
+        time.sleep(0.01)
 
 
 BIG = "x = bytearray(32 << 20)\nprint('ready', flush=True)\nimport time\ntime.sleep(30)\n"

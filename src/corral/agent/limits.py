@@ -15,6 +15,9 @@ environment variables:
   started in between (the next command) must not pay for it. It waits at most
   ``OOM_RELEASE_WAIT``, and no longer once the memory in use has grown
   ``OOM_GROWTH`` past what it was at the kill (another process allocating).
+  A victim is never picked twice, nor is a zombie: SIGKILL takes effect
+  asynchronously, and a process still dying would otherwise shield the one
+  that is allocating.
   As PID 1 (in a sandbox) the measure is the kernel's own, ``MemTotal -
   MemAvailable`` from ``/proc/meminfo`` (gVisor counts what its processes
   really use there, shared pages once, and file caches not at all), and
@@ -30,6 +33,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 from .log import log
 
@@ -97,8 +101,16 @@ class MemoryInUse:
             self._fd = -1
 
 
-def _read_stat(pid: int) -> tuple[int, int, str] | None:
-    """``(session id, resident bytes, command name)`` of ``pid``, if it still exists."""
+class _Stat(NamedTuple):
+    session: int
+    rss: int  # bytes
+    name: str
+    dying: bool  # a zombie, or being torn down: its memory is on its way back
+    started: int  # clock ticks after boot: with the pid, names one process for good
+
+
+def _read_stat(pid: int) -> _Stat | None:
+    """What the killer needs of ``pid`` from ``/proc/<pid>/stat``, if it still exists."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read().decode("utf-8", "replace")
@@ -108,8 +120,8 @@ def _read_stat(pid: int) -> tuple[int, int, str] | None:
     name = stat[stat.find("(") + 1 : name_end]
     fields = stat[name_end + 2 :].split()
     try:
-        # fields[0] is field 3 (state): session is field 6, rss (pages) field 24.
-        return int(fields[3]), int(fields[21]) * _PAGE, name
+        # fields[0] is field 3 (state): session is field 6, start time field 22, rss (pages) field 24.
+        return _Stat(int(fields[3]), int(fields[21]) * _PAGE, name, fields[0] in ("Z", "X"), int(fields[19]))
     except (IndexError, ValueError):
         return None
 
@@ -131,6 +143,7 @@ class OomKiller:
         self._sessions = sessions  # the session ids the agent started
         self._timer: asyncio.TimerHandle | None = None
         self._last_kill: tuple[int, float] | None = None  # (memory in use then, when)
+        self._victims: set[tuple[int, int]] = set()  # (pid, start time) of those killed, until gone
         self._everyone = os.getpid() == 1  # PID 1 of a sandbox: every process is the agent's
         self._in_use = in_use or (MemoryInUse() if self._everyone else lambda: None)
 
@@ -177,34 +190,39 @@ class OomKiller:
         if in_use is not None and self._releasing(in_use):
             return None
         total = 0
-        largest: tuple[int, int, str] | None = None
+        largest: tuple[int, _Stat] | None = None
+        victims: set[tuple[int, int]] = set()
         for entry in os.listdir("/proc"):
             if not entry.isdigit() or int(entry) == me:
                 continue
-            info = _read_stat(int(entry))
-            if info is None or (not everyone and info[0] not in sessions):
+            pid, info = int(entry), _read_stat(int(entry))
+            if info is None or (not everyone and info.session not in sessions):
                 continue
-            total += info[1]
-            if largest is None or info[1] > largest[1]:
-                largest = (int(entry), info[1], info[2])
+            total += info.rss
+            if (pid, info.started) in self._victims:
+                victims.add((pid, info.started))
+            elif not info.dying and (largest is None or info.rss > largest[1].rss):
+                largest = (pid, info)
+        self._victims = victims  # those gone are forgotten, so a reused pid is fair game
         if in_use is not None:
             total = in_use
         elif total <= self._limit:
             return None
         if largest is None:
             return None
-        pid, rss, name = largest
+        pid, info = largest
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             return None
+        self._victims.add((pid, info.started))
         if in_use is not None:
             self._last_kill = (in_use, time.monotonic())
         log(
             "oom: memory limit exceeded, killed the largest process",
             pid=pid,
-            command=name,
-            rss_mb=rss >> 20,
+            command=info.name,
+            rss_mb=info.rss >> 20,
             total_mb=total >> 20,
             limit_mb=self._limit >> 20,
         )
