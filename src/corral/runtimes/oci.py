@@ -46,7 +46,7 @@ from corral._version import __version__
 from corral.errors import RuntimeFailure
 from corral.images.agent_bundle import MOUNT_POINT, agent_command, agent_env, build_agent_bundle
 from corral.images.store import tree_size
-from corral.mounts import mount_overlay, unmount
+from corral.mounts import mount_overlay, mount_points, unmount
 from corral.net import links
 from corral.runtimes import cgroups
 from corral.runtimes.base import (
@@ -170,9 +170,11 @@ async def seal_read_only(path: Path) -> None:
     was seen to let a sandbox's root truncate a file through that mount (an
     ``open(O_TRUNC)`` of ``/.corral/bin/python3``), breaking every later
     sandbox. A read-only mount on the host is enforced by the host's kernel,
-    whatever the sandbox's file server does.
+    whatever the sandbox's file server does. Whether it is a mount already is
+    asked of the mount table: ``os.path.ismount`` misses a bind mount within
+    one file system, and each server start would stack another on it.
     """
-    if not os.path.ismount(path):
+    if str(path.resolve()) not in mount_points():
         await hostcmd.run(["mount", "--bind", str(path), str(path)])
     await hostcmd.run(["mount", "-o", "remount,bind,ro", str(path)])
 
