@@ -50,20 +50,40 @@ def move_mount(source: Path, target: Path) -> None:
 
 def unmount(path: Path) -> None:
     """``umount path``, or ``umount -l path`` should it be busy; nothing if it is not a mount."""
-    if not os.path.ismount(path):
-        return
-    if _libc.umount2(os.fsencode(path), 0) != 0:
-        code = ctypes.get_errno()
-        if code != errno.EBUSY:
-            raise OSError(code, f"could not unmount {path}: {os.strerror(code)}")
+    if _umount2(path, 0) is None:
         detach_mount(path)
 
 
-def detach_mount(path: Path) -> None:
-    """``umount -l path``; nothing if it is not a mount."""
-    if os.path.ismount(path) and _libc.umount2(os.fsencode(path), MNT_DETACH) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, f"could not unmount {path}: {os.strerror(code)}")
+def detach_mount(path: Path) -> bool:
+    """``umount -l path``; whether there was a mount there to detach."""
+    detached = _umount2(path, MNT_DETACH)
+    if detached is None:  # a lazy unmount is never busy; should it be, say so rather than loop
+        raise OSError(errno.EBUSY, f"could not unmount {path}: {os.strerror(errno.EBUSY)}")
+    return detached
+
+
+def detach_all(path: Path) -> int:
+    """Detach every mount stacked on ``path`` (a bind mount made again and again); how many there were."""
+    count = 0
+    while detach_mount(path):
+        count += 1
+    return count
+
+
+def _umount2(path: Path, flags: int) -> bool | None:
+    """``True`` once unmounted, ``False`` if not a mount (nor there), ``None`` if busy.
+
+    Asking the call is also the only sure test: ``os.path.ismount`` misses a
+    bind mount within one file system.
+    """
+    if _libc.umount2(os.fsencode(path), flags) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOENT):
+        return False
+    if code == errno.EBUSY:
+        return None
+    raise OSError(code, f"could not unmount {path}: {os.strerror(code)}")
 
 
 def mount_points() -> set[str]:

@@ -35,7 +35,9 @@ what the agent hands to the processes it starts.
 :func:`build_agent_bundle` builds it once per host interpreter and agent
 source: the directory name is a hash of both, the build happens in a
 temporary directory that is renamed into place, so concurrent builders and
-crashes never leave a half-built bundle behind.
+crashes never leave a half-built bundle behind. An upgrade of corral or of the
+host's Python makes a new one; :func:`prune_agent_bundles` removes the earlier
+ones once no sandbox on the host was made with them.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import corral.agent
+from corral.mounts import detach_all
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +223,7 @@ def build_agent_bundle(dest_root: Path) -> Path:
         if bundle_intact(final):
             return final
         log.error("agent bundle %s was changed on disk; building it again", final)
-        subprocess.run(["umount", "-l", str(final)], capture_output=True, check=False)
+        detach_all(final)
         shutil.rmtree(final, ignore_errors=True)
     dest_root.mkdir(parents=True, exist_ok=True)
     for leftover in dest_root.glob(".agent-build-*"):  # from a builder that crashed
@@ -240,6 +243,40 @@ def build_agent_bundle(dest_root: Path) -> Path:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
     return final
+
+
+def prune_agent_bundles(current: Path, sandboxes: Path) -> list[Path]:
+    """Remove the bundles beside ``current`` that no sandbox under ``sandboxes`` mounts; those removed.
+
+    A sandbox keeps the bundle it was made with for its whole life (a
+    hibernated one wakes with it), so a bundle goes only once no sandbox's OCI
+    spec names it. Snapshots are restored with the current bundle. Should a
+    spec not be readable, every bundle stays.
+    """
+    in_use = {current}
+    for config in sandboxes.glob("*/bundle/config.json"):
+        try:
+            mounts = json.loads(config.read_text())["mounts"]
+            in_use.update(Path(m["source"]) for m in mounts if m["destination"] == MOUNT_POINT)
+        except FileNotFoundError:
+            continue  # killed meanwhile
+        except (OSError, ValueError, KeyError, TypeError):
+            log.warning("cannot tell which agent bundle %s mounts; keeping every bundle", config)
+            return []
+    removed = []
+    for bundle in sorted(current.parent.glob("agent-*")):
+        if bundle in in_use:
+            continue
+        try:
+            detach_all(bundle)  # sealed read-only, maybe more than once by an older server
+            shutil.rmtree(bundle)
+        except OSError as exc:
+            log.warning("could not remove the earlier agent bundle %s: %s", bundle, exc)
+            continue
+        removed.append(bundle)
+    if removed:
+        log.info("removed %d earlier agent bundle(s) no sandbox uses", len(removed))
+    return removed
 
 
 def _build(root: Path) -> None:

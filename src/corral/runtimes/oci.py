@@ -44,7 +44,13 @@ from typing import Any, Literal
 from corral import hostcmd
 from corral._version import __version__
 from corral.errors import RuntimeFailure
-from corral.images.agent_bundle import MOUNT_POINT, agent_command, agent_env, build_agent_bundle
+from corral.images.agent_bundle import (
+    MOUNT_POINT,
+    agent_command,
+    agent_env,
+    build_agent_bundle,
+    prune_agent_bundles,
+)
 from corral.images.store import tree_size
 from corral.mounts import mount_overlay, mount_points, unmount
 from corral.net import links
@@ -225,6 +231,7 @@ class OciRuntime(Runtime):
                     await cgroups.favor_moves(STATE_ROOT / "cgroup2")
                 bundle = await asyncio.to_thread(build_agent_bundle, self.data_dir / "agent")
                 await seal_read_only(bundle)
+                await asyncio.to_thread(prune_agent_bundles, bundle, self.data_dir / "sandboxes")
                 self._bundle = bundle
                 self.spare_disks.refill()
             return self._bundle
