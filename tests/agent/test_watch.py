@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -17,6 +19,7 @@ from tests.agent.conftest import Agent
 from tests.agent.helpers import live_stream, unary
 
 FS = "filesystem.Filesystem"
+T = TypeVar("T")
 
 
 def test_changes_between_snapshots(tmp_path: Path) -> None:
@@ -69,12 +72,19 @@ def test_watch_dir_errors(client: httpx.Client, tmp_path: Path) -> None:
     assert r.status_code == 404
 
 
+def eventually(poll: Callable[[], list[T]], within: float = 10.0) -> list[T]:
+    """What ``poll`` returns once it is not empty (the watcher polls every 0.2 s; a busy host may be slower)."""
+    deadline = time.monotonic() + within
+    while not (found := poll()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
 def test_polled_watcher(client: httpx.Client, tmp_path: Path) -> None:
     created = unary(client, f"{FS}/CreateWatcher", {"path": str(tmp_path)})
     watcher_id = created.json()["watcherId"]
     (tmp_path / "a.txt").write_text("a")
-    time.sleep(0.5)
-    events = unary(client, f"{FS}/GetWatcherEvents", {"watcherId": watcher_id}).json()["events"]
+    events = eventually(lambda: unary(client, f"{FS}/GetWatcherEvents", {"watcherId": watcher_id}).json()["events"])
     assert events == [{"name": "a.txt", "type": "EVENT_TYPE_CREATE"}]
     assert unary(client, f"{FS}/GetWatcherEvents", {"watcherId": watcher_id}).json()["events"] == []
     assert unary(client, f"{FS}/RemoveWatcher", {"watcherId": watcher_id}).status_code == 200
@@ -85,10 +95,16 @@ def test_sdk_watch_dir(agent: Agent, tmp_path: Path) -> None:
     sbx = Sandbox.connect("agent-test", debug=True, sandbox_url=agent.url)
     handle = sbx.files.watch_dir(str(tmp_path), recursive=True)
     sbx.files.write(str(tmp_path / "deep" / "x.txt"), "hello")
-    time.sleep(0.5)
-    events = handle.get_new_events()
+    wanted = FilesystemEvent(name="deep/x.txt", type=FilesystemEventType.CREATE)
+    events: list[FilesystemEvent] = []
+
+    def arrived() -> list[FilesystemEvent]:  # the dir's own event may come in an earlier poll
+        events.extend(handle.get_new_events())
+        return [e for e in events if e == wanted]
+
+    eventually(arrived)
     handle.stop()
-    assert FilesystemEvent(name="deep/x.txt", type=FilesystemEventType.CREATE) in events
+    assert wanted in events
 
 
 def test_async_sdk_watch_dir(agent: Agent, tmp_path: Path) -> None:
@@ -97,7 +113,7 @@ def test_async_sdk_watch_dir(agent: Agent, tmp_path: Path) -> None:
         seen: list[FilesystemEvent] = []
         handle = await sbx.files.watch_dir(str(tmp_path), on_event=seen.append)
         await sbx.files.write(str(tmp_path / "y.txt"), "hello")
-        for _ in range(50):
+        for _ in range(200):  # the watcher polls every 0.2 s; a busy host may be slower
             if seen:
                 break
             await asyncio.sleep(0.05)
