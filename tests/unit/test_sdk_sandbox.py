@@ -145,6 +145,15 @@ def test_info_is_typed(fake: FakeCorral) -> None:
     assert (fake.last().method, fake.last().path) == ("GET", f"/v1/sandboxes/{sbx.id}")
 
 
+def test_last_info_is_what_the_server_said_last_without_asking_again(fake: FakeCorral) -> None:
+    sbx = Sandbox.create(metadata={"owner": "alice"})
+    sent = len(fake.requests)
+    assert sbx.last_info.id == sbx.id and sbx.last_info.metadata == {"owner": "alice"}
+    assert len(fake.requests) == sent
+    sbx.set_timeout(120)
+    assert sbx.last_info.timeout == 120 and len(fake.requests) == sent + 1
+
+
 def test_fields_a_newer_server_adds_are_ignored() -> None:
     info = SandboxInfo.from_json({"id": "s", "image": "i", "state": "running", "gpu": "none"})
     assert info.id == "s" and info.ends_at is None

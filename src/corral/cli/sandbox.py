@@ -98,12 +98,9 @@ def create(
             url=conn.url,
             api_key=conn.api_key,
         )
-        try:
-            info = sbx.info() if json else None
-        finally:
-            sbx.close()
-    if info is not None:
-        print_json(info.to_json())
+        sbx.close()
+    if json:
+        print_json(sbx.last_info.to_json())
     else:
         typer.echo(sbx.id)
 
@@ -228,13 +225,10 @@ def fork(
     labels = parse_pairs(metadata, "--metadata")
     with cli_errors(), connection(ctx).sandbox(sandbox_id) as sbx:
         copies = sbx.fork(count, metadata=labels or None, timeout=timeout)
-        try:
-            infos = [copy.info() for copy in copies] if json else []
-        finally:
-            for copy in copies:
-                copy.close()
+        for copy in copies:
+            copy.close()
     if json:
-        print_json({"sandboxes": [info.to_json() for info in infos]})
+        print_json({"sandboxes": [copy.last_info.to_json() for copy in copies]})
     else:
         for copy in copies:
             typer.echo(copy.id)

@@ -32,6 +32,11 @@ class SandboxBase(Generic[CommandsT, FilesT]):
         return self._info.id
 
     @property
+    def last_info(self) -> SandboxInfo:
+        """The sandbox as the server last described it (its create, connect, fork or ``info()``), with no request."""
+        return self._info
+
+    @property
     def config(self) -> ConnectionConfig:
         """The server it lives on, and how to talk to it."""
         return self._config
