@@ -203,6 +203,7 @@ def snapshot_rows(server: ServerProcess, sandbox_id: str) -> list[dict[str, Any]
 
 
 @pytest.mark.parametrize("moment", ["row", "checkpoint", "copy"])
+@pytest.mark.timeout(400)  # its own waits allow 120 s to write the 1.5 GiB file and 60 s for the copy
 def test_server_killed_during_a_snapshot(own_server: ServerProcess, moment: str) -> None:
     """``row``: once the snapshot is recorded as ``creating``; ``checkpoint``: while runsc writes its
     image; ``copy``: while the disk's upper dir is copied.
