@@ -9,6 +9,7 @@ body is exactly ``{"error": {"code", "message", "details"?}}``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from corral.errors import ERRORS_BY_CODE, CorralError, InternalError, error_from
 from corral.images.store import Image, ImageStore
 from corral.runtimes.base import Runtime, RuntimeHandle, RuntimeState, SandboxSpec
 from corral.server.app import create_app
-from corral.server.serve import check_bind, is_loopback
+from corral.server.serve import check_bind, configure_logging, is_loopback
 from tests.envelope import envelope_error
 
 pytestmark = pytest.mark.anyio
@@ -347,6 +348,21 @@ def test_check_bind(tmp_path: Path) -> None:
             check_bind(Settings(data_dir=tmp_path, host=host, api_key=""))
         check_bind(Settings(data_dir=tmp_path, host=host, api_key="s3cret"))
         check_bind(Settings(data_dir=tmp_path, host=host, api_key_sha256="ab" * 32))
+
+
+@pytest.mark.parametrize(("level", "logs_requests"), [("info", False), ("warning", False), ("debug", True)])
+def test_the_server_log_has_httpx_request_lines_only_at_debug(level: str, logs_requests: bool) -> None:
+    httpx_log, root = logging.getLogger("httpx"), logging.getLogger()
+    saved = httpx_log.level, root.level, root.handlers[:]
+    try:
+        root.handlers[:] = []  # as in a fresh server process (pytest's own are put back below)
+        configure_logging(level)
+        assert httpx_log.isEnabledFor(logging.INFO) is logs_requests
+        assert logging.getLogger("corral.core.sandboxes").isEnabledFor(logging.INFO) is (level != "warning")
+    finally:
+        httpx_log.setLevel(saved[0])
+        root.setLevel(saved[1])
+        root.handlers[:] = saved[2]
 
 
 # -- numbers too large to store (found by tests/proof/test_fuzz.py) ----------------

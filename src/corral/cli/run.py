@@ -42,7 +42,7 @@ def exec_(
         list[str],
         typer.Argument(
             metavar="COMMAND...",
-            help="One argument is a shell line (bash -l -c); several are an argv, run without a shell.",
+            help="One argument is a shell line (bash -c, else sh -c); several are an argv, run without a shell.",
         ),
     ],
     cwd: Annotated[str | None, typer.Option(help="Working directory.")] = None,

@@ -34,6 +34,16 @@ def check_bind(settings: Settings) -> None:
         )
 
 
+def configure_logging(level: str) -> None:
+    """The server's log: ``level`` for corral, httpx's request lines only at ``debug``.
+
+    httpx logs every request it makes at INFO, and the server's requests are
+    its calls to agents: a line for each command, file and health check.
+    """
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.NOTSET if level.lower() == "debug" else logging.WARNING)
+
+
 def run_server(*, host: str | None = None, port: int | None = None, data_dir: Path | str | None = None) -> None:
     import uvicorn
 
@@ -48,7 +58,7 @@ def run_server(*, host: str | None = None, port: int | None = None, data_dir: Pa
     check_bind(settings)
     if os.geteuid() != 0 and settings.runtime in ("runsc", "runc"):
         raise InvalidRequest("corral serve needs root: it makes network namespaces, mounts and sandboxes")
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level)
 
     from corral.server.app import create_app
 
