@@ -121,14 +121,15 @@ def kill_processes_naming(text: str, *, wait: float = 2.0) -> list[int]:
         log.warning("killed a leftover process %s naming %s", entry.name, text)
         killed.append(int(entry.name))
     deadline = time.monotonic() + wait
-    while killed and time.monotonic() < deadline and any(_alive(pid) for pid in killed):
+    while killed and time.monotonic() < deadline and any(alive(pid) for pid in killed):
         time.sleep(0.01)
     return killed
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not exited (a zombie has: only its parent's wait is left)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"  # a zombie is gone but for its parent's wait
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
     except (OSError, IndexError):
         return False

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from corral import Sandbox
 from tests.serverproc import ServerProcess
@@ -51,3 +53,35 @@ def test_kill9_and_restart_loses_nothing(own_server: ServerProcess) -> None:
     while any(p.exists() for p in leftovers) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(p.exists() for p in leftovers)
+
+
+RUNSC = ["/usr/local/lib/corral/bin/runsc", "--root", "/run/corral/runsc", "--network=sandbox", "--overlay2=none"]
+
+
+@pytest.mark.checkpoint
+def test_a_sandbox_saved_by_a_hibernate_whose_runsc_record_remains_is_hibernated(own_server: ServerProcess) -> None:
+    """A hibernate deletes runsc's record of the saved sandbox in the background: a crash can come first."""
+    url = own_server.url
+    sbx = Sandbox.create(url=url, timeout=600)
+    sbx.files.write("/home/user/state.txt", "saved")
+    sbx.commands.run("sleep 1000", background=True, tag="sleeper")
+
+    own_server.kill9()
+    # What a hibernate had done when the server died: the checkpoint, not yet the delete
+    # (and not yet the store's new state either: the runtime is taken at its word).
+    saved = own_server.data_dir / "sandboxes" / sbx.id / "hibernated"
+    saved.mkdir()
+    subprocess.run([*RUNSC, "checkpoint", "--image-path", str(saved / "memory"), sbx.id], check=True)
+    # runsc keeps its record until deleted, and says "running" until the host's init reaps the
+    # stopped sandbox's process (on the development host, 1-1.7 s), "stopped" after.
+    state = subprocess.run([*RUNSC, "state", sbx.id], capture_output=True, text=True, check=True)
+    assert json.loads(state.stdout)["status"] in ("running", "stopped")
+    own_server.start()
+
+    (listed,) = [s for s in Sandbox.list(url=url) if s.id == sbx.id]
+    assert listed.state == "hibernated", listed.error
+    again = Sandbox.connect(sbx.id, url=url)  # woken: a restore under the same id, so the record went
+    assert again.files.read("/home/user/state.txt") == "saved"
+    assert "sleeper" in [p.tag for p in again.commands.list()]
+    assert again.info().state == "running"
+    again.kill()

@@ -214,6 +214,8 @@ class OciRuntime(Runtime):
             data_dir / "spare-disks", size_mb=spare_disk_mb, keep=spare_disks, activity=self.activity
         )
         self.links = links.Links()
+        self._deletes: dict[str, asyncio.Task[None]] = {}
+        """``runsc delete`` of hibernated sandboxes, running in the background (see :meth:`hibernate`)."""
 
     # -- set-up ----------------------------------------------------------------
 
@@ -321,9 +323,18 @@ class OciRuntime(Runtime):
             hibernated = self._dir(handle) / HIBERNATED / "memory"
             return RuntimeState.HIBERNATED if hibernated.is_dir() else RuntimeState.MISSING
         try:
-            status = json.loads(out.stdout).get("status", "")
+            record = json.loads(out.stdout)
         except json.JSONDecodeError:
             return RuntimeState.MISSING
+        status = record.get("status", "")
+        pid = int(record.get("pid") or 0)
+        if status == "running" and pid > 0 and not hostcmd.alive(pid):
+            status = "stopped"  # exited; runsc says running until the host's init reaps the process
+        if status == "stopped" and (self._dir(handle) / HIBERNATED / "memory").is_dir():
+            # Saved by a hibernate whose `runsc delete` has not ended, or never ran (the
+            # server stopped first): it is hibernated, and its record goes now.
+            self._delete_later(handle.sandbox_id)
+            return RuntimeState.HIBERNATED
         return {
             "running": RuntimeState.RUNNING,
             "created": RuntimeState.RUNNING,
@@ -348,6 +359,7 @@ class OciRuntime(Runtime):
 
     async def destroy(self, handle: RuntimeHandle) -> None:
         sid = handle.sandbox_id
+        await self._record_deleted(sid)
         # runsc delete of a live sandbox takes seconds; kill it first so it stops at once.
         await self.stop(handle)
         await hostcmd.run(self._runtime_argv("delete", "--force", sid), check=False, timeout=30)
@@ -463,10 +475,33 @@ class OciRuntime(Runtime):
         await self._pause_if_running(handle)
         # Without --leave-running the sandbox stops once saved; its disk and link stay.
         await hostcmd.run(self._checkpoint_argv("--image-path", str(saved / "memory"), handle.sandbox_id), timeout=600)
-        await hostcmd.run(self._runtime_argv("delete", "--force", handle.sandbox_id), check=False, timeout=30)
+        # Saved, the sandbox stops: its process exits and its memory is freed. runsc's record of
+        # it is deleted in the background, because `runsc delete` returns only once that process
+        # is reaped, by the host's init, which some inits do a second or more late. A wake waits
+        # for the delete; so does a server that stops before it ends, or the next one finishes it.
+        self._delete_later(handle.sandbox_id)
+
+    def _delete_later(self, sandbox_id: str) -> None:
+        if sandbox_id not in self._deletes:
+            task = asyncio.create_task(self._delete_record(sandbox_id), name=f"corral-delete-{sandbox_id}")
+            self._deletes[sandbox_id] = task
+            task.add_done_callback(lambda done: self._deletes.pop(sandbox_id, None) if done is task else None)
+
+    async def _delete_record(self, sandbox_id: str) -> None:
+        try:
+            await hostcmd.run(self._runtime_argv("delete", "--force", sandbox_id), check=False, timeout=30)
+        except Exception as exc:  # a timeout: the record stays, and the next state() or wake tries again
+            log.warning("sandbox %s: runsc delete after its hibernation failed: %s", sandbox_id, exc)
+
+    async def _record_deleted(self, sandbox_id: str) -> None:
+        """Wait for :meth:`hibernate`'s background ``runsc delete`` of the sandbox, if one runs."""
+        task = self._deletes.get(sandbox_id)
+        if task is not None:
+            await asyncio.shield(task)
 
     async def wake(self, handle: RuntimeHandle) -> None:
         self._needs_runsc("wake")
+        await self._record_deleted(handle.sandbox_id)
         sdir = self._dir(handle)
         saved = sdir / HIBERNATED
         # gVisor took the interface's address over when it first started; the restored
@@ -509,6 +544,8 @@ class OciRuntime(Runtime):
         return text
 
     async def aclose(self) -> None:
+        if self._deletes:  # unfinished, they are finished by the next server (see state())
+            await asyncio.wait(list(self._deletes.values()), timeout=5)
         await self.spare_disks.aclose()
 
     # -- pieces ----------------------------------------------------------------
