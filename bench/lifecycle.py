@@ -34,6 +34,7 @@ from _common import (
     raise_any,
     ratio,
     run_main,
+    runsc,
     sh,
     stat_cols,
     summary,
@@ -42,6 +43,7 @@ from _common import (
 )
 
 from corral import Sandbox
+from corral.runtimes.oci import STATE_ROOT
 
 FORK_TARGET_S = 1.5
 FORK_N = 10
@@ -106,6 +108,7 @@ def measure(url: str, api_key: str | None, runs: int) -> dict[str, Any]:
     floor: list[dict[str, float]] = []
     fork: list[float] = []
     fork_floor: list[float] = []
+    hibernate: list[float] = []
     wake: list[float] = []
     memory: list[tuple[int, int]] = []
     with SandboxSet(url, api_key) as sandboxes, RawRunsc() as raw:
@@ -147,7 +150,10 @@ def measure(url: str, api_key: str | None, runs: int) -> dict[str, Any]:
                                      background=True)  # fmt: skip
                 time.sleep(1.0)
                 before = sandbox_pss_kib(sleeper.id)
+                t0 = time.perf_counter()
                 sleeper.hibernate()
+                hibernate.append(time.perf_counter() - t0)
+                wait_record_deleted(sleeper.id)  # a wake comes after idleness, not within the second after
                 after = sandbox_pss_kib(sleeper.id)
                 t0 = time.perf_counter()
                 sleeper.commands.run("echo hi")
@@ -165,10 +171,27 @@ def measure(url: str, api_key: str | None, runs: int) -> dict[str, Any]:
         "raw_checkpoint_s": raw_checkpoint,
         "fork10": summary(fork),
         "raw_fork10": summary(fork_floor),
+        "hibernate": summary(hibernate),
         "wake": summary(wake),
         "memory_kib": memory,
-        "samples": {"restore": restore, "raw_restore": floor, "fork10": fork, "raw_fork10": fork_floor, "wake": wake},
+        "samples": {
+            "restore": restore,
+            "raw_restore": floor,
+            "fork10": fork,
+            "raw_fork10": fork_floor,
+            "hibernate": hibernate,
+            "wake": wake,
+        },
     }
+
+
+def wait_record_deleted(sandbox_id: str, timeout: float = 15.0) -> None:
+    """Until runsc no longer knows the hibernated sandbox: the server deletes its record in the background."""
+    deadline = time.monotonic() + timeout
+    while runsc(STATE_ROOT / "runsc", "state", sandbox_id, check=False).returncode == 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"runsc still knows hibernated sandbox {sandbox_id} after {timeout:g} s")
+        time.sleep(0.05)
 
 
 def report(result: dict[str, Any]) -> dict[str, Any]:
@@ -189,6 +212,7 @@ def report(result: dict[str, Any]) -> dict[str, Any]:
             ["  runsc restore -detach + runsc exec echo", *stat_cols(floor["restore_exec"]), ""],
             ["fork(10) + an echo in each", *stat_cols(f), f"<= {FORK_TARGET_S * 1000:g}"],
             ["raw floor: 10 runsc restore + exec at once", *stat_cols(result["raw_fork10"]), ""],
+            ["hibernate (sbx.hibernate())", *stat_cols(result["hibernate"]), ""],
             ["wake a hibernated sandbox by an echo", *stat_cols(w), ""],
         ],
     )
@@ -213,6 +237,7 @@ def report(result: dict[str, Any]) -> dict[str, Any]:
         "fork10_p99_ms": f["p99"] * 1000,
         "raw_fork10_median_ms": result["raw_fork10"]["median"] * 1000,
         "raw_fork10_p99_ms": result["raw_fork10"]["p99"] * 1000,
+        "hibernate_median_ms": result["hibernate"]["median"] * 1000,
         "wake_median_ms": w["median"] * 1000,
         "running_mib": before,
         "hibernated_mib": after,
@@ -230,6 +255,7 @@ def summary_rows(h: dict[str, Any]) -> list[Row]:
         Row("fork into 10 + an echo in each, median", h["fork10_median_ms"], h["raw_fork10_median_ms"],
             target=f"<= {FORK_TARGET_S:g} s", met=h["fork_met"]),
         Row("fork into 10 + an echo in each, p99", h["fork10_p99_ms"], h["raw_fork10_p99_ms"]),
+        *([Row("hibernate a sandbox, median", h["hibernate_median_ms"])] if "hibernate_median_ms" in h else []),
         Row("wake a hibernated sandbox by an echo, median", h["wake_median_ms"]),
     ]  # fmt: skip
 
