@@ -286,3 +286,25 @@ def test_serve_hands_its_options_to_the_server(monkeypatch: pytest.MonkeyPatch, 
         {"host": None, "port": None, "data_dir": None},
         {"host": "0.0.0.0", "port": 8000, "data_dir": tmp_path},
     ]
+
+
+QUIET_START = """
+import sys
+from corral.cli.main import app
+try:
+    app(["--url", "http://127.0.0.1:9", "exec", "sbnosuch", "--", "true"])  # nothing listens: an error, exit 1
+except SystemExit as exc:
+    assert exc.code == 1, exc.code
+heavy = sorted(m for m in ("rich", "click", "pygments", "pydantic") if m in sys.modules)
+assert not heavy, f"corral exec imported {heavy}"
+"""
+
+
+def test_corral_exec_imports_nothing_it_does_not_use() -> None:
+    """``corral exec`` is run in loops: rich, httpx's own command line (click, pygments) and pydantic
+    (which typer 0.29 imports to parse arguments) cost 150 ms of each call together."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", QUIET_START], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "server_unavailable" in done.stderr

@@ -8,14 +8,18 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from corral.errors import CorralError
 from corral.sdk import Sandbox
+
+if TYPE_CHECKING:
+    # rich is imported by the commands that draw with it, not by every start:
+    # `corral exec`, the one run in loops, draws nothing.
+    from rich.console import Console
+    from rich.table import Table
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the API's JSON instead of text.")]
 
@@ -78,10 +82,25 @@ def console() -> Console:
     Piped into another program, tables keep their natural width instead of
     being squeezed into 80 columns.
     """
+    from rich.console import Console
+
     out = Console(file=sys.stdout, highlight=False)
     if not out.is_terminal:
         out = Console(file=sys.stdout, highlight=False, width=max(out.width, 250))
     return out
+
+
+def err_console(**options: Any) -> Console:
+    """A rich console on stderr: progress and messages beside a command's output."""
+    from rich.console import Console
+
+    return Console(stderr=True, **options)
+
+
+def table(*headers: str, **options: Any) -> Table:
+    from rich.table import Table
+
+    return Table(*headers, **options)
 
 
 def format_pairs(values: Mapping[str, str]) -> str:
@@ -90,6 +109,8 @@ def format_pairs(values: Mapping[str, str]) -> str:
 
 def print_fields(data: Mapping[str, Any]) -> None:
     """An API object as two columns, name and value (``-`` for none; mappings as ``k=v,...``)."""
+    from rich.table import Table
+
     grid = Table.grid(padding=(0, 2))
     for key, value in data.items():
         shown = format_pairs(value) if isinstance(value, dict) else value

@@ -11,11 +11,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-from rich.table import Table
 
-from corral.cli._common import JsonOption, cli_errors, connection, console, human_size, print_json
+from corral.cli._common import JsonOption, cli_errors, connection, console, err_console, human_size, print_json, table
 from corral.sdk import ImageInfo, Images, PullProgress
 
 app = typer.Typer(help="Pull, list and remove images; build the offline base images.", no_args_is_help=True)
@@ -46,7 +43,7 @@ def build_base(
     from corral.images.base import BASE_IMAGE, NODE_IMAGE, build_base_image
     from corral.images.store import ImageStore
 
-    err = Console(stderr=True)
+    err = err_console()
     store = ImageStore(_data_dir(data_dir))
     for name in [BASE_IMAGE, NODE_IMAGE] if node else [BASE_IMAGE]:
         if not force and store.lookup(name) is not None:
@@ -70,7 +67,9 @@ def build_base(
 @app.command()
 def pull(ctx: typer.Context, name: NameArgument, json: JsonOption = False) -> None:
     """Pull an image into the server's store, with a progress bar."""
-    err = Console(stderr=True)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    err = err_console()
     with (
         cli_errors(),
         _images(ctx) as images,
@@ -108,11 +107,11 @@ def list_images(
     if json:
         print_json([i.to_json() for i in found])
         return
-    table = Table("name", "id", "source", "size", "layers", "used by")
+    rows = table("name", "id", "source", "size", "layers", "used by")
     for image in found:
-        table.add_row(_names(image), image.id[:12], image.source, human_size(image.size), str(image.layers),
+        rows.add_row(_names(image), image.id[:12], image.source, human_size(image.size), str(image.layers),
                       str(len(image.used_by)))  # fmt: skip
-    console().print(table)
+    console().print(rows)
 
 
 @app.command()

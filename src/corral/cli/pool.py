@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from corral.cli._common import JsonOption, cli_errors, connection, console, print_json
+from corral.cli._common import JsonOption, cli_errors, connection, console, print_json, table
 from corral.sdk import Pools
 
 app = typer.Typer(
@@ -30,12 +29,12 @@ def list_(ctx: typer.Context, json: JsonOption = False) -> None:
     if json:
         print_json({"pools": [p.to_json() for p in found]})
         return
-    table = Table(box=None)
+    rows = table(box=None)
     for column in ("KEY", "SIZE", "READY", "HITS", "MISSES"):
-        table.add_column(column, no_wrap=True)
+        rows.add_column(column, no_wrap=True)
     for p in found:
-        table.add_row(p.key, str(p.size), str(p.ready), str(p.hits), str(p.misses))
-    console().print(table)
+        rows.add_row(p.key, str(p.size), str(p.ready), str(p.hits), str(p.misses))
+    console().print(rows)
 
 
 @app.command("set")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from corral.cli._common import (
     JsonOption,
@@ -16,6 +15,7 @@ from corral.cli._common import (
     parse_pairs,
     print_fields,
     print_json,
+    table,
     when,
 )
 from corral.sdk import Sandbox, SandboxInfo
@@ -120,12 +120,12 @@ def list_(
     if json:
         print_json({"sandboxes": [s.to_json() for s in found]})
         return
-    table = Table(box=None)
+    rows = table(box=None)
     for column in ("ID", "IMAGE", "STATE", "VCPUS", "MEMORY", "CREATED", "ENDS"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("METADATA", overflow="fold")
+        rows.add_column(column, no_wrap=True)
+    rows.add_column("METADATA", overflow="fold")
     for s in found:
-        table.add_row(
+        rows.add_row(
             s.id,
             s.image,
             s.state,
@@ -135,7 +135,7 @@ def list_(
             _ends(s),
             format_pairs(s.metadata),
         )
-    console().print(table)
+    console().print(rows)
 
 
 def _ends(info: SandboxInfo) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from corral.cli._common import (
     JsonOption,
@@ -20,6 +19,7 @@ from corral.cli._common import (
     parse_pairs,
     print_fields,
     print_json,
+    table,
     when,
 )
 from corral.sdk import Sandbox, SnapshotInfo
@@ -62,15 +62,15 @@ def list_(
     if json:
         print_json({"snapshots": [s.to_json() for s in found]})
         return
-    table = Table(box=None)
+    rows = table(box=None)
     for column in ("ID", "SANDBOX", "IMAGE", "STATE", "SIZE", "CREATED"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("METADATA", overflow="fold")
+        rows.add_column(column, no_wrap=True)
+    rows.add_column("METADATA", overflow="fold")
     for s in found:
-        table.add_row(
+        rows.add_row(
             s.id, s.sandbox_id, s.image, _state(s), human_size(s.size), when(s.created_at), format_pairs(s.metadata)
         )
-    console().print(table)
+    console().print(rows)
 
 
 @app.command()

@@ -6,10 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from corral.cli._common import JsonOption, cli_errors, connection, console, parse_pairs, print_json
+from corral.cli._common import JsonOption, cli_errors, connection, console, err_console, parse_pairs, print_json, table
 from corral.errors import BuildFailed
 from corral.sdk import TemplateInfo, Templates
 
@@ -47,7 +45,7 @@ def build(
     dockerfile = file or next(
         (p for p in (context / "corral.Dockerfile", context / "Dockerfile") if p.exists()), context / "Dockerfile"
     )
-    err = Console(stderr=True, highlight=False)
+    err = err_console(highlight=False)
 
     def show(line: str) -> None:
         if not quiet and not json:
@@ -78,11 +76,11 @@ def list_templates(ctx: typer.Context, json: JsonOption = False) -> None:
     if json:
         print_json([t.to_json() for t in found])
         return
-    table = Table("name", "state", "image", "built", "start", "ready check")
+    rows = table("name", "state", "image", "built", "start", "ready check")
     for t in found:
-        table.add_row(t.name, _state(t), (t.image_id or "-")[:12], t.built_at.strftime("%Y-%m-%d %H:%M") if t.built_at
+        rows.add_row(t.name, _state(t), (t.image_id or "-")[:12], t.built_at.strftime("%Y-%m-%d %H:%M") if t.built_at
                       else "-", t.start_cmd or "-", t.ready_cmd or "-")  # fmt: skip
-    console().print(table)
+    console().print(rows)
 
 
 @app.command()
