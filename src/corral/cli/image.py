@@ -110,7 +110,7 @@ def list_images(
     rows = table("name", "id", "source", "size", "layers", "used by")
     for image in found:
         rows.add_row(_names(image), image.id[:12], image.source, human_size(image.size), str(image.layers),
-                      str(len(image.used_by)))  # fmt: skip
+                     str(len(image.used_by)))  # fmt: skip
     console().print(rows)
 
 

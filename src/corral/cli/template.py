@@ -79,7 +79,7 @@ def list_templates(ctx: typer.Context, json: JsonOption = False) -> None:
     rows = table("name", "state", "image", "built", "start", "ready check")
     for t in found:
         rows.add_row(t.name, _state(t), (t.image_id or "-")[:12], t.built_at.strftime("%Y-%m-%d %H:%M") if t.built_at
-                      else "-", t.start_cmd or "-", t.ready_cmd or "-")  # fmt: skip
+                     else "-", t.start_cmd or "-", t.ready_cmd or "-")  # fmt: skip
     console().print(rows)
 
 
