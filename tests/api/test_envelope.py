@@ -23,7 +23,7 @@ from corral.errors import ERRORS_BY_CODE, CorralError, InternalError, error_from
 from corral.images.store import Image, ImageStore
 from corral.runtimes.base import Runtime, RuntimeHandle, RuntimeState, SandboxSpec
 from corral.server.app import create_app
-from corral.server.serve import check_bind, configure_logging, is_loopback
+from corral.server.serve import CHATTY_LOGGERS, check_bind, configure_logging, is_loopback
 from tests.envelope import envelope_error
 
 pytestmark = pytest.mark.anyio
@@ -351,16 +351,19 @@ def test_check_bind(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("level", "logs_requests"), [("info", False), ("warning", False), ("debug", True)])
-def test_the_server_log_has_httpx_request_lines_only_at_debug(level: str, logs_requests: bool) -> None:
-    httpx_log, root = logging.getLogger("httpx"), logging.getLogger()
-    saved = httpx_log.level, root.level, root.handlers[:]
+def test_the_server_log_has_chatty_library_lines_only_at_debug(level: str, logs_requests: bool) -> None:
+    chatty, root = [logging.getLogger(name) for name in CHATTY_LOGGERS], logging.getLogger()
+    saved = [log.level for log in chatty], root.level, root.handlers[:]
     try:
         root.handlers[:] = []  # as in a fresh server process (pytest's own are put back below)
         configure_logging(level)
-        assert httpx_log.isEnabledFor(logging.INFO) is logs_requests
+        assert "httpx" in CHATTY_LOGGERS
+        assert [log.isEnabledFor(logging.INFO) for log in chatty] == [logs_requests] * len(chatty)
         assert logging.getLogger("corral.core.sandboxes").isEnabledFor(logging.INFO) is (level != "warning")
+        assert logging.getLogger("alembic.runtime.migration").isEnabledFor(logging.INFO) is (level != "warning")
     finally:
-        httpx_log.setLevel(saved[0])
+        for log, was in zip(chatty, saved[0], strict=True):
+            log.setLevel(was)
         root.setLevel(saved[1])
         root.handlers[:] = saved[2]
 

@@ -34,14 +34,16 @@ def check_bind(settings: Settings) -> None:
         )
 
 
-def configure_logging(level: str) -> None:
-    """The server's log: ``level`` for corral, httpx's request lines only at ``debug``.
+CHATTY_LOGGERS = ("httpx", "alembic.runtime.plugins")
+"""Loggers that say at INFO what only debugging needs: httpx a line for every call to an
+agent (each command, file and health check), alembic one for each plugin it loads at start."""
 
-    httpx logs every request it makes at INFO, and the server's requests are
-    its calls to agents: a line for each command, file and health check.
-    """
+
+def configure_logging(level: str) -> None:
+    """The server's log at ``level``; :data:`CHATTY_LOGGERS` only at ``debug``."""
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.NOTSET if level.lower() == "debug" else logging.WARNING)
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if level.lower() == "debug" else logging.WARNING)
 
 
 def run_server(*, host: str | None = None, port: int | None = None, data_dir: Path | str | None = None) -> None:
