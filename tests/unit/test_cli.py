@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -302,9 +303,7 @@ assert not heavy, f"corral exec imported {heavy}"
 
 def test_corral_exec_imports_nothing_it_does_not_use() -> None:
     """``corral exec`` is run in loops: rich, httpx's own command line (click, pygments) and pydantic
-    (which typer 0.29 imports to parse arguments) cost 150 ms of each call together."""
-    import subprocess
-
+    (which typer 0.29 imports to parse arguments) cost about 135 ms of each call together."""
     done = subprocess.run([sys.executable, "-c", QUIET_START], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "server_unavailable" in done.stderr
