@@ -485,12 +485,12 @@ class OciRuntime(Runtime):
         if sandbox_id not in self._deletes:
             task = asyncio.create_task(self._delete_record(sandbox_id), name=f"corral-delete-{sandbox_id}")
             self._deletes[sandbox_id] = task
-            task.add_done_callback(lambda done: self._deletes.pop(sandbox_id, None) if done is task else None)
+            task.add_done_callback(lambda _: self._deletes.pop(sandbox_id, None))
 
     async def _delete_record(self, sandbox_id: str) -> None:
         try:
             await hostcmd.run(self._runtime_argv("delete", "--force", sandbox_id), check=False, timeout=30)
-        except Exception as exc:  # a timeout: the record stays, and the next state() or wake tries again
+        except Exception as exc:  # a timeout: the record stays; state() (as at the next start) deletes it again
             log.warning("sandbox %s: runsc delete after its hibernation failed: %s", sandbox_id, exc)
 
     async def _record_deleted(self, sandbox_id: str) -> None:
