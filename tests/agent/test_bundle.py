@@ -104,6 +104,36 @@ def test_every_module_the_agent_imports_late_is_in_the_bundle(bundle: Path) -> N
     assert late - built_in <= shipped, late - built_in - shipped
 
 
+_IMPORTS_FROM_BYTECODE = """
+import importlib, json, os, sys
+import corral.agent.main
+for name in json.load(open(sys.argv[1]))["modules"]:
+    importlib.import_module(name)
+specs = [getattr(m, "__spec__", None) for m in list(sys.modules.values())]
+sources = [s for s in specs if s is not None and (s.origin or "").endswith(".py")]
+print(json.dumps({
+    "optimize": sys.flags.optimize,
+    "sources": len(sources),
+    "uncompiled": [s.name for s in sources if not os.path.exists(s.cached)],
+    "docstring": corral.agent.main.__doc__,
+}))
+"""
+
+
+def test_the_agent_interpreter_loads_its_modules_from_docstring_free_bytecode(bundle: Path) -> None:
+    """With the agent's flags (``-OO`` among them), every module it imports has its bytecode in the bundle."""
+    argv = [arg.replace("/.corral", str(bundle), 1) for arg in agent_command(1)]
+    argv = argv[: argv.index("-m")]
+    out = subprocess.run([*argv, "-c", _IMPORTS_FROM_BYTECODE, str(bundle / "BUNDLE")],
+                         capture_output=True, text=True, env={"PATH": "/bin"})  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout)
+    assert seen["optimize"] == 2
+    assert seen["sources"] > 50  # the agent and the stdlib it runs on
+    assert seen["uncompiled"] == []  # else compiled again at each start (-B keeps nothing)
+    assert seen["docstring"] is None
+
+
 def _bundle_argv(bundle_dir: str, port: int) -> list[str]:
     argv = [arg.replace("/.corral", bundle_dir, 1) for arg in agent_command(port)]
     return [*argv, "--host", "127.0.0.1"]

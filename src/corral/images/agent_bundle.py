@@ -10,15 +10,15 @@ system's ``python3`` if it is 3.11 or newer, else the one running corral)::
       lib/ld-linux-x86-64.so.2        glibc's loader, and every library it
       lib/libc.so.6, lib/libpython…   needs (what ``ldd`` lists)
       lib/python3.11/                 the stdlib subset the agent imports, with
-        os.py, asyncio/, …            unchecked-hash ``.pyc`` files (no stat of
-        lib-dynload/*.so              sources at import), the extension
+        os.py, asyncio/, …            unchecked-hash ``.opt-2.pyc`` files (no
+        lib-dynload/*.so              stat of sources at import), the extension
         corral/agent/                 modules it needs, and the agent itself
       BUNDLE                          what was built from what
 
 It starts as (:func:`agent_command`)::
 
     /.corral/lib/ld-linux-x86-64.so.2 --library-path /.corral/lib --inhibit-cache \\
-        /.corral/bin/python3 -I -S -B -X utf8 -m corral.agent --port 49983
+        /.corral/bin/python3 -I -S -B -OO -X utf8 -m corral.agent --port 49983
 
 Running the loader explicitly means the rootfs's own loader and libc (or
 their absence) never matter, and ``--inhibit-cache`` keeps the image's
@@ -30,7 +30,10 @@ landmark), so no ``PYTHONHOME`` is needed. ``-S`` skips ``site``, ``-B``
 writing bytecode to the read-only mount, ``-X utf8`` makes text I/O UTF-8 in
 any locale. :func:`agent_env` is therefore empty; the sandbox's own
 variables (image ``ENV``, user envs) go next to it in the OCI spec and are
-what the agent hands to the processes it starts.
+what the agent hands to the processes it starts. ``-OO`` leaves docstrings
+and asserts out of the bytecode: the agent's memory is mostly the code it
+imports, which every idle sandbox holds (0.5 MiB less of the 9.6 it holds once
+started, measured as a host process).
 
 :func:`build_agent_bundle` builds it once per host interpreter and agent
 source: the directory name is a hash of both, the build happens in a
@@ -69,7 +72,7 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 LOADERS = {"x86_64": "ld-linux-x86-64.so.2", "aarch64": "ld-linux-aarch64.so.1"}
 LOADER = LOADERS.get(platform.machine(), "ld-linux-x86-64.so.2")
 STALE_BUILD = 3600.0  # seconds after which a leftover build directory is removed
-BUNDLE_FORMAT = 4  # bump when the layout or the module selection changes
+BUNDLE_FORMAT = 5  # bump when the layout or the module selection changes
 
 # Imported lazily by the agent or at the interpreter's start, so an import
 # scan of the agent's modules alone would miss them.
@@ -124,6 +127,7 @@ def agent_command(port: int) -> list[str]:
         "-I",
         "-S",
         "-B",
+        "-OO",
         "-X",
         "utf8",
         "-m",
@@ -400,7 +404,9 @@ def _scan_modules(python: Path) -> dict[str, str]:
 _COMPILE = """
 import os, py_compile, sys
 for source in sys.argv[1:]:
-    cfile = py_compile.compile(source, doraise=True, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    cfile = py_compile.compile(
+        source, doraise=True, optimize=2, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH
+    )
     os.chmod(cfile, 0o644)
 """
 
