@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import types
@@ -95,6 +96,8 @@ def test_info_kill_logs(fake: FakeCorral) -> None:
     result = corral("sandbox", "info", sid)
     assert result.exit_code == 0 and sid in result.stdout and "a=b" in result.stdout
     assert json.loads(corral("sandbox", "info", sid, "--json").stdout)["id"] == sid
+    paused = fake.add_sandbox(state="paused", ends_at=None, remaining=299.538751)
+    assert re.search(r"^remaining +299\.5 *$", corral("sandbox", "info", paused).stdout, re.M)
 
     result = corral("sandbox", "logs", sid, "--tail", "1")
     assert result.stdout == "runtime: ok\n"

@@ -108,12 +108,12 @@ def format_pairs(values: Mapping[str, str]) -> str:
 
 
 def print_fields(data: Mapping[str, Any]) -> None:
-    """An API object as two columns, name and value (``-`` for none; mappings as ``k=v,...``)."""
+    """An API object as two columns, name and value (``-`` for none; mappings as ``k=v,...``; seconds to 0.1)."""
     from rich.table import Table
 
     grid = Table.grid(padding=(0, 2))
     for key, value in data.items():
-        shown = format_pairs(value) if isinstance(value, dict) else value
+        shown = format_pairs(value) if isinstance(value, dict) else f"{value:.1f}" if isinstance(value, float) else value
         grid.add_row(key, "-" if shown is None or shown == "" else str(shown))
     console().print(grid)
 
