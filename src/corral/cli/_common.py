@@ -113,7 +113,8 @@ def print_fields(data: Mapping[str, Any]) -> None:
 
     grid = Table.grid(padding=(0, 2))
     for key, value in data.items():
-        shown = format_pairs(value) if isinstance(value, dict) else f"{value:.1f}" if isinstance(value, float) else value
+        shown = format_pairs(value) if isinstance(value, dict) else value
+        shown = f"{shown:.1f}" if isinstance(shown, float) else shown
         grid.add_row(key, "-" if shown is None or shown == "" else str(shown))
     console().print(grid)
 
