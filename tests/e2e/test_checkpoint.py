@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from corral import Sandbox, SnapshotNotFound
+from corral.runtimes.oci import OWN_RUNSC
 from tests.serverproc import ServerProcess
 
 pytestmark = [pytest.mark.runsc, pytest.mark.checkpoint]
@@ -125,6 +126,44 @@ def test_a_command_running_longer_than_auto_pause_is_use_not_idleness(sandbox_fa
     while sbx.info().state != "hibernated" and time.monotonic() < deadline:
         time.sleep(0.25)
     assert sbx.info().state == "hibernated"  # idle once it ended
+
+
+REFUSING_RUNSC = """#!/bin/sh
+# corral's runsc, except that a `delete` of a sandbox with a file named for it in {marks} fails once.
+for arg; do last=$arg; done
+case " $* " in *" delete "*)
+    if rm "{marks}/$last" 2>/dev/null; then echo "delete refused by the test" >&2; exit 1; fi
+esac
+exec {runsc} "$@"
+"""
+
+
+def test_a_wake_deletes_the_record_a_failed_delete_after_the_hibernate_left(
+    own_server: ServerProcess, tmp_path: Path
+) -> None:
+    """A hibernate deletes runsc's record of the saved sandbox in the background; if that fails, the wake does."""
+    marks = tmp_path / "refuse-delete"
+    marks.mkdir()
+    wrapper = tmp_path / "runsc"
+    wrapper.write_text(REFUSING_RUNSC.format(marks=marks, runsc=OWN_RUNSC))
+    wrapper.chmod(0o755)
+    own_server.stop()
+    own_server.env["CORRAL_RUNSC_PATH"] = str(wrapper)
+    own_server.start()
+
+    sbx = Sandbox.create(url=own_server.url, timeout=600)
+    sbx.commands.run("sleep 1000 & echo kept > /tmp/kept", background=True)
+    (marks / sbx.id).touch()
+    sbx.hibernate()
+    deadline = time.monotonic() + 15
+    while (marks / sbx.id).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not (marks / sbx.id).exists()  # the delete was tried, and refused
+    time.sleep(0.5)  # its failure seen
+    r = sbx.commands.run("cat /tmp/kept; pgrep -x sleep >/dev/null && echo sleeping")
+    assert r.stdout == "kept\nsleeping\n"
+    assert "runsc delete of its stopped record failed: delete refused by the test" in own_server.log_path.read_text()
+    sbx.kill()
 
 
 def checkpoint_compression(data_dir: Path, snapshot_id: str) -> str:

@@ -216,6 +216,8 @@ class OciRuntime(Runtime):
         self.links = links.Links()
         self._deletes: dict[str, asyncio.Task[None]] = {}
         """``runsc delete`` of hibernated sandboxes, running in the background (see :meth:`hibernate`)."""
+        self._undeleted: set[str] = set()
+        """Sandboxes whose last such delete failed: their stopped record is still there."""
 
     # -- set-up ----------------------------------------------------------------
 
@@ -360,6 +362,7 @@ class OciRuntime(Runtime):
     async def destroy(self, handle: RuntimeHandle) -> None:
         sid = handle.sandbox_id
         await self._record_deleted(sid)
+        self._undeleted.discard(sid)  # its delete below (it succeeds when there is nothing to delete)
         # runsc delete of a live sandbox takes seconds; kill it first so it stops at once.
         await self.stop(handle)
         await hostcmd.run(self._runtime_argv("delete", "--force", sid), check=False, timeout=30)
@@ -488,10 +491,18 @@ class OciRuntime(Runtime):
             task.add_done_callback(lambda _: self._deletes.pop(sandbox_id, None))
 
     async def _delete_record(self, sandbox_id: str) -> None:
+        """``runsc delete`` of a stopped sandbox's record (it succeeds when there is none)."""
         try:
-            await hostcmd.run(self._runtime_argv("delete", "--force", sandbox_id), check=False, timeout=30)
-        except Exception as exc:  # a timeout: the record stays; state() (as at the next start) deletes it again
-            log.warning("sandbox %s: runsc delete after its hibernation failed: %s", sandbox_id, exc)
+            out = await hostcmd.run(self._runtime_argv("delete", "--force", sandbox_id), check=False, timeout=30)
+        except Exception as exc:  # its timeout
+            why = str(exc)
+        else:
+            if out.returncode == 0:
+                self._undeleted.discard(sandbox_id)
+                return
+            why = out.stderr.strip()[-500:]
+        log.warning("sandbox %s: runsc delete of its stopped record failed: %s", sandbox_id, why)
+        self._undeleted.add(sandbox_id)
 
     async def _record_deleted(self, sandbox_id: str) -> None:
         """Wait for :meth:`hibernate`'s background ``runsc delete`` of the sandbox, if one runs."""
@@ -502,6 +513,8 @@ class OciRuntime(Runtime):
     async def wake(self, handle: RuntimeHandle) -> None:
         self._needs_runsc("wake")
         await self._record_deleted(handle.sandbox_id)
+        if handle.sandbox_id in self._undeleted:  # that delete failed: once more, as a restore needs it gone
+            await self._delete_record(handle.sandbox_id)
         sdir = self._dir(handle)
         saved = sdir / HIBERNATED
         # gVisor took the interface's address over when it first started; the restored
