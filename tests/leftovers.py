@@ -1,4 +1,4 @@
-"""What a corral server left on the host: processes, mounts and network namespaces.
+"""What a corral server left on the host: processes, mounts, network namespaces and cgroups.
 
 Other servers (other test workers, other runs) share the host, so everything
 here is attributed to one server by its data dir, or to sandboxes by id.
@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 NETNS_DIR = Path("/var/run/netns")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 SANDBOX_ID = re.compile(r"\bsb[a-z0-9]{12}\b")
 
 
@@ -42,6 +43,12 @@ def netns_of(sandbox_ids: set[str]) -> list[str]:
     return [name for sid in sorted(sandbox_ids) if (NETNS_DIR / (name := f"corral-{sid}")).exists()]
 
 
+def cgroups_of(sandbox_ids: set[str]) -> list[str]:
+    """The cgroups of those sandboxes (``corral/<id>``) still in any hierarchy (v1, hybrid or v2)."""
+    places = [CGROUP_ROOT, *(p for p in CGROUP_ROOT.iterdir() if p.is_dir())]
+    return [str(c) for sid in sorted(sandbox_ids) for p in places if (c := p / "corral" / sid).is_dir()]
+
+
 def sandbox_ids_in(text: str) -> set[str]:
     """Every sandbox id a server log mentions."""
     return set(SANDBOX_ID.findall(text))
@@ -59,10 +66,11 @@ def leftovers(data_dir: Path, sandbox_ids: set[str]) -> dict[str, list[str]]:
         "processes": processes,
         "mounts": [m for sid in sorted(sandbox_ids) for m in mounts_under(data_dir / "sandboxes" / sid)],
         "netns": netns_of(sandbox_ids),
+        "cgroups": cgroups_of(sandbox_ids),
         "dirs": [d for d in dirs if Path(d).exists()],
     }
 
 
 def assert_nothing_left(data_dir: Path, sandbox_ids: set[str]) -> None:
     found = leftovers(data_dir, sandbox_ids)
-    assert found == {"processes": [], "mounts": [], "netns": [], "dirs": []}, found
+    assert found == {"processes": [], "mounts": [], "netns": [], "cgroups": [], "dirs": []}, found

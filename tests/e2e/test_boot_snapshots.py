@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from corral import CommandExitError, Sandbox
-from tests.leftovers import processes_naming
+from tests.leftovers import cgroups_of, processes_naming
 from tests.serverproc import ServerProcess, worker_index
 
 pytestmark = [pytest.mark.runsc]
@@ -171,6 +171,7 @@ def test_killed_while_making_one_leaves_nothing(own_server: ServerProcess) -> No
         assert time.monotonic() < deadline, f"the hidden sandbox {hidden} was not removed"
         time.sleep(0.1)
     assert processes_naming(hidden) == []
+    assert cgroups_of({hidden}) == []  # runsc knew nothing of it: its cgroups are corral's to remove
     assert not list((own_server.data_dir / "boot-snapshots").glob("*.partial"))
     boot_snapshots(url)
     sbx = Sandbox.create(url=url)

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from corral import Sandbox
+from tests.leftovers import cgroups_of
 from tests.serverproc import ServerProcess
 
 
@@ -85,3 +86,23 @@ def test_a_sandbox_saved_by_a_hibernate_whose_runsc_record_remains_is_hibernated
     assert "sleeper" in [p.tag for p in again.commands.list()]
     assert again.info().state == "running"
     again.kill()
+
+
+def test_a_sandbox_runsc_forgot_leaves_no_cgroups_once_killed(own_server: ServerProcess) -> None:
+    """As after a crash between runsc making a sandbox's cgroups and saving its state: corral removes them."""
+    url = own_server.url
+    sbx = Sandbox.create(url=url)
+    own_server.kill9()
+    subprocess.run([*RUNSC, "kill", "--all", sbx.id, "KILL"], check=True)
+    for state in Path("/run/corral/runsc").glob(f"{sbx.id}_sandbox:{sbx.id}.state"):
+        state.unlink()  # runsc knows it no more; the sandbox's (now empty) cgroups are still there
+    assert cgroups_of({sbx.id})
+    own_server.start()
+
+    (listed,) = [s for s in Sandbox.list(url=url) if s.id == sbx.id]
+    assert listed.state == "dead"
+    Sandbox.connect(sbx.id, url=url).kill()
+    deadline = time.monotonic() + 15
+    while cgroups_of({sbx.id}) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert cgroups_of({sbx.id}) == []

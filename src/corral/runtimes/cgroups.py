@@ -11,6 +11,8 @@ from corral.errors import RuntimeFailure
 log = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+PARENT = "corral"
+"""Every sandbox's cgroups are ``/corral/<sandbox id>`` (:func:`sandbox_cgroup`) in each hierarchy."""
 MOUNTS = Path("/proc/mounts")
 FAVOR_DYNMODS = "favordynmods"
 
@@ -77,3 +79,30 @@ def raise_memory_limit(cgroup: str, limit_bytes: int, *, root: Path = CGROUP_ROO
                 path.write_text(str(limit_bytes))
             except OSError as exc:
                 raise RuntimeFailure(f"cannot set {path}: {exc}") from exc
+
+
+def sandbox_cgroup(sandbox_id: str) -> str:
+    """The cgroup path a sandbox's OCI spec names (``cgroupsPath``); runsc makes it in every hierarchy."""
+    return f"/{PARENT}/{sandbox_id}"
+
+
+def remove(cgroup: str, *, root: Path = CGROUP_ROOT) -> list[Path]:
+    """Remove ``cgroup`` from every hierarchy (v1 controllers, hybrid, v2); answers the ones still in use.
+
+    runsc removes a sandbox's cgroups when it deletes the sandbox. It does not
+    know of a sandbox whose start a crash cut short before it saved its state,
+    and that sandbox's cgroups (empty once its processes are killed) would stay
+    behind. A cgroup with processes in it is left alone (the kernel refuses).
+    """
+    relative = cgroup.strip("/")
+    places = [root / relative, *(hierarchy / relative for hierarchy in root.iterdir() if hierarchy.is_dir())]
+    busy = []
+    for place in places:
+        try:
+            place.rmdir()
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as exc:
+            log.warning("cgroups: cannot remove %s: %s", place, exc)
+            busy.append(place)
+    return busy

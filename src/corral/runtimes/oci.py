@@ -370,6 +370,7 @@ class OciRuntime(Runtime):
         # What runsc no longer knows of: a start or restore a crash cut short (its sandbox
         # process made, its state not yet saved), or a copy into its disk.
         await asyncio.to_thread(hostcmd.kill_processes_naming, f"{sdir}/")
+        await asyncio.to_thread(cgroups.remove, cgroups.sandbox_cgroup(sid))  # such a sandbox's, runsc's left them
         rootfs = sdir / "rootfs"
         for target in (rootfs / "tmp", rootfs, sdir / DISK):
             try:
@@ -668,7 +669,7 @@ class OciRuntime(Runtime):
                 },
             ],
             "linux": {
-                "cgroupsPath": f"/corral/{spec.sandbox_id}",
+                "cgroupsPath": cgroups.sandbox_cgroup(spec.sandbox_id),
                 "resources": {
                     "memory": {"limit": memory, "swap": memory},
                     "cpu": {"quota": spec.vcpus * CPU_PERIOD_US, "period": CPU_PERIOD_US},
