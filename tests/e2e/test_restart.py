@@ -88,7 +88,7 @@ def test_a_sandbox_saved_by_a_hibernate_whose_runsc_record_remains_is_hibernated
     again.kill()
 
 
-def test_a_sandbox_runsc_forgot_leaves_no_cgroups_once_killed(own_server: ServerProcess) -> None:
+def test_a_sandbox_runsc_forgot_leaves_no_cgroups_or_files_once_killed(own_server: ServerProcess) -> None:
     """As after a crash between runsc making a sandbox's cgroups and saving its state: corral removes them."""
     url = own_server.url
     sbx = Sandbox.create(url=url)
@@ -106,3 +106,4 @@ def test_a_sandbox_runsc_forgot_leaves_no_cgroups_once_killed(own_server: Server
     while cgroups_of({sbx.id}) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert cgroups_of({sbx.id}) == []
+    assert list(Path("/run/corral/runsc").glob(f"*{sbx.id}*")) == []  # nor its lock file and socket

@@ -365,12 +365,17 @@ class OciRuntime(Runtime):
         self._undeleted.discard(sid)  # its delete below (it succeeds when there is nothing to delete)
         # runsc delete of a live sandbox takes seconds; kill it first so it stops at once.
         await self.stop(handle)
-        await hostcmd.run(self._runtime_argv("delete", "--force", sid), check=False, timeout=30)
+        deleted = await hostcmd.run(self._runtime_argv("delete", "--force", sid), check=False, timeout=30)
         sdir = Path(handle.info.get("dir") or self.sandbox_dir(sid))
         # What runsc no longer knows of: a start or restore a crash cut short (its sandbox
-        # process made, its state not yet saved), or a copy into its disk.
+        # process made, its state not yet saved), or a copy into its disk. Such a sandbox's
+        # cgroups, lock file and socket are left behind by runsc too.
         await asyncio.to_thread(hostcmd.kill_processes_naming, f"{sdir}/")
-        await asyncio.to_thread(cgroups.remove, cgroups.sandbox_cgroup(sid))  # such a sandbox's, runsc's left them
+        await asyncio.to_thread(cgroups.remove, cgroups.sandbox_cgroup(sid))
+        if self.kind == "runsc" and deleted.returncode == 0:  # no record of it left: what names it is litter
+            for litter in self.state_root.glob(f"*{sid}*"):
+                if not litter.is_dir():
+                    litter.unlink(missing_ok=True)
         rootfs = sdir / "rootfs"
         for target in (rootfs / "tmp", rootfs, sdir / DISK):
             try:
