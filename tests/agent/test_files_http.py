@@ -67,6 +67,37 @@ def test_download_errors(client: httpx.Client, tmp_path: Path) -> None:
     assert ghost.status_code == 401
 
 
+def test_download_of_what_is_no_file_is_refused_at_once(client: httpx.Client, tmp_path: Path) -> None:
+    """A named pipe no one writes to, a socket, a symlink loop, a name too long: 400, and nothing hangs."""
+    os.mkfifo(tmp_path / "fifo")
+    listening = socket.socket(socket.AF_UNIX)
+    listening.bind(str(tmp_path / "sock"))
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    try:
+        for name, says in [("fifo", "named pipe"), ("sock", "No such device"), ("loop1", "symbolic links"),
+                           ("x" * 300, "too long")]:  # fmt: skip
+            for _ in range(8):  # more than the agent's worker threads: none is left holding one
+                r = client.get("/files", params={"path": str(tmp_path / name)}, timeout=10)
+                assert r.status_code == 400 and says in r.json()["message"], (name, r.text)
+    finally:
+        listening.close()
+    (tmp_path / "file").write_bytes(b"still served")
+    assert client.get("/files", params={"path": str(tmp_path / "file")}, timeout=10).content == b"still served"
+
+
+def test_download_of_a_device_is_what_it_gives(client: httpx.Client) -> None:
+    """An endless device gives the pseudo-file limit's worth; one with nothing to give, nothing (no wait)."""
+    assert len(client.get("/files", params={"path": "/dev/zero"}).content) == 4 << 20
+    leader, follower = os.openpty()  # a terminal no one types into
+    try:
+        r = client.get("/files", params={"path": os.ttyname(follower)}, timeout=10)
+        assert r.status_code == 200 and r.content == b""
+    finally:
+        os.close(leader)
+        os.close(follower)
+
+
 def test_upload_multipart(client: httpx.Client, tmp_path: Path) -> None:
     target = tmp_path / "new" / "dir" / "file.bin"
     data = os.urandom(200_000)

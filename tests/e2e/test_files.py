@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from corral import Sandbox
-from corral.errors import FileNotFound
+from corral.errors import FileNotFound, InvalidRequest, PermissionDenied
 
 
 def test_write_read_text_and_bytes(sandbox: Sandbox) -> None:
@@ -82,3 +82,20 @@ def test_paths_cannot_reach_the_host(sandbox: Sandbox, server, tmp_path: Path) -
     sandbox.files.write("/home/user/root/tmp/through-link", "in")
     assert sandbox.commands.run("cat /tmp/through-link").stdout == "in"
     assert not Path("/tmp/through-link").exists() or Path("/tmp/through-link").read_text() != "in"
+
+
+def test_what_the_sandbox_refuses_is_a_clear_error_and_no_hang(sandbox: Sandbox) -> None:
+    """The kernel's refusals are 403s; what is no file to read is a 422 at once, not a hung request."""
+    with pytest.raises(PermissionDenied, match="Operation not permitted"):
+        sandbox.files.write("/proc/sys/kernel/hostname", "x", user="root")
+    with pytest.raises(PermissionDenied, match="Read-only file system"):
+        sandbox.files.write("/.corral/x", "x", user="root")  # the agent's own bundle is mounted read-only
+    sandbox.commands.run("mkfifo /tmp/fifo; ln -s /tmp/loop2 /tmp/loop1; ln -s /tmp/loop1 /tmp/loop2")
+    for _ in range(8):  # more than the agent's worker threads
+        with pytest.raises(InvalidRequest, match="named pipe"):
+            sandbox.files.read("/tmp/fifo")
+    with pytest.raises(InvalidRequest, match="symbolic links"):
+        sandbox.files.read("/tmp/loop1")
+    with pytest.raises(InvalidRequest, match="symbolic links"):
+        sandbox.files.list("/tmp/loop1")
+    assert sandbox.files.read("/etc/hostname")  # the agent still serves

@@ -27,7 +27,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .filesystem import chown, make_dirs
+from .filesystem import BAD_PATH, chown, make_dirs
 from .http import Request, Response
 from .log import log
 from .multipart import MultipartReader, header_params
@@ -107,20 +107,49 @@ def _parse_range(value: str, size: int) -> tuple[int, int] | None:
 
 
 def _open_for_read(path: str) -> tuple[int, os.stat_result]:
-    st = os.stat(path)
-    if stat.S_ISDIR(st.st_mode):
-        raise IsADirectoryError(errno.EISDIR, "is a directory", path)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    return fd, os.fstat(fd)
+    """An open file to read, and its stat; a directory, a named pipe or a socket is refused.
+
+    Opened non-blocking: a named pipe no one writes to would hold the opening
+    thread forever, and a terminal with nothing typed would hold its read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+        if stat.S_ISFIFO(st.st_mode):
+            raise FilesError(400, f"path '{path}' is a named pipe (FIFO): only files and devices can be read")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
 
 
 def _read_to_end(fd: int, limit: int) -> bytes:
     chunks: list[bytes] = []
     read = 0
-    while read < limit and (chunk := os.read(fd, min(READ_CHUNK, limit - read))):
-        chunks.append(chunk)
-        read += len(chunk)
+    try:
+        while read < limit and (chunk := os.read(fd, min(READ_CHUNK, limit - read))):
+            chunks.append(chunk)
+            read += len(chunk)
+    except BlockingIOError:  # a device with nothing more to give now (a terminal): what it gave
+        pass
     return b"".join(chunks)
+
+
+def _os_error(exc: OSError, path: str, doing: str) -> FilesError:
+    """The answer for ``doing`` (``opening``, ``writing``) ``path`` that failed with ``exc``."""
+    if isinstance(exc, FileNotFoundError):
+        return FilesError(404, f"path '{path}' does not exist")
+    if isinstance(exc, IsADirectoryError):
+        return FilesError(400, f"path '{path}' is a directory")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return FilesError(507, f"not enough disk space available to write '{path}'")
+    if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
+        return FilesError(403, f"error {doing} file '{path}': {exc.strerror}")
+    if isinstance(exc, NotADirectoryError) or exc.errno in BAD_PATH:
+        return FilesError(400, f"error {doing} file '{path}': {exc.strerror}")
+    return FilesError(500, f"error {doing} file '{path}': {exc}")
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -175,14 +204,8 @@ class FilesHandler:
         loop = asyncio.get_running_loop()
         try:
             fd, st = await loop.run_in_executor(None, _open_for_read, path)
-        except FileNotFoundError:
-            raise FilesError(404, f"path '{path}' does not exist") from None
-        except IsADirectoryError:
-            raise FilesError(400, f"path '{path}' is a directory") from None
-        except PermissionError as exc:
-            raise FilesError(403, f"error opening file '{path}': {exc.strerror}") from None
         except OSError as exc:
-            raise FilesError(500, f"error opening file '{path}': {exc}") from None
+            raise _os_error(exc, path, "opening") from None
         try:
             await self._send_file(request, response, fd, st)
         finally:
@@ -290,7 +313,7 @@ class FilesHandler:
         except NotADirectoryError as exc:
             raise FilesError(400, f"a parent of '{target}' is not a directory: {exc}") from None
         except OSError as exc:
-            raise _write_error(exc, target) from None
+            raise _os_error(exc, target, "writing") from None
         size = 0
         try:
             batch = bytearray()
@@ -311,7 +334,7 @@ class FilesHandler:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
             if isinstance(exc, OSError):
-                raise _write_error(exc, target) from None
+                raise _os_error(exc, target, "writing") from None
             raise
         log("file written", path=target, size=size, user=user.name)
         return {"name": posixpath.basename(target), "type": "file", "path": target}
@@ -340,11 +363,3 @@ class FilesHandler:
             os.unlink(temp)
             raise
         return fd, temp
-
-
-def _write_error(exc: OSError, target: str) -> FilesError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return FilesError(507, f"not enough disk space available to write '{target}'")
-    if isinstance(exc, PermissionError):
-        return FilesError(403, f"error writing file '{target}': {exc.strerror}")
-    return FilesError(500, f"error writing file '{target}': {exc}")

@@ -111,16 +111,20 @@ class EntryMaker:
         return entry
 
 
+BAD_PATH = frozenset({errno.ELOOP, errno.ENAMETOOLONG, errno.ENXIO, errno.ENODEV})
+"""Errors of a path that are the caller's to fix: a symlink loop, a name too long, a socket or a missing device."""
+
+
 def os_error(exc: OSError, path: str) -> RpcError:
     """The Connect error for a failed filesystem call."""
     detail = f"{exc.strerror or exc}: {path}"
     if isinstance(exc, FileNotFoundError):
         return RpcError("not_found", f"file not found: {detail}")
-    if isinstance(exc, PermissionError):
+    if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
         return RpcError("permission_denied", detail)
     if isinstance(exc, FileExistsError):
         return RpcError("already_exists", detail)
-    if isinstance(exc, NotADirectoryError | IsADirectoryError):
+    if isinstance(exc, NotADirectoryError | IsADirectoryError) or exc.errno in BAD_PATH:
         return RpcError("invalid_argument", detail)
     if exc.errno == errno.ENOTEMPTY:
         return RpcError("failed_precondition", f"directory not empty: {path}")

@@ -76,7 +76,7 @@ def connect_error(status: int, body: Any, *, missing: type[NotFound] = NotFound)
         cls = missing
     elif code == "already_exists":
         cls = FileExists_
-    elif code == "permission_denied":
+    elif code == "permission_denied" or status == 403:  # a Connect code, or /files's HTTP status
         cls = PermissionDenied
     elif code == "unauthenticated" or status == 401:
         cls = InvalidRequest  # the agent knows no such user: a bad request, not a failed API key
