@@ -106,6 +106,11 @@ class Settings(BaseSettings):
     exec_timeout: int = Field(default=60, ge=0)
     """Seconds a command may run when the exec request gives no timeout (0: no limit)."""
 
+    exec_output_limit_mb: int = Field(default=64, ge=1)
+    """Most output a command run to its end (not streamed) answers, per stream (stdout, stderr), in MiB of text
+    (counted in characters). The command runs on; what it prints past this is dropped and the result says
+    ``truncated``. Streamed and background output is passed on as it comes, not held, so it has no limit."""
+
     sandbox_subnet: str = "10.88.0.0/16"
     """Addresses for sandboxes' links to the host; each sandbox takes a /30 from it."""
 

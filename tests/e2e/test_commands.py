@@ -8,6 +8,7 @@ import pytest
 
 from corral import CommandExitError, Sandbox
 from corral.errors import ExecTimeout
+from tests.serverproc import ServerProcess
 
 
 def test_shell_and_argv_modes(sandbox: Sandbox) -> None:
@@ -137,3 +138,20 @@ def test_killing_every_user_process_keeps_commands_working(sandbox: Sandbox) -> 
         sleeper.wait()
     assert info.value.exit_code == 128 + 9
     assert sandbox.commands.run("id -un").stdout == "user\n"
+
+
+def test_output_past_the_limit_is_dropped_and_said_while_streams_get_all(own_server: ServerProcess) -> None:
+    own_server.stop()
+    own_server.env["CORRAL_EXEC_OUTPUT_LIMIT_MB"] = "1"
+    own_server.start()
+    sbx = Sandbox.create(url=own_server.url)
+    loud = "head -c 3000000 /dev/zero | tr '\\0' a; echo done >&2"
+    r = sbx.commands.run(loud)
+    assert r.exit_code == 0 and r.truncated  # it ran to its end
+    assert r.stdout == "a" * (1 << 20) and r.stderr == "done\n"
+    streamed: list[str] = []
+    r = sbx.commands.run(loud, on_stdout=streamed.append)
+    assert len("".join(streamed)) == 3_000_000 and not r.truncated
+    r = sbx.commands.run("echo short")
+    assert r.stdout == "short\n" and not r.truncated
+    sbx.kill()

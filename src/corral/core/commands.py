@@ -49,6 +49,8 @@ class ExecResult:
     stdout: str = ""
     stderr: str = ""
     error: str | None = None
+    truncated: bool = False
+    """Output past the limit was dropped (see :func:`run`)."""
 
 
 class _Decoders:
@@ -127,16 +129,30 @@ async def stream(
                 await closer()
 
 
-async def run(agent: AgentClient, request: ExecRequest, shell: list[str]) -> ExecResult:
-    """Run to the end and collect the output; past the timeout raise ExecTimeout."""
+async def run(
+    agent: AgentClient, request: ExecRequest, shell: list[str], *, output_limit: int | None = None
+) -> ExecResult:
+    """Run to the end and collect the output; past the timeout raise ExecTimeout.
+
+    Each stream keeps at most ``output_limit`` characters (``None``: all): a
+    command that prints gigabytes must not take the server's memory with it.
+    It runs on to its end; the rest of its output is read and dropped.
+    """
     pid, events = await start(agent, request, shell, background=False)
     result = ExecResult(pid=pid)
     out: dict[str, list[str]] = {"stdout": [], "stderr": [], "pty": []}
+    kept = {"stdout": 0, "stderr": 0}
     async for item in stream(agent, pid, events, request.timeout):
         if item["type"] == "end":
             result.exit_code, result.error = item["exit_code"], item["error"]
-        else:
-            out[item["type"]].append(item["data"])
+            continue
+        kind, data = item["type"], item["data"]
+        counted = "stderr" if kind == "stderr" else "stdout"  # a terminal's output is its stdout
+        if output_limit is not None and kept[counted] + len(data) > output_limit:
+            data, result.truncated = data[: output_limit - kept[counted]], True
+        kept[counted] += len(data)
+        if data:
+            out[kind].append(data)
     result.stdout = "".join(out["stdout"] + out["pty"])
     result.stderr = "".join(out["stderr"])
     if result.error == "timeout":

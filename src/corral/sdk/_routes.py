@@ -87,6 +87,7 @@ def _result(response: httpx.Response) -> CommandResult:
         stdout=str(data.get("stdout") or ""),
         stderr=str(data.get("stderr") or ""),
         pid=data.get("pid"),
+        truncated=bool(data.get("truncated")),
     )
 
 

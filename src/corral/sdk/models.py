@@ -216,6 +216,9 @@ class CommandResult(_JsonModel):
     stdout: str
     stderr: str
     pid: int | None = None
+    truncated: bool = False
+    """The server dropped output past its limit (``CORRAL_EXEC_OUTPUT_LIMIT_MB`` per stream); ``on_stdout`` and
+    ``on_stderr`` stream it all."""
 
 
 @dataclass(frozen=True)

@@ -173,6 +173,11 @@ class ExecResult(BaseModel):
     exit_code: int | None
     stdout: str
     stderr: str
+    truncated: bool = Field(
+        default=False,
+        description="Output past the server's limit (CORRAL_EXEC_OUTPUT_LIMIT_MB per stream) was dropped; "
+        "stream the command to see all of it.",
+    )
 
 
 class Started(BaseModel):

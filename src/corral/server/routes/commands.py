@@ -61,10 +61,15 @@ async def exec_command(sandbox_id: str, body: Exec, manager: Manager) -> Respons
         pid, events = await commands.start(agent, request, shell, background=True)
         await events.aclose()  # type: ignore[attr-defined]
         return JSONResponse(Started(pid=pid).model_dump(), status_code=201)
-    result = await commands.run(agent, request, shell)
-    return JSONResponse(
-        ExecResult(pid=result.pid, exit_code=result.exit_code, stdout=result.stdout, stderr=result.stderr).model_dump()
+    result = await commands.run(agent, request, shell, output_limit=manager.settings.exec_output_limit_mb << 20)
+    answer = ExecResult(
+        pid=result.pid,
+        exit_code=result.exit_code,
+        stdout=result.stdout,
+        stderr=result.stderr,
+        truncated=result.truncated,
     )
+    return JSONResponse(answer.model_dump())
 
 
 @router.get("/processes")
