@@ -47,6 +47,7 @@ def test_host_wall_sits_above_the_sandbox_limits() -> None:
         (404, {"code": "not_found", "message": "no such file"}, errors.FileNotFound),
         (409, {"code": "already_exists", "message": "exists"}, errors.FileExists_),
         (403, {"code": "permission_denied", "message": "denied"}, errors.PermissionDenied),
+        (403, {"code": 403, "message": "error writing file '/x': Read-only file system"}, errors.PermissionDenied),
         (400, {"code": "invalid_argument", "message": "path is a directory"}, errors.IsADirectory_),
         (400, {"code": "invalid_argument", "message": "not a directory"}, errors.NotADirectory_),
         (400, {"code": "failed_precondition", "message": "directory not empty"}, errors.Conflict),
