@@ -142,6 +142,20 @@ def test_move(client: httpx.Client, tmp_path: Path) -> None:
     assert missing.status_code == 404 and missing.json()["code"] == "not_found"
 
 
+def test_a_move_into_itself_or_through_a_symlink_loop_is_the_callers_error(
+    client: httpx.Client, tmp_path: Path
+) -> None:
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    into = unary(client, f"{FS}/Move", {"source": str(tmp_path / "d"), "destination": str(tmp_path / "d/new/d")})
+    assert into.status_code == 400 and into.json()["code"] == "invalid_argument", into.text
+    assert "into itself" in into.json()["message"]
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["sub"]  # no parent made for it
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    looped = unary(client, f"{FS}/ListDir", {"path": str(tmp_path / "loop1"), "depth": 1})
+    assert looped.status_code == 400 and looped.json()["code"] == "invalid_argument", looped.text
+
+
 def test_chmod(client: httpx.Client, tmp_path: Path) -> None:
     path = tmp_path / "script.sh"
     path.write_text("#!/bin/sh\n")

@@ -111,8 +111,9 @@ class EntryMaker:
         return entry
 
 
-BAD_PATH = frozenset({errno.ELOOP, errno.ENAMETOOLONG, errno.ENXIO, errno.ENODEV})
-"""Errors of a path that are the caller's to fix: a symlink loop, a name too long, a socket or a missing device."""
+BAD_PATH = frozenset({errno.ELOOP, errno.ENAMETOOLONG, errno.ENXIO, errno.ENODEV, errno.EINVAL})
+"""Errors of a path that are the caller's to fix: a symlink loop, a name too long, a socket or a missing device,
+a path the call cannot take (``EINVAL``)."""
 
 
 def os_error(exc: OSError, path: str) -> RpcError:
@@ -284,6 +285,8 @@ class FilesystemService:
             os.lstat(source)
         except OSError as exc:
             raise os_error(exc, source) from None
+        if destination.startswith(source.rstrip("/") + "/"):  # before any parent of it is made
+            raise RpcError("invalid_argument", f"cannot move '{source}' into itself ('{destination}')")
         try:
             make_dirs(posixpath.dirname(destination), user)
             try:
