@@ -71,3 +71,23 @@ def test_openapi_is_published(corral_url: str) -> None:
     doc = httpx.get(f"{corral_url}/openapi.json").json()
     assert "/v1/sandboxes" in doc["paths"]
     assert "/v1/sandboxes/{sandbox_id}/exec" in doc["paths"]
+
+
+def test_a_create_a_snapshot_and_a_fork_need_no_body(corral_url: str) -> None:
+    """Every field of theirs has a default: ``curl -X POST .../v1/sandboxes`` makes a sandbox."""
+    made = httpx.post(f"{corral_url}/v1/sandboxes", timeout=60)
+    assert made.status_code == 201, made.text
+    sid = made.json()["id"]
+    copies: list[str] = []
+    try:
+        assert made.json()["image"] == "corral/base"
+        snapshot = httpx.post(f"{corral_url}/v1/sandboxes/{sid}/snapshots", timeout=60)
+        assert snapshot.status_code == 201, snapshot.text
+        Sandbox.delete_snapshot(snapshot.json()["id"], url=corral_url)
+        forked = httpx.post(f"{corral_url}/v1/sandboxes/{sid}/fork", timeout=60)
+        assert forked.status_code == 201, forked.text
+        copies = [c["id"] for c in forked.json()["sandboxes"]]
+        assert len(copies) == 1
+    finally:
+        for each in (sid, *copies):
+            httpx.delete(f"{corral_url}/v1/sandboxes/{each}", timeout=60)

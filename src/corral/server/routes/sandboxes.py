@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 
 from corral.core.pools import Pools
@@ -47,8 +47,14 @@ KNOWN_STATES = STATES | {"pooled"}
 
 
 @router.post("", status_code=201)
-async def create_sandbox(body: CreateSandbox, request: Request, manager: Manager) -> Sandbox:
-    """Create a sandbox and answer once its agent is up (from a template: once it is ready)."""
+async def create_sandbox(
+    request: Request, manager: Manager, body: Annotated[CreateSandbox | None, Body()] = None
+) -> Sandbox:
+    """Create a sandbox and answer once its agent is up (from a template: once it is ready).
+
+    Every field has a default: no body at all makes a sandbox of the default image.
+    """
+    body = body or CreateSandbox()
     fields = body.model_dump(exclude_unset=True)
     fields["network"] = body.network.model_dump(exclude_unset=True) if body.network is not None else None
     snapshot = fields.pop("snapshot", None)
@@ -131,14 +137,18 @@ async def hibernate_sandbox(sandbox_id: str, manager: Manager) -> Sandbox:
 
 
 @router.post("/{sandbox_id}/snapshots", status_code=201)
-async def snapshot_sandbox(sandbox_id: str, body: TakeSnapshot, manager: Manager) -> Snapshot:
-    """Save its processes, memory and files (it is frozen for that, then goes on)."""
+async def snapshot_sandbox(
+    sandbox_id: str, manager: Manager, body: Annotated[TakeSnapshot | None, Body()] = None
+) -> Snapshot:
+    """Save its processes, memory and files (it is frozen for that, then goes on). The body is optional."""
+    body = body or TakeSnapshot()
     return Snapshot.from_row(await manager.lifecycle.snapshot(sandbox_id, metadata=body.metadata))
 
 
 @router.post("/{sandbox_id}/fork", status_code=201)
-async def fork_sandbox(sandbox_id: str, body: Fork, manager: Manager) -> SandboxList:
-    """``count`` independent copies of it, each with its own id and address; it goes on unchanged."""
+async def fork_sandbox(sandbox_id: str, manager: Manager, body: Annotated[Fork | None, Body()] = None) -> SandboxList:
+    """``count`` independent copies of it, each with its own id and address; it goes on unchanged (no body: one)."""
+    body = body or Fork()
     request = CreateRequest(metadata=body.metadata, timeout=body.timeout)
     return SandboxList(
         sandboxes=[_out(manager, r) for r in await manager.lifecycle.fork(sandbox_id, body.count, request)]
