@@ -13,7 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.serverproc import ServerProcess, unmount_under, worker_index
+from tests.address_ranges import take_a_range
+
+take_a_range()  # before tests.serverproc reads CORRAL_TEST_SUBNET_BASE
+
+from tests.serverproc import ServerProcess, unmount_under, worker_index  # noqa: E402
 
 pytest_plugins = ["tests.hostile_report", "tests.hostcmds"]
 

@@ -27,7 +27,7 @@ def free_port() -> int:
 
 
 # Second octet of test servers' sandbox subnets is SUBNET_BASE + an index (+0..53):
-# two test runs on one host at once need different bases.
+# two test runs on one host at once need different bases (tests/address_ranges.py sees to it).
 SUBNET_BASE = int(os.environ.get("CORRAL_TEST_SUBNET_BASE", "200"))
 
 
