@@ -164,6 +164,17 @@ async def test_wrong_types_name_each_field(client: httpx.AsyncClient, runtime: R
     assert runtime.calls == []
 
 
+async def test_environments_no_process_could_start_with_are_refused(
+    client: httpx.AsyncClient, runtime: RecordingRuntime
+) -> None:
+    for envs in ({"A=B": "1"}, {"": "1"}, {"A": "x\x00y"}):
+        error = error_of(await client.post("/v1/sandboxes", json={"envs": envs}), 422, "invalid_request")
+        assert error["details"]["errors"][0]["where"] == "envs", error
+    r = await client.post("/v1/sandboxes/sbnope/exec", json={"cmd": "true", "envs": {"A=B": "1"}})
+    assert "environment variable name" in error_of(r, 422, "invalid_request")["message"]
+    assert runtime.calls == []  # nothing was made with them
+
+
 async def test_unknown_fields_are_refused(client: httpx.AsyncClient, runtime: RecordingRuntime) -> None:
     error = error_of(await client.post("/v1/sandboxes", json={"vcpu": 2}), 422, "invalid_request")
     assert error["details"]["errors"] == [

@@ -18,6 +18,19 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _environment(envs: dict[str, str]) -> dict[str, str]:
+    for name, value in envs.items():
+        if not name or "=" in name or "\x00" in name:
+            raise ValueError(f"{name!r} is no environment variable name: it must be non-empty, without '=' or NUL")
+        if "\x00" in value:
+            raise ValueError(f"the value of {name} holds a NUL byte")
+    return envs
+
+
+Environment = Annotated[dict[str, str], AfterValidator(_environment)]
+"""Variables for processes: refused here when no process could be started with them."""
+
+
 class NetworkPolicy(Strict):
     """Where a sandbox may connect (see docs/network.md). Every entry is checked; a bad one is named in a 422."""
 
@@ -61,7 +74,7 @@ class CreateSandbox(Strict):
     memory_mb: int | None = Field(default=None, ge=64, description="Memory limit in MiB.")
     disk_mb: int | None = Field(default=None, ge=16, description="Disk size in MiB (what it writes outside tmpfs).")
     timeout: int | None = Field(default=None, ge=0, description="Seconds until the sandbox is killed; 0 = never.")
-    envs: dict[str, str] = Field(default_factory=dict, description="Environment of every process.")
+    envs: Environment = Field(default_factory=dict, description="Environment of every process.")
     metadata: dict[str, str] = Field(default_factory=dict, description="Your labels; filter lists by them.")
     template: str | None = Field(
         default=None, max_length=63, description="Start from this template (its image, resources, start command)."
@@ -159,7 +172,7 @@ class Exec(Strict):
     cmd: str | None = Field(default=None, description="A shell command line (bash -c, or sh -c).")
     argv: list[str] | None = Field(default=None, description="A program and its arguments, no shell.")
     cwd: str | None = None
-    envs: dict[str, str] = Field(default_factory=dict)
+    envs: Environment = Field(default_factory=dict)
     user: str | None = Field(default=None, max_length=64, description="Default: 'user' if the image has it.")
     timeout: float | None = Field(default=None, ge=0, description="Seconds; 0 = none; default 60.")
     stdin: str | None = Field(default=None, description="Text written to stdin, which is then closed.")
