@@ -66,3 +66,18 @@ def test_bad_pool_keys_and_sizes(corral_url: str) -> None:
     assert httpx.put(f"{corral_url}/v1/pools/image:corral/base", json={"size": 1000}).status_code == 422
     r = httpx.put(f"{corral_url}/v1/pools/template:no-such", json={"size": 1})
     assert r.status_code == 404 and r.json()["error"]["code"] == "template_not_found"
+
+
+def test_a_pool_that_cannot_start_a_sandbox_says_why(corral_url: str) -> None:
+    key = "image:localhost:9/no-such-image:1"  # a registry nothing answers at: the pull fails at once
+    try:
+        assert httpx.put(f"{corral_url}/v1/pools/{key}", json={"size": 1}).status_code == 200
+        deadline = time.monotonic() + 30
+        while True:
+            (pool,) = [p for p in httpx.get(f"{corral_url}/v1/pools").json()["pools"] if p["key"] == key]
+            if pool["error"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert "localhost:9/no-such-image:1" in pool["error"] and pool["ready"] == 0, pool
+    finally:
+        httpx.delete(f"{corral_url}/v1/pools/{key}")

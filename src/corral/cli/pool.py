@@ -32,8 +32,9 @@ def list_(ctx: typer.Context, json: JsonOption = False) -> None:
     rows = table(box=None)
     for column in ("KEY", "SIZE", "READY", "HITS", "MISSES"):
         rows.add_column(column, no_wrap=True)
+    rows.add_column("ERROR")
     for p in found:
-        rows.add_row(p.key, str(p.size), str(p.ready), str(p.hits), str(p.misses))
+        rows.add_row(p.key, str(p.size), str(p.ready), str(p.hits), str(p.misses), p.error or "")
     console().print(rows)
 
 

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 POOLED = "pooled"
 MAX_POOL_SIZE = 64
 RETRY_DELAY = 5.0
+MAX_FAILURES = 5
+"""Failed starts in a row after which a pool stops trying (until its size is set again)."""
 REFILL_DELAY = 1.0
 """After a claim, the refill waits this long: the claimant's first commands get the CPU first."""
 
@@ -49,6 +51,8 @@ class Pools:
         self.store = manager.store
         self.templates = templates
         self._filling: dict[str, asyncio.Task[None]] = {}
+        self.errors: dict[str, str] = {}
+        """Why a pool's last try to start a sandbox failed; gone once one starts (or its size is set again)."""
 
     def start(self) -> None:
         for pool in self.store.list_pools():
@@ -72,6 +76,7 @@ class Pools:
         elif kind != "image":
             raise InvalidRequest(f"'{key}' is not a pool key (image:<name> or template:<name>)")
         row = self.store.put_pool(key, size)
+        self.errors.pop(key, None)  # tried afresh
         self.refill(key)
         return row
 
@@ -82,6 +87,7 @@ class Pools:
         self.store.put_pool(key, 0)
         self.refill(key)
         self.store.delete_pool(key)
+        self.errors.pop(key, None)
 
     # -- claiming ----------------------------------------------------------------
 
@@ -169,11 +175,14 @@ class Pools:
             except CorralError as exc:
                 failures += 1
                 log.warning("pool %s could not start a sandbox (%s); retrying in %gs", key, exc.message, RETRY_DELAY)
-                if failures >= 5:
+                self.errors[key] = exc.message
+                if failures >= MAX_FAILURES:
                     log.error("pool %s gives up after %d failures", key, failures)
+                    self.errors[key] = f"{exc.message} (gave up after {failures} tries; set its size again to retry)"
                     return
                 await asyncio.sleep(RETRY_DELAY)
                 continue
+            self.errors.pop(key, None)
             with contextlib.suppress(CorralError):
                 await self._warm_up(row.id)
             self.store.update_sandbox(row.id, state=POOLED, pool=key)

@@ -145,6 +145,8 @@ class PoolInfo(_JsonModel):
     """Creates it served."""
     misses: int = 0
     """Creates that found it empty."""
+    error: str | None = None
+    """Why its last try to start a sandbox failed (``None`` once one starts)."""
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PoolInfo:

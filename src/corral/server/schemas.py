@@ -460,6 +460,9 @@ class Pool(BaseModel):
     ready: int = Field(description="Sandboxes waiting in it now.")
     hits: int = Field(description="Creates served from it.")
     misses: int = Field(description="Creates that found it empty.")
+    error: str | None = Field(
+        default=None, description="Why its last try to start a sandbox failed (none once one starts)."
+    )
 
 
 class PoolList(BaseModel):

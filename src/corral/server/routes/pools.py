@@ -18,7 +18,14 @@ def _pools(request: Request) -> Pools:
 
 
 def _pool(pools: Pools, row: PoolRow) -> Pool:
-    return Pool(key=row.key, size=row.size, ready=len(pools.waiting(row.key)), hits=row.hits, misses=row.misses)
+    return Pool(
+        key=row.key,
+        size=row.size,
+        ready=len(pools.waiting(row.key)),
+        hits=row.hits,
+        misses=row.misses,
+        error=pools.errors.get(row.key),
+    )
 
 
 @router.get("")
