@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from corral import Sandbox, SnapshotNotFound
+from corral.errors import InvalidRequest
 from corral.runtimes.oci import OWN_RUNSC
 from tests.serverproc import ServerProcess
 
@@ -194,3 +195,18 @@ def test_snapshots_are_saved_uncompressed_and_compressed_ones_still_restore(own_
         restored = Sandbox.create(url=url, snapshot=snap.id)
         assert restored.files.read("/home/user/kept.txt") == "kept\n"
         assert restored.commands.run("echo $((6*7))").stdout == "42\n"
+
+
+def test_a_restore_keeps_its_snapshots_shape_and_says_so_when_asked_another(
+    sandbox_factory: Callable[..., Any], corral_url: str
+) -> None:
+    sbx: Sandbox = sandbox_factory()
+    snap = sbx.snapshot()
+    try:
+        with pytest.raises(InvalidRequest, match=r"1 vCPU and 512 MiB.*leave out memory_mb and vcpus"):
+            sandbox_factory(snapshot=snap.id, vcpus=2, memory_mb=1024)
+        same: Sandbox = sandbox_factory(snapshot=snap.id, vcpus=1, memory_mb=512)  # its own shape: fine
+        info = same.get_info()
+        assert (info.vcpus, info.memory_mb) == (1, 512)
+    finally:
+        Sandbox.delete_snapshot(snap.id, url=corral_url)

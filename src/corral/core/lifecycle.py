@@ -311,9 +311,17 @@ class Lifecycle:
         A snapshot whose files are missing or changed since it was taken is marked
         ``failed`` and refused (``snapshot_unusable``). Sizes are checked before the
         restore; checksums only once runsc has failed on it, which keeps a good
-        snapshot's restore as fast as runsc's own.
+        snapshot's restore as fast as runsc's own. Its vCPUs and memory are the
+        snapshot's (its processes were saved with them): another asked is refused.
         """
         snapshot = self.get_snapshot(snapshot_id)
+        asked = {"vcpus": request.vcpus, "memory_mb": request.memory_mb}
+        if other := sorted(name for name, value in asked.items() if value not in (None, getattr(snapshot, name))):
+            raise InvalidRequest(
+                f"a sandbox restored from snapshot '{snapshot_id}' has its {snapshot.vcpus} vCPU and "
+                f"{snapshot.memory_mb} MiB (its processes were saved with them): leave out {' and '.join(other)}",
+                details={"snapshot_id": snapshot_id, "vcpus": snapshot.vcpus, "memory_mb": snapshot.memory_mb},
+            )
         if snapshot.state != "ready":
             why = "it is still being taken" if snapshot.state == "creating" else f"it {snapshot.state}"
             raise SnapshotUnusable(
