@@ -212,6 +212,36 @@ def test_cp_stdin_and_stdout(corral, sandbox: Sandbox) -> None:
     assert hashlib.sha256(down.stdout).hexdigest() == hashlib.sha256(payload).hexdigest()
 
 
+def test_cp_of_a_directory_both_ways(corral, sandbox: Sandbox, tmp_path: Path) -> None:
+    tree = tmp_path / "project"
+    (tree / "src" / "deep").mkdir(parents=True)
+    (tree / "empty").mkdir()
+    (tree / "README").write_text("hello\n")
+    (tree / "src" / "run.sh").write_text("#!/bin/sh\necho ran\n")
+    (tree / "src" / "run.sh").chmod(0o755)
+    (tree / "src" / "deep" / "data.bin").write_bytes(os.urandom(100_000))
+    (tree / "link").symlink_to("/etc/passwd")  # left out: it points out of the tree
+
+    up = corral("cp", "--json", str(tree), f"{sandbox.id}:/home/user/")
+    assert up.returncode == 0, up.stderr
+    assert sorted(e["path"] for e in json.loads(up.stdout)) == [
+        "/home/user/project/README", "/home/user/project/src/deep/data.bin", "/home/user/project/src/run.sh"
+    ]  # fmt: skip
+    assert sandbox.commands.run("/home/user/project/src/run.sh").stdout == "ran\n"  # its mode came along
+    listing = sandbox.commands.run("cd /home/user/project && find . | sort").stdout.split()
+    assert listing == [".", "./README", "./empty", "./src", "./src/deep", "./src/deep/data.bin", "./src/run.sh"]
+
+    back = tmp_path / "back"
+    back.mkdir()
+    down = corral("cp", f"{sandbox.id}:/home/user/project", str(back))  # into an existing directory
+    assert down.returncode == 0, down.stderr
+    copy = back / "project"
+    assert (copy / "README").read_text() == "hello\n" and (copy / "empty").is_dir()
+    assert (copy / "src" / "deep" / "data.bin").read_bytes() == (tree / "src" / "deep" / "data.bin").read_bytes()
+    assert os.stat(copy / "src" / "run.sh").st_mode & 0o777 == 0o755
+    assert not (copy / "link").exists()
+
+
 def test_cp_needs_exactly_one_sandbox_side(corral, tmp_path: Path) -> None:
     done = corral("cp", str(tmp_path / "a"), str(tmp_path / "b"))
     assert done.returncode == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import stat
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -145,6 +146,51 @@ def _download(sbx: Sandbox, source: str, target: str, user: str | None) -> None:
         raise
 
 
+TREE_DEPTH = 32
+"""The deepest listing the API gives: a directory copied out of a sandbox goes this many levels down."""
+
+
+def _upload_tree(sbx: Sandbox, source: str, target: str, user: str | None) -> list[dict[str, object]]:
+    """A local directory into the sandbox, file by file (modes kept; symlinks and special files left out)."""
+    copied: list[dict[str, object]] = []
+    sbx.files.make_dir(target, user=user)
+    for top, dirs, files in os.walk(source):
+        below = os.path.relpath(top, source)
+        remote = target if below == os.curdir else posixpath.join(target, *below.split(os.sep))
+        for name in sorted(dirs):
+            if os.path.islink(os.path.join(top, name)):
+                dirs.remove(name)  # not followed out of the tree
+            else:
+                sbx.files.make_dir(posixpath.join(remote, name), user=user)
+        for name in sorted(files):
+            local = os.path.join(top, name)
+            if os.path.islink(local) or not os.path.isfile(local):
+                continue
+            entry = _upload(sbx, local, posixpath.join(remote, name), user)
+            mode = stat.S_IMODE(os.stat(local).st_mode)
+            if mode & 0o777 != entry.get("mode"):
+                entry = sbx.files.chmod(str(entry["path"]), mode).to_json()
+            copied.append(entry)
+    return copied
+
+
+def _download_tree(sbx: Sandbox, source: str, target: str, user: str | None) -> list[dict[str, object]]:
+    """A sandbox directory to a local one, file by file (modes kept; symlinks left out)."""
+    copied: list[dict[str, object]] = []
+    os.makedirs(target, exist_ok=True)
+    prefix = source.rstrip("/") + "/"
+    for entry in sbx.files.list(source, depth=TREE_DEPTH, user=user):
+        local = os.path.join(target, *entry.path.removeprefix(prefix).split("/"))
+        if entry.type == "dir":
+            os.makedirs(local, exist_ok=True)
+        elif entry.type == "file":
+            os.makedirs(os.path.dirname(local), exist_ok=True)
+            _download(sbx, entry.path, local, user)
+            os.chmod(local, entry.mode & 0o7777)
+            copied.append(entry.to_json())
+    return copied
+
+
 def cp(
     ctx: typer.Context,
     source: Annotated[str, typer.Argument(help="ID:/path in a sandbox, a local path, or - for stdin.")],
@@ -152,25 +198,38 @@ def cp(
     user: Annotated[str | None, typer.Option(help="Read or write as this sandbox user.")] = None,
     json: JsonOption = False,
 ) -> None:
-    """Copy a file into a sandbox or out of one, streamed.
+    """Copy a file or a directory into a sandbox or out of one, streamed.
+
+    A directory is copied with all it holds (file modes kept; symlinks left
+    out), into DESTINATION/ when that ends in / or is a local directory, else
+    as DESTINATION. With --json: the entry copied, or a list of the files.
 
     corral cp ./data.csv sbx-123:/home/user/   corral cp sbx-123:/tmp/out.log -
+    corral cp ./project sbx-123:/home/user/    corral cp sbx-123:/home/user/out ./
     """
     src, dst = Location.parse(source), Location.parse(destination)
     if (src.sandbox_id is None) == (dst.sandbox_id is None):
         fail("invalid_request", "exactly one side must be in a sandbox (ID:/path)")
     conn = connection(ctx)
     if dst.sandbox_id is not None:
-        target = _remote_target(dst.path, src.path)
+        target = _remote_target(dst.path, src.path.rstrip("/") or src.path)
         with cli_errors(), conn.sandbox(dst.sandbox_id) as sbx:
-            entry = _upload(sbx, src.path, target, user)
+            if os.path.isdir(src.path):
+                copied: object = _upload_tree(sbx, src.path, target, user)
+            else:
+                copied = _upload(sbx, src.path, target, user)
         if json:
-            print_json(entry)
+            print_json(copied)
         return
     assert src.sandbox_id is not None
     target = dst.path if dst.is_stdio else _local_target(dst.path, src.path)
     with cli_errors(), conn.sandbox(src.sandbox_id) as sbx:
-        stat = sbx.files.stat(src.path, user=user) if json and target != "-" else None
+        found = sbx.files.stat(src.path, user=user) if target != "-" else None
+        if found is not None and found.type == "dir":
+            tree = _download_tree(sbx, src.path, target, user)
+            if json:
+                print_json(tree)
+            return
         _download(sbx, src.path, target, user)
-    if stat is not None:
-        print_json(stat.to_json())
+    if json and found is not None:
+        print_json(found.to_json())
