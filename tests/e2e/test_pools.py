@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -79,5 +83,8 @@ def test_a_pool_that_cannot_start_a_sandbox_says_why(corral_url: str) -> None:
                 break
             time.sleep(0.2)
         assert "localhost:9/no-such-image:1" in pool["error"] and pool["ready"] == 0, pool
+        cli = [str(Path(sys.executable).with_name("corral")), "--url", corral_url, "pool", "list"]
+        table = subprocess.run(cli, capture_output=True, text=True, check=True, env={**os.environ, "COLUMNS": "300"})
+        assert table.stdout.split("\n")[0].split()[-1] == "ERROR" and "no-such-image" in table.stdout
     finally:
         httpx.delete(f"{corral_url}/v1/pools/{key}")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from corral import Sandbox
+from corral.runtimes.oci import console_path
 from tests.serverproc import ServerProcess, worker_index
 
 pytestmark = [pytest.mark.runsc]
@@ -20,7 +21,7 @@ CREATES = 3
 def boot_span(sandbox_dir: Path) -> tuple[datetime, datetime]:
     """When its boot began (its bundle was written, just before the runtime's start) and its agent listened."""
     began = datetime.fromtimestamp((sandbox_dir / "bundle" / "config.json").stat().st_mtime, UTC)
-    console = (sandbox_dir / "console.log").read_text()
+    console = console_path(sandbox_dir).read_text()
     line = next(line for line in console.splitlines() if " corral-agent: listening" in line)
     return began, datetime.fromisoformat(line.split(" ", 1)[0])  # the agent's clock is the host's
 

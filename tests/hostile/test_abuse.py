@@ -18,6 +18,7 @@ from corral import (
     SandboxNotFound,
     SandboxNotRunning,
 )
+from corral.runtimes.oci import console_path
 from tests.hostile.test_escape import sh
 from tests.serverproc import ServerProcess
 
@@ -115,6 +116,23 @@ def test_fill_disk(sandbox_factory, bystander: Sandbox, server: ServerProcess) -
     assert bystander.files.read("/home/user/keep.txt") == "bystander's data"
     assert bystander.commands.run("head -c 150000000 /dev/zero > /tmp/big && echo ok").stdout == "ok\n"
     assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+@pytest.mark.hostile("resources", "write without end to its agent's console (/proc/1/fd/1, a host file), as root")
+def test_console_flood(sandbox_factory, bystander: Sandbox, server: ServerProcess) -> None:
+    """The console is on the sandbox's own disk: the flood fills that, not the host's."""
+    small = sandbox_factory(disk_mb=64)
+    _code, out = sh(small, "head -c 200000000 /dev/zero > /proc/1/fd/1; echo exit=$?", timeout=120)
+    assert "exit=1" in out, out[-500:]  # its disk is full: "No space left on device"
+    sdir = server.data_dir / "sandboxes" / small.id
+    console = console_path(sdir)
+    assert console.stat().st_dev == (sdir / "disk").stat().st_dev != sdir.stat().st_dev  # on the disk's own fs
+    assert console.stat().st_size <= 64 << 20
+    assert small.commands.run("echo alive").stdout == "alive\n"  # the agent goes on, its log lines dropped
+    logs = httpx.get(f"{server.url}/v1/sandboxes/{small.id}/logs", timeout=30)
+    assert logs.status_code == 200 and len(logs.content) <= (4 << 20) + 200  # its end, however large it grew
+    assert "bytes of earlier console left out]" in logs.text.splitlines()[0]
+    assert bystander.commands.run("echo ok").stdout == "ok\n"
 
 
 @pytest.mark.hostile("resources", "fill /dev/shm (a bounded tmpfs)")

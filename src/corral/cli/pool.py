@@ -32,9 +32,12 @@ def list_(ctx: typer.Context, json: JsonOption = False) -> None:
     rows = table(box=None)
     for column in ("KEY", "SIZE", "READY", "HITS", "MISSES"):
         rows.add_column(column, no_wrap=True)
-    rows.add_column("ERROR")
+    failing = any(p.error for p in found)
+    if failing:
+        rows.add_column("ERROR")  # why a pool cannot start a sandbox
     for p in found:
-        rows.add_row(p.key, str(p.size), str(p.ready), str(p.hits), str(p.misses), p.error or "")
+        cells = [p.key, str(p.size), str(p.ready), str(p.hits), str(p.misses)]
+        rows.add_row(*cells, *([p.error or ""] if failing else []))
     console().print(rows)
 
 

@@ -95,6 +95,8 @@ CPU_PERIOD_US = 100_000
 
 CONSOLE = "console.log"
 CONSOLE_CARRIED = 200
+CONSOLE_READ_LIMIT = 4 << 20
+"""Most of a console the logs answer (its end): it may be as large as the sandbox's disk."""
 """Lines of a checkpointed sandbox's console that its restored copies' consoles begin with."""
 
 RESTORE_HEADROOM = 256 << 20
@@ -156,6 +158,18 @@ def host_limits(spec: SandboxSpec) -> tuple[int, int]:
     host cgroup is raised to the wall right after the sandbox starts.
     """
     return host_memory_limit(spec.memory_mb), spec.pids_limit * 4 + 512
+
+
+def console_path(sdir: Path) -> Path:
+    """The sandbox's console (its agent's stdout and stderr): on its own disk.
+
+    Root in a sandbox can write to its agent's stdout (``/proc/1/fd/1``): on
+    its disk that counts against the disk's size like any other file it
+    writes, where a file beside it would fill the host's. Sandboxes made
+    before have theirs beside the disk.
+    """
+    legacy = sdir / CONSOLE
+    return legacy if legacy.exists() else sdir / DISK / CONSOLE
 
 
 def upper_dir(sdir: Path) -> Path:
@@ -440,7 +454,8 @@ class OciRuntime(Runtime):
             if running:
                 await hostcmd.run(self._runtime_argv("resume", sid), check=False)
         with contextlib.suppress(FileNotFoundError):  # the saved processes' history, for their copies' consoles
-            shutil.copyfile(self._dir(handle) / CONSOLE, dest / CONSOLE)
+            lines = read_console(console_path(self._dir(handle))).splitlines(keepends=True)
+            (dest / CONSOLE).write_text("".join(lines[-CONSOLE_CARRIED:]))
 
     async def restore(
         self, spec: SandboxSpec, snapshot: Path, *, ready: asyncio.Future[None] | None = None
@@ -553,9 +568,8 @@ class OciRuntime(Runtime):
         return Path(handle.info.get("dir") or self.sandbox_dir(handle.sandbox_id))
 
     async def logs(self, handle: RuntimeHandle, *, tail: int | None = None) -> str:
-        path = Path(handle.info.get("dir") or self.sandbox_dir(handle.sandbox_id)) / CONSOLE
         try:
-            text = await asyncio.to_thread(path.read_text, errors="replace")
+            text = await asyncio.to_thread(read_console, console_path(self._dir(handle)))
         except FileNotFoundError:
             return ""
         if tail is not None:
@@ -711,7 +725,7 @@ class OciRuntime(Runtime):
                 'mount -t tmpfs none /proc/sys/net && exec "$0" "$@"',
                 *argv,
             ]
-        console = sdir / CONSOLE
+        console = console_path(sdir)
         began = time.perf_counter()
         # A detached runtime keeps the stdio it is given for the sandbox's init:
         # a file, never a pipe we would wait on.
@@ -739,21 +753,33 @@ class OciRuntime(Runtime):
         took = 1000 * (time.perf_counter() - began)
         log.debug("%s %s of sandbox %s -> %s in %.1f ms", self.kind, command, sandbox_id, code, took)
         if code != 0:
-            lines = console.read_text(errors="replace").strip().splitlines()
+            lines = read_console(console).strip().splitlines()
             raise RuntimeFailure(
                 f"{self.kind} could not {command} sandbox {sandbox_id}: {failure_line(lines) or f'exit {code}'}",
                 details={"console": "\n".join(lines[-20:])},
             )
 
 
+def read_console(path: Path, *, limit: int = CONSOLE_READ_LIMIT) -> str:
+    """A console's text: its last ``limit`` bytes at most, after a line saying how much came before."""
+    with path.open("rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - limit))
+        data = f.read(limit)
+    if size <= limit:
+        return data.decode(errors="replace")
+    data = data[data.find(b"\n") + 1 :]  # from the first whole line
+    return f"[{size - len(data)} bytes of earlier console left out]\n" + data.decode(errors="replace")
+
+
 def carry_console(snapshot: Path, sdir: Path) -> None:
     """Start a restored sandbox's console with what its processes said before they were saved, and a line saying so."""
     try:
-        lines = (snapshot / CONSOLE).read_text(errors="replace").splitlines(keepends=True)[-CONSOLE_CARRIED:]
+        lines = read_console(snapshot / CONSOLE).splitlines(keepends=True)[-CONSOLE_CARRIED:]
     except FileNotFoundError:
         lines = []
     now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    with (sdir / CONSOLE).open("a") as console:
+    with console_path(sdir).open("a") as console:
         console.writelines(lines)
         console.write(f"{now} corral: restored from the checkpoint in {snapshot}\n")
 
