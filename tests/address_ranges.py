@@ -24,6 +24,7 @@ _held: list[int] = []  # the lock's file descriptor, open for as long as this pr
 
 
 def _take(base: int) -> bool:
+    LOCKS.mkdir(parents=True, exist_ok=True)
     fd = os.open(LOCKS / f"corral-test-range-{base}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
