@@ -276,6 +276,19 @@ def test_cp_errors(fake: FakeCorral, tmp_path: Path) -> None:
     assert corral("cp", "./local:odd", f"{sid}:/x").stderr.startswith("error: local_io: ")
 
 
+def test_cp_of_a_directory_never_writes_outside_its_local_target(fake: FakeCorral, tmp_path: Path) -> None:
+    """The names come from the sandbox: one that climbs out of the directory stops the copy."""
+    sid = fake.add_sandbox()
+    box = fake.sandboxes[sid]
+    box.dirs.add("/out")
+    box.files["/out/fine.txt"] = b"fine"
+    box.files["/out/../escaped.txt"] = b"gotcha"  # as a lying agent could list it: one level up, tmp_path
+    (tmp_path / "target").mkdir()
+    result = corral("cp", f"{sid}:/out", str(tmp_path / "target"))
+    assert result.exit_code == 1 and "not copied" in result.stderr
+    assert not list(tmp_path.rglob("escaped.txt"))
+
+
 # serve
 
 

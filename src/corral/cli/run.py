@@ -180,7 +180,11 @@ def _download_tree(sbx: Sandbox, source: str, target: str, user: str | None) -> 
     os.makedirs(target, exist_ok=True)
     prefix = source.rstrip("/") + "/"
     for entry in sbx.files.list(source, depth=TREE_DEPTH, user=user):
-        local = os.path.join(target, *entry.path.removeprefix(prefix).split("/"))
+        parts = entry.path.removeprefix(prefix).split("/")
+        if not entry.path.startswith(prefix) or any(part in ("", ".", "..") for part in parts):
+            # Names come from the sandbox: none may lead out of the local target.
+            fail("invalid_request", f"the sandbox listed '{entry.path}' under '{source}': not copied")
+        local = os.path.join(target, *parts)
         if entry.type == "dir":
             os.makedirs(local, exist_ok=True)
         elif entry.type == "file":
