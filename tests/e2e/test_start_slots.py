@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from corral import Sandbox
-from corral.runtimes.oci import console_path
+from corral.runtimes.consoles import console_path
 from tests.serverproc import ServerProcess, worker_index
 
 pytestmark = [pytest.mark.runsc]

@@ -18,7 +18,7 @@ from corral import (
     SandboxNotFound,
     SandboxNotRunning,
 )
-from corral.runtimes.oci import console_path
+from corral.runtimes.consoles import console_path
 from tests.hostile.test_escape import sh
 from tests.serverproc import ServerProcess
 

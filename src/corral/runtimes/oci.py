@@ -37,7 +37,6 @@ import shutil
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,7 +62,8 @@ from corral.runtimes.base import (
     RuntimeState,
     SandboxSpec,
 )
-from corral.runtimes.disks import SpareDisks, format_disk, mount_disk
+from corral.runtimes.consoles import carry_console, console_path, read_console, save_console_end, trim_consoles
+from corral.runtimes.disks import DISK, DISK_IMAGE, SpareDisks, format_disk, mount_disk
 from corral.runtimes.etc_files import write_own_files
 from corral.runtimes.upper_copy import copy_upper
 
@@ -74,7 +74,6 @@ OWN_RUNSC = Path("/usr/local/lib/corral/bin/runsc")
 
 STATE_ROOT = Path("/run/corral")
 HIBERNATED = "hibernated"
-DISK, DISK_IMAGE = "disk", "disk.img"
 """A sandbox's disk: its upper and work dirs under ``disk/``, which is ``disk.img`` mounted when it has a size."""
 """A hibernated sandbox's saved processes and memory, in its own dir."""
 SANDBOX_OWN_FILES = ("etc/hostname", "etc/hosts", "etc/resolv.conf")
@@ -93,11 +92,6 @@ CAPABILITIES = [
 
 CPU_PERIOD_US = 100_000
 
-CONSOLE = "console.log"
-CONSOLE_CARRIED = 200
-CONSOLE_READ_LIMIT = 4 << 20
-"""Most of a console the logs answer (its end): it may be as large as the sandbox's disk."""
-"""Lines of a checkpointed sandbox's console that its restored copies' consoles begin with."""
 
 RESTORE_HEADROOM = 256 << 20
 """Host memory a restore needs beyond the saved memory (gVisor's own, while it loads)."""
@@ -160,18 +154,6 @@ def host_limits(spec: SandboxSpec) -> tuple[int, int]:
     return host_memory_limit(spec.memory_mb), spec.pids_limit * 4 + 512
 
 
-def console_path(sdir: Path) -> Path:
-    """The sandbox's console (its agent's stdout and stderr): on its own disk.
-
-    Root in a sandbox can write to its agent's stdout (``/proc/1/fd/1``): on
-    its disk that counts against the disk's size like any other file it
-    writes, where a file beside it would fill the host's. Sandboxes made
-    before have theirs beside the disk.
-    """
-    legacy = sdir / CONSOLE
-    return legacy if legacy.exists() else sdir / DISK / CONSOLE
-
-
 def upper_dir(sdir: Path) -> Path:
     """The sandbox's changes to its image (``upper/`` beside ``disk/`` in sandboxes made before disks had sizes)."""
     legacy = sdir / "upper"
@@ -232,6 +214,8 @@ class OciRuntime(Runtime):
         """``runsc delete`` of hibernated sandboxes, running in the background (see :meth:`hibernate`)."""
         self._undeleted: set[str] = set()
         """Sandboxes whose last such delete failed: their stopped record is still there."""
+        self._trimming: asyncio.Task[None] | None = None
+        """Keeps the sandboxes' consoles from growing for ever (see :mod:`corral.runtimes.consoles`)."""
 
     # -- set-up ----------------------------------------------------------------
 
@@ -252,6 +236,9 @@ class OciRuntime(Runtime):
                 await asyncio.to_thread(prune_agent_bundles, bundle, self.data_dir / "sandboxes")
                 self._bundle = bundle
                 self.spare_disks.refill()
+                self._trimming = asyncio.create_task(
+                    trim_consoles(self.data_dir / "sandboxes"), name="corral-trim-consoles"
+                )
             return self._bundle
 
     def sandbox_dir(self, sandbox_id: str) -> Path:
@@ -453,9 +440,7 @@ class OciRuntime(Runtime):
         finally:
             if running:
                 await hostcmd.run(self._runtime_argv("resume", sid), check=False)
-        with contextlib.suppress(FileNotFoundError):  # the saved processes' history, for their copies' consoles
-            lines = read_console(console_path(self._dir(handle))).splitlines(keepends=True)
-            (dest / CONSOLE).write_text("".join(lines[-CONSOLE_CARRIED:]))
+        save_console_end(self._dir(handle), dest)  # the saved processes' history, for their copies' consoles
 
     async def restore(
         self, spec: SandboxSpec, snapshot: Path, *, ready: asyncio.Future[None] | None = None
@@ -577,6 +562,10 @@ class OciRuntime(Runtime):
         return text
 
     async def aclose(self) -> None:
+        if self._trimming is not None:
+            self._trimming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._trimming
         if self._deletes:  # unfinished, they are finished by the next server (see state())
             await asyncio.wait(list(self._deletes.values()), timeout=5)
         await self.spare_disks.aclose()
@@ -758,30 +747,6 @@ class OciRuntime(Runtime):
                 f"{self.kind} could not {command} sandbox {sandbox_id}: {failure_line(lines) or f'exit {code}'}",
                 details={"console": "\n".join(lines[-20:])},
             )
-
-
-def read_console(path: Path, *, limit: int = CONSOLE_READ_LIMIT) -> str:
-    """A console's text: its last ``limit`` bytes at most, after a line saying how much came before."""
-    with path.open("rb") as f:
-        size = f.seek(0, os.SEEK_END)
-        f.seek(max(0, size - limit))
-        data = f.read(limit)
-    if size <= limit:
-        return data.decode(errors="replace")
-    data = data[data.find(b"\n") + 1 :]  # from the first whole line
-    return f"[{size - len(data)} bytes of earlier console left out]\n" + data.decode(errors="replace")
-
-
-def carry_console(snapshot: Path, sdir: Path) -> None:
-    """Start a restored sandbox's console with what its processes said before they were saved, and a line saying so."""
-    try:
-        lines = read_console(snapshot / CONSOLE).splitlines(keepends=True)[-CONSOLE_CARRIED:]
-    except FileNotFoundError:
-        lines = []
-    now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    with console_path(sdir).open("a") as console:
-        console.writelines(lines)
-        console.write(f"{now} corral: restored from the checkpoint in {snapshot}\n")
 
 
 def failure_line(console: list[str]) -> str:
