@@ -40,7 +40,8 @@ from corral.mounts import detach_mount, mount_points, move_mount
 log = logging.getLogger(__name__)
 
 DISK, DISK_IMAGE = "disk", "disk.img"
-"""In a sandbox's dir: where its disk is mounted, and the disk's image file."""
+"""In a sandbox's dir: ``disk/`` holds its upper and work dirs (and its console), and is ``disk.img``
+mounted when the sandbox has a disk size."""
 
 MKFS_OPTIONS = ("-q", "-F", "-m", "0", "-O", "^has_journal", "-E", "lazy_itable_init=1,nodiscard")
 """How every disk is formatted (a spare's name carries :data:`FORMAT` so that a change here retires old spares)."""

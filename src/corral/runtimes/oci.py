@@ -74,7 +74,6 @@ OWN_RUNSC = Path("/usr/local/lib/corral/bin/runsc")
 
 STATE_ROOT = Path("/run/corral")
 HIBERNATED = "hibernated"
-"""A sandbox's disk: its upper and work dirs under ``disk/``, which is ``disk.img`` mounted when it has a size."""
 """A hibernated sandbox's saved processes and memory, in its own dir."""
 SANDBOX_OWN_FILES = ("etc/hostname", "etc/hosts", "etc/resolv.conf")
 """Files corral writes into each sandbox's rootfs: never part of an exported layer (Docker's rule too)."""
@@ -91,7 +90,6 @@ CAPABILITIES = [
 """Root inside a sandbox gets Docker's default set, no more."""
 
 CPU_PERIOD_US = 100_000
-
 
 RESTORE_HEADROOM = 256 << 20
 """Host memory a restore needs beyond the saved memory (gVisor's own, while it loads)."""
