@@ -261,6 +261,9 @@ async def test_unknown_image_names_it(client: httpx.AsyncClient, runtime: Record
     assert "corral/no-such:1" in error["message"]
     assert error["details"] == {"image": "corral/no-such:1"}
     error = error_of(await client.post("/v1/sandboxes", json={"image": "../etc"}), 422, "invalid_request")
+    for field in ("image", "template", "snapshot"):  # an empty name is a caller's mistake, not "the default"
+        error = error_of(await client.post("/v1/sandboxes", json={field: ""}), 422, "invalid_request")
+        assert error["message"].startswith(f"{field}: ")
     assert runtime.calls == []
 
 

@@ -81,6 +81,7 @@ def test_an_unreachable_registry_is_a_clear_error_and_leaves_nothing(image_serve
     error = r.json()["error"]
     assert error["code"] == "registry_error" and f"127.0.0.1:{port}" in error["message"]
     assert "connection refused" in error["message"].lower()
+    assert '\\"' not in error["message"] and 'Get "http://' in error["message"]  # skopeo's quoting undone
     assert list((image_server.data_dir / "images" / "tmp").iterdir()) == []
 
 

@@ -249,8 +249,7 @@ def _image_config(layout: Path) -> ImageConfig:
 
 
 def _registry_error(ref: reference.Reference, stderr: str) -> Exception:
-    message = _last_line(stderr.strip()) or "unknown error"
-    message = message.removeprefix('time="').split('msg="', 1)[-1].rstrip('"')
+    message = _tool_message(_last_line(stderr.strip())) or "unknown error"
     lowered = message.lower()
     details = {"image": str(ref), "registry": ref.registry, "registry_message": message}
     if any(hint in lowered for hint in _NOT_FOUND_HINTS):
@@ -290,6 +289,18 @@ def _unpack_error(output: str, disk: Path) -> str:
         if "no space left on device" not in reason and free.f_bavail * free.f_frsize < _FULL_DISK:
             reason = f"no space left on device in {disk} ({reason})"
     return reason
+
+
+# skopeo's error line: time="..." level=fatal msg="quoted, with \" and \\ escaped"
+_LOG_MESSAGE = re.compile(r'\bmsg="((?:[^"\\]|\\.)*)"')
+
+
+def _tool_message(line: str) -> str:
+    """The message of a Go tool's ``msg="..."`` log line, unquoted; any other line as it is."""
+    match = _LOG_MESSAGE.search(line)
+    if match is None:
+        return line
+    return re.sub(r"\\(.)", lambda m: {"n": " ", "t": " "}.get(m.group(1), m.group(1)), match.group(1))
 
 
 def _last_line(text: str) -> str:

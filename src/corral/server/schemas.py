@@ -69,7 +69,9 @@ INTEGER is 64-bit; a larger number is refused here, not failed on at the store).
 
 
 class CreateSandbox(Strict):
-    image: str | None = Field(default=None, max_length=255, description="Image name; default corral/base.")
+    image: str | None = Field(
+        default=None, min_length=1, max_length=255, description="Image name; default (or null) corral/base."
+    )
     vcpus: int | None = Field(default=None, ge=1, description="vCPUs.")
     memory_mb: int | None = Field(default=None, ge=64, description="Memory limit in MiB.")
     disk_mb: int | None = Field(default=None, ge=16, description="Disk size in MiB (what it writes outside tmpfs).")
@@ -77,10 +79,13 @@ class CreateSandbox(Strict):
     envs: Environment = Field(default_factory=dict, description="Environment of every process.")
     metadata: dict[str, str] = Field(default_factory=dict, description="Your labels; filter lists by them.")
     template: str | None = Field(
-        default=None, max_length=63, description="Start from this template (its image, resources, start command)."
+        default=None,
+        min_length=1,
+        max_length=63,
+        description="Start from this template (its image, resources, start command).",
     )
     snapshot: str | None = Field(
-        default=None, max_length=64, description="Restore this snapshot: its processes, memory and files."
+        default=None, min_length=1, max_length=64, description="Restore this snapshot: its processes, memory and files."
     )
     on_timeout: Literal["kill", "pause"] = Field(
         default="kill", description="At its timeout: kill it, or pause it (memory kept; any request resumes it)."
