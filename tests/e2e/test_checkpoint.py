@@ -104,6 +104,33 @@ def test_fork_into_five_with_divergent_writes(sandbox_factory: Callable[..., Any
             child.close()
 
 
+def test_a_snapshot_or_fork_leaves_a_paused_or_hibernated_sandbox_as_it_was(
+    sandbox_factory: Callable[..., Any], corral_url: str
+) -> None:
+    sbx: Sandbox = sandbox_factory(timeout=600)
+    sbx.commands.run("sleep 1000 & echo kept > /tmp/kept", background=True)
+    sbx.pause()
+    paused_snap = sbx.snapshot()
+    assert sbx.info().state == "paused"  # a snapshot used to thaw it
+    sbx.hibernate()
+    hibernated_snap = sbx.snapshot()
+    (child,) = sbx.fork(1)
+    try:
+        assert sbx.info().state == "hibernated"  # neither woke it
+        for snap in (paused_snap, hibernated_snap):
+            restored: Sandbox = sandbox_factory(snapshot=snap.id)
+            r = restored.commands.run("cat /tmp/kept; pgrep -x sleep >/dev/null && echo sleeping")
+            assert r.stdout == "kept\nsleeping\n"
+            restored.kill()
+        assert child.info().state == "running"
+        assert child.commands.run("pgrep -x sleep >/dev/null && echo sleeping").stdout == "sleeping\n"
+    finally:
+        child.kill()
+        child.close()
+    Sandbox.delete_snapshot(hibernated_snap.id, url=corral_url)  # the sandbox's own saved state is its own
+    assert sbx.commands.run("cat /tmp/kept").stdout == "kept\n" and sbx.info().state == "running"
+
+
 def test_hibernate_by_idle_time_then_wake_by_an_exec(sandbox_factory: Callable[..., Any], corral_url: str) -> None:
     sbx: Sandbox = sandbox_factory(auto_pause=2, timeout=600)
     sbx.commands.run("sleep 1000 & echo kept > /tmp/kept", background=True)

@@ -256,9 +256,9 @@ class Lifecycle:
         return self.snapshots_dir / snapshot_id
 
     async def snapshot(self, sandbox_id: str, *, metadata: Mapping[str, str] | None = None) -> SnapshotRow:
-        """Save the whole sandbox (it is frozen meanwhile, then goes on)."""
-        await self.ensure_awake(sandbox_id)
-        row = self._check(sandbox_id)
+        """Save the whole sandbox; it is frozen meanwhile, then as it was (running, paused or hibernated)."""
+        self.touch(sandbox_id)
+        row = self._check_saveable(sandbox_id)
         snapshot = self.store.add_snapshot(
             SnapshotRow(
                 id=new_snapshot_id(),
@@ -280,9 +280,7 @@ class Lifecycle:
         partial = final.with_name(final.name + ".partial")
         partial.mkdir(parents=True)
         try:
-            async with self._lock(sandbox_id):
-                await self.manager.drop_agent_connections(sandbox_id)
-                await self.runtime.checkpoint(self.manager.runtime_handle(sandbox_id), partial)
+            await self._checkpoint(sandbox_id, partial)
             manifest = await asyncio.to_thread(image_manifest, partial / MEMORY)
             (partial / MANIFEST).write_text(json.dumps(manifest, indent=1))
             partial.rename(final)
@@ -293,6 +291,20 @@ class Lifecycle:
         size = await asyncio.to_thread(tree_size, final)
         log.info("sandbox %s snapshotted as %s (%d MiB)", sandbox_id, snapshot.id, size >> 20)
         return self._snapshot_set(snapshot.id, state="ready", size=size)
+
+    def _check_saveable(self, sandbox_id: str) -> SandboxRow:
+        row = self.manager.get(sandbox_id)
+        if row.state not in (RUNNING, PAUSED, HIBERNATED):
+            raise SandboxNotRunning(f"sandbox '{sandbox_id}' is {row.state}", details={"state": row.state})
+        return row
+
+    async def _checkpoint(self, sandbox_id: str, dest: Path) -> None:
+        """The runtime's checkpoint of the sandbox into ``dest``, under its lock; it is left as it was."""
+        async with self._lock(sandbox_id):
+            hibernated = self._check_saveable(sandbox_id).state == HIBERNATED
+            if not hibernated:
+                await self.manager.drop_agent_connections(sandbox_id)
+            await self.runtime.checkpoint(self.manager.runtime_handle(sandbox_id), dest, hibernated=hibernated)
 
     def get_snapshot(self, snapshot_id: str) -> SnapshotRow:
         row = self.store.get_snapshot(snapshot_id)
@@ -350,11 +362,11 @@ class Lifecycle:
         )
 
     async def fork(self, sandbox_id: str, count: int, request: CreateRequest) -> list[SandboxRow]:
-        """``count`` independent copies of a running sandbox; it goes on unchanged."""
+        """``count`` independent copies of a sandbox (running, paused or hibernated); it is left as it was."""
         if not 1 <= count <= MAX_FORK:
             raise InvalidRequest(f"count must be between 1 and {MAX_FORK}, got {count}", details={"count": count})
-        await self.ensure_awake(sandbox_id)
-        row = self._check(sandbox_id)
+        self.touch(sandbox_id)
+        row = self._check_saveable(sandbox_id)
         work = self.snapshots_dir / f".fork-{sandbox_id}-{secrets.token_hex(4)}"
         work.mkdir(parents=True)
         # The copies' disks and links are made while the checkpoint is written; each
@@ -363,9 +375,7 @@ class Lifecycle:
 
         async def checkpoint() -> None:
             try:
-                async with self._lock(sandbox_id):
-                    await self.manager.drop_agent_connections(sandbox_id)
-                    await self.runtime.checkpoint(self.manager.runtime_handle(sandbox_id), work)
+                await self._checkpoint(sandbox_id, work)
             except BaseException as exc:
                 checkpointed.set_exception(RuntimeFailure(f"could not checkpoint sandbox {sandbox_id}: {exc}"))
                 raise

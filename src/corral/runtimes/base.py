@@ -114,10 +114,12 @@ class Runtime(abc.ABC):
         """Thaw a paused sandbox."""
         raise RuntimeFailure(f"the {self.name} runtime cannot pause sandboxes")
 
-    async def checkpoint(self, handle: RuntimeHandle, dest: Path) -> None:
+    async def checkpoint(self, handle: RuntimeHandle, dest: Path, *, hibernated: bool = False) -> None:
         """Save the whole sandbox into ``dest``: processes and memory, and its disk's changes.
 
-        The sandbox is frozen for it (so the two agree) and goes on afterwards.
+        The sandbox is frozen for it (so the two agree) and afterwards is as it
+        was: running, or paused. A ``hibernated`` one is saved already: its saved
+        state is copied, and it stays hibernated.
         """
         raise RuntimeFailure(f"the {self.name} runtime cannot snapshot sandboxes")
 

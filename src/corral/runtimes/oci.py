@@ -65,7 +65,7 @@ from corral.runtimes.base import (
 from corral.runtimes.consoles import carry_console, console_path, read_console, save_console_end, trim_consoles
 from corral.runtimes.disks import DISK, DISK_IMAGE, SpareDisks, format_disk, mount_disk
 from corral.runtimes.etc_files import write_own_files
-from corral.runtimes.upper_copy import copy_upper
+from corral.runtimes.upper_copy import copy_upper, link_or_copy_tree
 
 log = logging.getLogger(__name__)
 
@@ -424,9 +424,15 @@ class OciRuntime(Runtime):
             )
         return False
 
-    async def checkpoint(self, handle: RuntimeHandle, dest: Path) -> None:
+    async def checkpoint(self, handle: RuntimeHandle, dest: Path, *, hibernated: bool = False) -> None:
         self._needs_runsc("snapshot")
         sid, upper = handle.sandbox_id, upper_dir(self._dir(handle))
+        if hibernated:  # saved already, and stopped: nothing writes to its files
+            await asyncio.to_thread(link_or_copy_tree, self._dir(handle) / HIBERNATED / "memory", dest / "memory")
+            (dest / "upper").mkdir()
+            await copy_upper(upper, dest / "upper")
+            save_console_end(self._dir(handle), dest)
+            return
         running = await self._pause_if_running(handle)  # so the memory image and the files agree
         try:
             await hostcmd.run(
