@@ -40,6 +40,19 @@ def test_user_db(tmp_path: Path) -> None:
     assert db.resolve(None).name == "user"
 
 
+def test_user_db_reads_users_as_dockers_user_instruction_does(tmp_path: Path) -> None:
+    (tmp_path / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home/user:/bin/bash\n")
+    (tmp_path / "group").write_text("root:x:0:\nuser:x:1000:\nstaff:x:50:user\n")
+    db = UserDb(str(tmp_path))
+    assert db.lookup("1000") == db.lookup("user")  # a uid the image has: that user
+    assert db.lookup("65532") == User("65532", 65532, 0, "/", "/bin/sh")  # one it lacks: group 0, home /
+    assert db.lookup("user:staff") == User("user", 1000, 50, "/home/user", "/bin/bash", (50,))  # its only group
+    assert db.lookup("1001:1001") == User("1001", 1001, 1001, "/", "/bin/sh", (1001,))
+    assert db.lookup("user:nogroup") is None and db.lookup("4294967295") is None and db.lookup("-1") is None
+    image_user = UserDb(str(tmp_path), default_user="65532")  # distroless's nonroot, as its USER names it
+    assert image_user.default().uid == 65532 and image_user.resolve(None).uid == 65532
+
+
 def test_user_db_rereads_changes_and_falls_back_to_root(tmp_path: Path) -> None:
     db = UserDb(str(tmp_path))  # no passwd at all: a bare busybox image
     assert db.default().name == "root" and db.default().uid == 0

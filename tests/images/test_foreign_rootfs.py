@@ -67,3 +67,18 @@ def test_a_distroless_rootfs_without_a_shell(image_server: ServerProcess, regist
         sbx.files.write("/data/out.txt", "no shell, files still work\n")
         assert sbx.files.read("/data/out.txt") == "no shell, files still work\n"
         assert {e.name for e in sbx.files.list("/")} >= {"data", "etc", "hello"}
+
+
+def test_an_images_user_given_as_a_uid_is_whom_commands_run_as(
+    image_server: ServerProcess, registry: Registry, tmp_path: Path
+) -> None:
+    from corral import Sandbox
+
+    layout = tmp_path / "nonroot"
+    write_layout(layout, {"linux/amd64": [busybox_layer()]}, user="65532")  # as distroless's nonroot: no passwd entry
+    ref = registry.push(layout, "tests/uid-user")
+    with Sandbox.create(ref, url=image_server.url) as sbx:
+        assert sbx.commands.run("id -u; id -g; echo $HOME").stdout == "65532\n0\n/\n"  # was `user`, or root
+        sbx.files.write("/tmp/mine.txt", "x")
+        assert sbx.commands.run("stat -c %u /tmp/mine.txt").stdout == "65532\n"
+        assert sbx.commands.run("id -u", user="root").stdout == "0\n"

@@ -6,7 +6,10 @@ so users added by a template build or a command are seen at once.
 
 Which user a call acts as: ``Authorization: Basic base64("name:")`` on RPCs
 (what the e2b SDK sends), the ``username`` query parameter on ``/files``, else
-the default user: ``user`` when the image has one, else ``root``.
+the default user: the image's ``User``, else ``user`` when the image has one,
+else ``root``. As Docker reads ``USER``, a user is a name or a uid, and may
+name a group (``name:group``, ``uid:gid``), which is then its only group. A uid
+the image's ``passwd`` lacks is that uid with group 0 and home ``/``.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ import base64
 import binascii
 import os
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 DEFAULT_USERNAME = "user"
+MAX_ID = 0xFFFFFFFE  # (uid_t)-1 means "no change" to setuid and chown
 FALLBACK_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -64,6 +68,7 @@ class UserDb:
         self._users: dict[str, User] = {}
         self._names: dict[int, str] = {}
         self._group_names: dict[int, str] = {}
+        self._gids: dict[str, int] = {}
 
     def _refresh(self) -> None:
         key = (_signature(self._passwd), _signature(self._group))
@@ -71,11 +76,13 @@ class UserDb:
             return
         members: dict[str, list[int]] = {}
         group_names: dict[int, str] = {}
+        gids: dict[str, int] = {}
         for fields in _lines(self._group):
             if len(fields) < 3 or not fields[2].isdigit():
                 continue
             gid = int(fields[2])
             group_names.setdefault(gid, fields[0])
+            gids.setdefault(fields[0], gid)
             if len(fields) > 3:
                 for member in filter(None, fields[3].split(",")):
                     members.setdefault(member.strip(), []).append(gid)
@@ -88,22 +95,29 @@ class UserDb:
             groups = tuple(dict.fromkeys([gid, *members.get(name, [])]))
             users.setdefault(name, User(name, uid, gid, fields[5] or "/", fields[6], groups))
             names.setdefault(uid, name)
-        self._users, self._names, self._group_names = users, names, group_names
+        self._users, self._names, self._group_names, self._gids = users, names, group_names, gids
         self._key = key
 
     def lookup(self, name: str) -> User | None:
-        """The user called ``name``; ``root`` exists even without a passwd entry."""
+        """The user ``name`` (a name or uid, maybe ``:group``); ``root`` exists even without a passwd entry."""
         self._refresh()
-        user = self._users.get(name)
-        if user is None and name == "root":
-            return ROOT
-        return user
+        who, colon, group = name.partition(":")
+        user = self._users.get(who)
+        if user is None and who.isdigit() and int(who) <= MAX_ID:
+            known = self._names.get(int(who))
+            user = self._users[known] if known is not None else User(who, int(who), 0, "/", "/bin/sh")
+        if user is None and who == "root":
+            user = ROOT
+        if user is None or not colon:
+            return user
+        gid = int(group) if group.isdigit() and int(group) <= MAX_ID else self._gids.get(group)
+        return None if gid is None else replace(user, gid=gid, groups=(gid,))
 
     def default(self) -> User:
         """The user a call acts as when it names none."""
         self._refresh()
         if self._default:
-            user = self._users.get(self._default)
+            user = self.lookup(self._default)
             if user is not None:
                 return user
         return self._users.get(DEFAULT_USERNAME) or self._users.get("root") or ROOT

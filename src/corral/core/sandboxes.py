@@ -731,7 +731,7 @@ def sandbox_env(config: ImageConfig, requested: Mapping[str, str]) -> dict[str, 
     """
     env = {**config.env, **requested}
     if config.user:
-        env["CORRAL_AGENT_USER"] = config.user.split(":", 1)[0]
+        env["CORRAL_AGENT_USER"] = config.user  # a name or uid, maybe with ":group", as Docker reads it
     if config.workdir:
         env["CORRAL_AGENT_WORKDIR"] = config.workdir
     return env
