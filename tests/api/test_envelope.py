@@ -175,6 +175,15 @@ async def test_environments_no_process_could_start_with_are_refused(
     assert runtime.calls == []  # nothing was made with them
 
 
+async def test_a_user_with_a_group_is_refused_where_the_group_would_be_lost(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/sandboxes/sbnope/exec", json={"cmd": "id", "user": "user:root"})
+    assert "a group cannot be given here" in error_of(r, 422, "invalid_request")["message"]
+    r = await client.get("/v1/sandboxes/sbnope/files/stat", params={"path": "/", "user": "user:root"})
+    assert "a group cannot be given here" in error_of(r, 422, "invalid_request")["message"]
+    r = await client.post("/v1/sandboxes/sbnope/exec", json={"cmd": "id", "user": "1000"})
+    error_of(r, 404, "sandbox_not_found")  # a uid is a user
+
+
 async def test_unknown_fields_are_refused(client: httpx.AsyncClient, runtime: RecordingRuntime) -> None:
     error = error_of(await client.post("/v1/sandboxes", json={"vcpu": 2}), 422, "invalid_request")
     assert error["details"]["errors"] == [

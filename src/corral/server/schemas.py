@@ -178,7 +178,9 @@ class Exec(Strict):
     argv: list[str] | None = Field(default=None, description="A program and its arguments, no shell.")
     cwd: str | None = None
     envs: Environment = Field(default_factory=dict)
-    user: str | None = Field(default=None, max_length=64, description="Default: 'user' if the image has it.")
+    user: UserName | None = Field(
+        default=None, description="A name or uid; default: the image's user, else 'user' if the image has it."
+    )
     timeout: float | None = Field(default=None, ge=0, description="Seconds; 0 = none; default 60.")
     stdin: str | None = Field(default=None, description="Text written to stdin, which is then closed.")
     background: bool = False
@@ -221,6 +223,15 @@ class StdinData(Strict):
 class SignalBody(Strict):
     signal: str | int = "SIGTERM"
 
+
+def _user(name: str) -> str:
+    if ":" in name or "\x00" in name:
+        raise ValueError(f"{name!r} is not a user: give a name or a uid (a group cannot be given here)")
+    return name
+
+
+UserName = Annotated[str, AfterValidator(_user), Field(max_length=64)]
+"""Whom a command or file call acts as: a name or uid in the sandbox's ``/etc/passwd`` (or a bare uid)."""
 
 PATH_RULES: dict[str, Any] = {"min_length": 1, "max_length": 4096}
 

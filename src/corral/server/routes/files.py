@@ -15,12 +15,12 @@ from starlette.background import BackgroundTask
 from corral.core.files import parse_mode, to_entry
 from corral.errors import FileExists_, FileNotFound
 from corral.server.routes.deps import Manager
-from corral.server.schemas import PATH_RULES, Chmod, Entry, EntryList, Exists, MakeDir, Move, NoNul
+from corral.server.schemas import PATH_RULES, Chmod, Entry, EntryList, Exists, MakeDir, Move, NoNul, UserName
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}/files", tags=["files"])
 
 PathQuery = Annotated[str, NoNul, Query(**PATH_RULES, description="A path inside the sandbox.")]
-UserQuery = Annotated[str | None, Query(max_length=64)]
+UserQuery = Annotated[UserName | None, Query()]
 
 
 @router.get(
