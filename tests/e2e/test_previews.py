@@ -15,7 +15,8 @@ import httpx
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from corral import CommandHandle, PortInUse, Sandbox
+from corral import CommandHandle, InvalidRequest, PortInUse, Sandbox
+from corral.runtimes.base import AGENT_PORT
 from tests.serverproc import ServerProcess, free_port, worker_index
 
 pytestmark = pytest.mark.runsc
@@ -134,6 +135,21 @@ def test_public_previews_need_no_token(server: ServerProcess) -> None:
         start_app(sbx, 8000)
         base, host = proxy(sbx)
         assert httpx.get(base, headers={"Host": host}).status_code == 200
+
+
+@pytest.mark.hostile("network", "reach a sandbox's agent (it runs commands as root) through a preview URL or a port")
+def test_the_agents_port_is_never_a_preview_nor_published(server: ServerProcess) -> None:
+    with Sandbox.create(url=server.url, network={"previews": "public"}) as sbx:
+        base, host = proxy(sbx)
+        agent_host = host.replace("8000-", f"{AGENT_PORT}-", 1)
+        for path in ("/health", "/files?path=/etc/hostname&username=root"):
+            r = httpx.get(f"{base}{path}", headers={"Host": agent_host, TOKEN: sbx.preview_token})
+            assert r.status_code == 404 and "Not a preview port" in r.text  # a viewer used to get the agent
+        with pytest.raises(InvalidRequest, match=f"port {AGENT_PORT} is the sandbox's agent"):
+            sbx.publish(AGENT_PORT, host_port=free_port())
+        with pytest.raises(InvalidRequest, match=f"port {AGENT_PORT}"):
+            Sandbox.create(url=server.url, publish=[f"{free_port()}:{AGENT_PORT}"])
+        assert sbx.list_ports() == []
 
 
 def test_published_ports_forward_and_conflicts_are_named(server: ServerProcess) -> None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from corral.core.network import policy_of
 from corral.errors import CorralError, RuntimeFailure
 from corral.net.preview import PreviewError, PreviewProxy, Wanted
+from corral.runtimes.base import AGENT_PORT
 
 if TYPE_CHECKING:
     from corral.core.sandboxes import SandboxManager
@@ -81,6 +82,10 @@ class Previews:
         return f"http://{{port}}-{sandbox_id}.{self.proxy.domain}:{self.proxy.port}"
 
     async def route(self, wanted: Wanted) -> str:
+        if wanted.port == AGENT_PORT:  # it runs commands as root: a preview's viewer must not get that
+            raise PreviewError(
+                404, "Not a preview port", f"Port {AGENT_PORT} is the sandbox's agent, which is not served here."
+            )
         row = self.manager.store.get_sandbox(wanted.sandbox_id)
         if row is None or row.state in ("starting", "pooled"):
             raise PreviewError(404, "No such sandbox", f"There is no sandbox '{wanted.sandbox_id}'.")

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from corral.errors import InvalidRequest
+from corral.runtimes.base import AGENT_PORT
 
 Mode = Literal["none", "allowlist", "public_only"]
 MODES: tuple[Mode, ...] = ("none", "allowlist", "public_only")
@@ -155,6 +156,15 @@ class Published:
     port: int
     auto: bool = False
     """Made by auto-publish for a listener seen in the sandbox (gone when the listener is)."""
+
+    def __post_init__(self) -> None:
+        if self.port == AGENT_PORT:
+            raise _bad(
+                f"publish: port {AGENT_PORT} is the sandbox's agent, corral's own way in (it runs commands as "
+                "root): it is never published",
+                "publish",
+                self.port,
+            )
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
