@@ -296,6 +296,14 @@ def test_kill_the_agent(victim: Sandbox) -> None:
     assert info.state == "dead" and info.error  # reported, with what was seen
 
 
+@pytest.mark.hostile("agent", "send the agent (PID 1) every signal it can catch, as root (kill 1, pkill -f python)")
+def test_signal_the_agent(victim: Sandbox) -> None:
+    every = "for s in TERM INT HUP QUIT USR1 USR2 ALRM VTALRM PROF IO XCPU PWR STKFLT $(seq 34 64); do kill -$s 1; done"
+    assert sh(victim, f"{every}; pkill -f 'corral[.]agent'; echo sent", user="root", timeout=30) == (0, "sent\n")
+    assert victim.commands.run("echo still answering", timeout=60).stdout == "still answering\n"  # it ended before
+    assert "signal ignored" in victim.logs()
+
+
 @pytest.mark.hostile("agent", "stop (SIGSTOP) every process it may signal")
 def test_stop_everything(victim: Sandbox) -> None:
     sh(victim, "kill -STOP -1; sleep 1", user=None, timeout=30)

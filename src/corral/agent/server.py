@@ -1,4 +1,10 @@
-"""Wires the services into one HTTP handler and runs it until SIGTERM."""
+"""Wires the services into one HTTP handler and runs it until SIGTERM.
+
+As a sandbox's init (PID 1) it is never stopped by a signal: gVisor does not
+shield init as Linux does, and root's ``kill 1`` or ``pkill -f python`` would
+end the whole sandbox. corral stops sandboxes with SIGKILL from outside, which
+nothing inside can catch (nor can root's ``kill -9 1``).
+"""
 
 from __future__ import annotations
 
@@ -21,6 +27,15 @@ from .users import UserDb
 from .watch import WatchService
 
 SHUTDOWN_GRACE = 3.0
+# Signals whose default action ends a process and which nothing but a sender
+# raises (faults such as SIGSEGV are left as they are): as init, the agent ignores them.
+ENDING_SIGNALS = (
+    *(getattr(signal, name) for name in (
+        "SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGVTALRM", "SIGPROF",
+        "SIGIO", "SIGXCPU", "SIGPWR", "SIGSTKFLT",
+    ) if hasattr(signal, name)),
+    *range(signal.SIGRTMIN, signal.SIGRTMAX + 1),
+)  # fmt: skip
 
 
 def make_handler(manager: ProcessManager, users: UserDb) -> tuple[Router, FilesHandler]:
@@ -63,8 +78,12 @@ async def run(fd: int, address: str, *, users: UserDb, base_env: dict[str, str])
     sock.setblocking(False)
     server = await serve(handle, sock)
     stopping: asyncio.Future[int] = loop.create_future()
-    for stop_signal in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(stop_signal, _stop, stopping, int(stop_signal))
+    if os.getpid() == 1:
+        for ending in ENDING_SIGNALS:
+            loop.add_signal_handler(ending, _ignored, int(ending))
+    else:
+        for stop_signal in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(stop_signal, _stop, stopping, int(stop_signal))
     log(
         "listening",
         address=address,
@@ -81,6 +100,14 @@ async def run(fd: int, address: str, *, users: UserDb, base_env: dict[str, str])
         manager.signal_all(signal.SIGKILL)
     reaper.uninstall()
     return 0
+
+
+def _ignored(signum: int) -> None:
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:  # a real-time signal
+        name = f"SIGRTMIN+{signum - signal.SIGRTMIN}"
+    log("signal ignored: the sandbox's init ends only with the sandbox", signal=name)
 
 
 def _stop(stopping: asyncio.Future[int], signum: int) -> None:
