@@ -189,6 +189,18 @@ def test_upload_overwrites_keeping_the_mode(client: httpx.Client, tmp_path: Path
     assert target.stat().st_mode & 0o777 == 0o750
 
 
+def test_upload_through_a_symlink_replaces_what_it_points_to(client: httpx.Client, tmp_path: Path) -> None:
+    (tmp_path / "real").write_text("old")
+    (tmp_path / "link").symlink_to("real")
+    (tmp_path / "dangling").symlink_to("made/by/upload")
+    for name in ("link", "dangling"):
+        r = client.post("/files", params={"path": str(tmp_path / name)}, content=name.encode(),
+                        headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+        assert r.status_code == 200, r.text
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "real").read_text() == "link"  # the link used to go
+    assert (tmp_path / "made" / "by" / "upload").read_text() == "dangling"
+
+
 def test_upload_errors(client: httpx.Client, tmp_path: Path) -> None:
     raw = {"Content-Type": "application/octet-stream"}
     no_path = client.post("/files", content=b"x", headers=raw)
@@ -250,3 +262,9 @@ def test_upload_and_download_as_a_user(user_agent: Agent, user_world: UserWorld)
         )
         assert as_root.status_code == 200
         assert (user_world.root / "rootfile").stat().st_uid == 0
+        (user_world.root / "rootfile").chmod(0o4755)  # setuid root
+        over = c.post("/files", params={"path": str(user_world.root / "rootfile")}, content=b"mine",
+                      headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+        assert over.status_code == 200
+        kept = (user_world.root / "rootfile").stat()  # written over as user: root's still, setuid gone
+        assert (kept.st_uid, kept.st_mode & 0o7777) == (0, 0o755)

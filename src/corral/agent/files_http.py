@@ -10,7 +10,10 @@
 
 Uploads stream into a temporary file next to the target, which is renamed
 over it only once complete: a failed upload leaves nothing half-written.
-Missing parent directories are created; what is created belongs to the user.
+A target that is a symlink is written through, as ``echo > link`` does: the
+file it points to is replaced, the link stays. Missing parent directories are
+created; what is created belongs to the user, and a file written over keeps
+its mode, owner and group.
 Errors are ``{"code": <http status>, "message": ...}`` like envd's.
 """
 
@@ -304,10 +307,12 @@ class FilesHandler:
         await response.send(200, body, content_type="application/json")
 
     async def _store(self, target: str, read: Read, user: User) -> dict[str, Any]:
-        """Stream ``read`` into ``target`` through a temporary file and a rename."""
+        """Stream ``read`` into ``target`` (through its symlinks) by a temporary file and a rename."""
         loop = asyncio.get_running_loop()
+        path = target
         try:
-            fd, temp = await loop.run_in_executor(None, self._create_temp, target, user)
+            path = await loop.run_in_executor(None, os.path.realpath, target)
+            fd, temp = await loop.run_in_executor(None, self._create_temp, path, user)
         except FilesError:
             raise
         except NotADirectoryError as exc:
@@ -327,7 +332,7 @@ class FilesHandler:
                 await loop.run_in_executor(None, _write_all, fd, bytes(batch))
             os.close(fd)
             fd = -1
-            await loop.run_in_executor(None, os.rename, temp, target)
+            await loop.run_in_executor(None, os.rename, temp, path)
         except BaseException as exc:
             if fd >= 0:
                 os.close(fd)
@@ -341,23 +346,25 @@ class FilesHandler:
 
     @staticmethod
     def _create_temp(target: str, user: User) -> tuple[int, str]:
-        mode = None
         try:
-            st = os.stat(target)
+            st: os.stat_result | None = os.stat(target)
         except FileNotFoundError:
-            pass
-        else:
-            if stat.S_ISDIR(st.st_mode):
-                raise FilesError(400, f"path is a directory: {target}")
-            mode = stat.S_IMODE(st.st_mode)  # an overwritten file keeps its mode
+            st = None
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            raise FilesError(400, f"path is a directory: {target}")
         directory = posixpath.dirname(target)
         make_dirs(directory, user)
         temp = posixpath.join(directory, f".{posixpath.basename(target)}.{os.urandom(6).hex()}.upload")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         try:
-            if mode is not None:
+            if st is None:
+                chown(temp, user)
+            else:  # an overwritten file keeps its mode and owners; as the kernel does, a write
+                # by anyone but root drops setuid and setgid
+                mode = stat.S_IMODE(st.st_mode) & (~0 if user.uid == 0 else ~(stat.S_ISUID | stat.S_ISGID))
+                if os.geteuid() == 0:
+                    os.fchown(fd, st.st_uid, st.st_gid)
                 os.fchmod(fd, mode)
-            chown(temp, user)
         except BaseException:
             os.close(fd)
             os.unlink(temp)
