@@ -221,7 +221,7 @@ def fork(
     ] = None,
     json: JsonOption = False,
 ) -> None:
-    """Copy a running sandbox (processes, memory, files) COUNT times; it goes on unchanged. Prints the copies' ids."""
+    """Copy a sandbox (processes, memory, files) COUNT times; it is left as it was. Prints the copies' ids."""
     labels = parse_pairs(metadata, "--metadata")
     with cli_errors(), connection(ctx).sandbox(sandbox_id) as sbx:
         copies = sbx.fork(count, metadata=labels or None, timeout=timeout)

@@ -164,7 +164,7 @@ class Sandbox(SandboxBase[Commands, Files]):
     def fork(
         self, count: int = 1, *, metadata: Mapping[str, str] | None = None, timeout: float | None = None
     ) -> builtins.list[Sandbox]:
-        """``count`` independent copies of it, running from its current state; it goes on unchanged."""
+        """``count`` independent copies of it, running from its current state; it is left as it was (even paused)."""
         infos = self._http.call(routes.fork(self.id, count, metadata=metadata, timeout=timeout))
         return [type(self)(info, SyncHTTP(self._http.config)) for info in infos]
 

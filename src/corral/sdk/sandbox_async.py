@@ -165,7 +165,7 @@ class AsyncSandbox(SandboxBase[AsyncCommands, AsyncFiles]):
     async def fork(
         self, count: int = 1, *, metadata: Mapping[str, str] | None = None, timeout: float | None = None
     ) -> builtins.list[AsyncSandbox]:
-        """``count`` independent copies of it, running from its current state; it goes on unchanged."""
+        """``count`` independent copies of it, running from its current state; it is left as it was (even paused)."""
         infos = await self._http.call(routes.fork(self.id, count, metadata=metadata, timeout=timeout))
         return [type(self)(info, AsyncHTTP(self._http.config)) for info in infos]
 
