@@ -88,6 +88,19 @@ def test_template_build_spawn_and_cache(image_server: ServerProcess, tiny_image:
     assert cached == [True, True, False, False, False, False, False], cached  # a change invalidates what follows
 
 
+def test_user_with_a_group_holds_for_run_steps_and_the_sandboxes(
+    image_server: ServerProcess, tiny_image: str, tmp_path: Path
+) -> None:
+    from corral import Sandbox
+
+    name = f"g{uuid.uuid4().hex[:10]}"
+    events = build(image_server, name, f"FROM {tiny_image}\nUSER 1000:0\nRUN id\n", tmp_path)
+    assert events[-1]["type"] == "template", events[-3:]
+    assert "uid=1000(user) gid=0(root)" in "".join(e["data"] for e in events if e["type"] == "log")
+    with Sandbox.create(template=name, url=image_server.url) as sbx:  # type: ignore[call-arg]
+        assert sbx.commands.run("id -u; id -g; id -G").stdout == "1000\n0\n0\n"
+
+
 def test_a_failing_step_fails_the_build_with_its_output_and_exit_code(
     image_server: ServerProcess, tiny_image: str
 ) -> None:

@@ -297,7 +297,10 @@ class _Build:
         if isinstance(step, dockerfile.Copy):
             return await self._copy(image, step, key)
         argv = list(step.argv) if step.argv is not None else ["/bin/sh", "-c", step.shell or ""]
-        return await self._run_step(image, key, argv, user=step.user or "root", env=step.env, workdir=step.workdir)
+        # A command's user travels as a name alone; one with a group (USER name:group) is the image's
+        # USER already, which the build sandbox's agent takes whole as its default user.
+        user = None if step.user and ":" in step.user else step.user or "root"
+        return await self._run_step(image, key, argv, user=user, env=step.env, workdir=step.workdir)
 
     def _layer_image(self, image: Image, key: str, layer_dir: Path) -> Image:
         """The step's result: ``layer_dir`` over ``image``, both ids derived from the cache key."""
@@ -324,7 +327,7 @@ class _Build:
         key: str,
         argv: list[str],
         *,
-        user: str,
+        user: str | None,
         env: tuple[tuple[str, str], ...],
         workdir: str,
     ) -> Image:
