@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .filesystem import BAD_PATH, chown, make_dirs
+from .filesystem import chown, error_code, make_dirs
 from .http import Request, Response
 from .log import log
 from .multipart import MultipartReader, header_params
@@ -140,19 +140,27 @@ def _read_to_end(fd: int, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+HTTP_STATUS = {
+    "not_found": 404,
+    "permission_denied": 403,
+    "already_exists": 409,
+    "invalid_argument": 400,
+    "failed_precondition": 409,
+    "resource_exhausted": 507,
+}
+"""``/files``'s answer to each kind of failed file call (:func:`~.filesystem.error_code`); others are 500."""
+
+
 def _os_error(exc: OSError, path: str, doing: str) -> FilesError:
     """The answer for ``doing`` (``opening``, ``writing``) ``path`` that failed with ``exc``."""
-    if isinstance(exc, FileNotFoundError):
+    status = HTTP_STATUS.get(error_code(exc), 500)
+    if status == 404:
         return FilesError(404, f"path '{path}' does not exist")
+    if status == 507:
+        return FilesError(507, f"not enough disk space available to write '{path}'")
     if isinstance(exc, IsADirectoryError):
         return FilesError(400, f"path '{path}' is a directory")
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return FilesError(507, f"not enough disk space available to write '{path}'")
-    if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
-        return FilesError(403, f"error {doing} file '{path}': {exc.strerror}")
-    if isinstance(exc, NotADirectoryError) or exc.errno in BAD_PATH:
-        return FilesError(400, f"error {doing} file '{path}': {exc.strerror}")
-    return FilesError(500, f"error {doing} file '{path}': {exc}")
+    return FilesError(status, f"error {doing} file '{path}': {exc.strerror if status < 500 else exc}")
 
 
 def _write_all(fd: int, data: bytes) -> None:

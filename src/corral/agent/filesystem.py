@@ -116,22 +116,33 @@ BAD_PATH = frozenset({errno.ELOOP, errno.ENAMETOOLONG, errno.ENXIO, errno.ENODEV
 a path the call cannot take (``EINVAL``)."""
 
 
+def error_code(exc: OSError) -> str:
+    """What a failed file call's error is, as a Connect code: ``/files`` answers its HTTP status for it."""
+    if isinstance(exc, FileNotFoundError):
+        return "not_found"
+    if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
+        return "permission_denied"  # what the kernel refuses even root
+    if isinstance(exc, FileExistsError):
+        return "already_exists"
+    if isinstance(exc, NotADirectoryError | IsADirectoryError) or exc.errno in BAD_PATH:
+        return "invalid_argument"
+    if exc.errno == errno.ENOTEMPTY:
+        return "failed_precondition"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "resource_exhausted"
+    return "internal"
+
+
 def os_error(exc: OSError, path: str) -> RpcError:
     """The Connect error for a failed filesystem call."""
+    code = error_code(exc)
     detail = f"{exc.strerror or exc}: {path}"
-    if isinstance(exc, FileNotFoundError):
-        return RpcError("not_found", f"file not found: {detail}")
-    if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
-        return RpcError("permission_denied", detail)
-    if isinstance(exc, FileExistsError):
-        return RpcError("already_exists", detail)
-    if isinstance(exc, NotADirectoryError | IsADirectoryError) or exc.errno in BAD_PATH:
-        return RpcError("invalid_argument", detail)
-    if exc.errno == errno.ENOTEMPTY:
-        return RpcError("failed_precondition", f"directory not empty: {path}")
-    if exc.errno == errno.ENOSPC:
-        return RpcError("resource_exhausted", f"no space left on device: {path}")
-    return RpcError("internal", detail)
+    message = {
+        "not_found": f"file not found: {detail}",
+        "failed_precondition": f"directory not empty: {path}",
+        "resource_exhausted": f"no space left on device: {path}",
+    }.get(code, detail)
+    return RpcError(code, message)
 
 
 def make_dirs(path: str, user: User) -> None:

@@ -90,7 +90,7 @@ def connect_error(status: int, body: Any, *, missing: type[NotFound] = NotFound)
         cls = IsADirectory_
     elif "not a directory" in lowered:
         cls = NotADirectory_
-    elif code == "failed_precondition":
+    elif code == "failed_precondition" or status == 409:
         cls = Conflict
     elif code in ("invalid_argument", "out_of_range") or status == 400:
         cls = InvalidRequest
