@@ -11,6 +11,8 @@ import httpx
 import pytest
 
 from corral import Sandbox
+from corral.runtimes.cgroups import remove as remove_cgroups
+from corral.runtimes.cgroups import sandbox_cgroup
 from tests.leftovers import cgroups_of
 from tests.serverproc import ServerProcess
 
@@ -107,3 +109,37 @@ def test_a_sandbox_runsc_forgot_leaves_no_cgroups_or_files_once_killed(own_serve
         time.sleep(0.1)
     assert cgroups_of({sbx.id}) == []
     assert list(Path("/run/corral/runsc").glob(f"*{sbx.id}*")) == []  # nor its lock file and socket
+
+
+@pytest.mark.checkpoint
+def test_a_hibernated_sandbox_wakes_after_the_host_restarted(own_server: ServerProcess) -> None:
+    """A reboot takes every mount, loop device, namespace and runsc file with it; the disk and checkpoint stay."""
+    url = own_server.url
+    sbx = Sandbox.create(url=url, timeout=600)
+    sbx.files.write("/home/user/state.txt", "kept over a reboot")
+    sbx.commands.run("sleep 1000", background=True, tag="sleeper")
+    sbx.hibernate()
+    own_server.kill9()
+
+    sdir = own_server.data_dir / "sandboxes" / sbx.id
+    for mount_point in (sdir / "rootfs", sdir / "disk"):
+        deadline = time.monotonic() + 15  # busy until the host's init reaps the saved sandbox's process
+        while (done := subprocess.run(["umount", str(mount_point)], capture_output=True, text=True)).returncode:
+            assert time.monotonic() < deadline, done.stderr
+            time.sleep(0.2)
+    loops = subprocess.run(["losetup", "-j", str(sdir / "disk.img")], capture_output=True, text=True, check=True)
+    for line in loops.stdout.splitlines():
+        subprocess.run(["losetup", "-d", line.split(":", 1)[0]], check=False)  # autoclear may have taken it
+    subprocess.run(["ip", "netns", "delete", f"corral-{sbx.id}"], check=True)
+    for litter in Path("/run/corral/runsc").glob(f"*{sbx.id}*"):
+        litter.unlink()
+    remove_cgroups(sandbox_cgroup(sbx.id))
+    own_server.start()
+
+    (listed,) = [s for s in Sandbox.list(url=url) if s.id == sbx.id]
+    assert listed.state == "hibernated", listed.error
+    again = Sandbox.connect(sbx.id, url=url)  # woken: its disk and rootfs mounted again first
+    assert again.files.read("/home/user/state.txt") == "kept over a reboot"
+    assert "sleeper" in [p.tag for p in again.commands.list()]
+    assert again.commands.run("echo reachable").stdout == "reachable\n"
+    again.kill()

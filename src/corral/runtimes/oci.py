@@ -284,6 +284,7 @@ class OciRuntime(Runtime):
                 "slot": spec.network.slot,
                 "host_address": spec.network.host_address,
                 "sandbox_address": spec.network.sandbox_address,
+                "layers": [str(layer) for layer in spec.image_layers],  # to mount its rootfs again after a reboot
             },
         )
         try:
@@ -531,11 +532,32 @@ class OciRuntime(Runtime):
         # netstack reads it from the namespace again, so the link is made afresh.
         if "slot" in handle.info:
             await self.links.create(handle.sandbox_id, links.network_from_info(handle.info))
+        await self._mount_again(handle)
         await self._start(handle.sandbox_id, sdir, "restore", "--image-path", str(saved / "memory"))
         config = json.loads((sdir / "bundle" / "config.json").read_text())
         limit_mb = int(config["linux"]["resources"]["memory"]["limit"]) >> 20
         cgroups.raise_memory_limit(config["linux"]["cgroupsPath"], host_memory_limit(limit_mb))
         shutil.rmtree(saved, ignore_errors=True)
+
+    async def _mount_again(self, handle: RuntimeHandle) -> None:
+        """Mount a hibernated sandbox's disk and rootfs if they are not: the host was restarted since it slept."""
+        sdir = self._dir(handle)
+        rootfs, mounted = sdir / "rootfs", mount_points()
+        if str(rootfs.resolve()) in mounted:
+            return
+        layers = [Path(layer) for layer in handle.info.get("layers") or []]
+        if not layers or not all(layer.is_dir() for layer in layers):
+            raise RuntimeFailure(
+                f"cannot mount sandbox {handle.sandbox_id}'s files again (the host was restarted since it "
+                "hibernated): its image layers are not known or gone",
+                details={"sandbox_id": handle.sandbox_id},
+            )
+        disk = sdir / DISK
+        if (sdir / DISK_IMAGE).exists() and str(disk.resolve()) not in mounted:
+            await mount_disk(sdir / DISK_IMAGE, disk)
+        upper = upper_dir(sdir)
+        await asyncio.to_thread(mount_overlay, layers, upper, upper.parent / "work", rootfs)
+        log.info("sandbox %s: its disk and rootfs mounted again (the host was restarted)", handle.sandbox_id)
 
     async def prepare_link(self, network: NetworkSpec) -> bool:
         await self.links.prepare(network)
