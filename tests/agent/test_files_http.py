@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 import socket
+import stat
 import time
 from pathlib import Path
 
@@ -199,6 +200,21 @@ def test_upload_through_a_symlink_replaces_what_it_points_to(client: httpx.Clien
         assert r.status_code == 200, r.text
     assert (tmp_path / "link").is_symlink() and (tmp_path / "real").read_text() == "link"  # the link used to go
     assert (tmp_path / "made" / "by" / "upload").read_text() == "dangling"
+
+
+def test_upload_over_what_is_no_regular_file_is_refused_and_leaves_it(client: httpx.Client, tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "to-fifo").symlink_to("fifo")
+    cases = [("fifo", "a named pipe"), ("to-fifo", "a named pipe")]
+    if os.geteuid() == 0:  # a null device of its own (never the host's /dev/null)
+        os.mknod(tmp_path / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        cases.append(("null", "a character device"))
+    for name, kind in cases:
+        r = client.post("/files", params={"path": str(tmp_path / name)}, content=b"x",
+                        headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+        assert r.status_code == 400 and kind in r.json()["message"], r.text
+    assert stat.S_ISFIFO((tmp_path / "fifo").stat().st_mode) and (tmp_path / "to-fifo").is_symlink()
+    assert os.geteuid() != 0 or stat.S_ISCHR((tmp_path / "null").stat().st_mode)  # it used to become a file
 
 
 def test_upload_errors(client: httpx.Client, tmp_path: Path) -> None:

@@ -360,6 +360,10 @@ class FilesHandler:
             st = None
         if st is not None and stat.S_ISDIR(st.st_mode):
             raise FilesError(400, f"path is a directory: {target}")
+        if st is not None and not stat.S_ISREG(st.st_mode):  # a write replaces the file: never /dev/null
+            kind = {stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", stat.S_IFIFO: "a named pipe",
+                    stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(st.st_mode), "not a regular file")  # fmt: skip
+            raise FilesError(400, f"path '{target}' is {kind}: only regular files can be written")
         directory = posixpath.dirname(target)
         make_dirs(directory, user)
         temp = posixpath.join(directory, f".{posixpath.basename(target)}.{os.urandom(6).hex()}.upload")
