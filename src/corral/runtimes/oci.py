@@ -389,6 +389,7 @@ class OciRuntime(Runtime):
         await asyncio.to_thread(shutil.rmtree, sdir, True)
 
     async def export_changes(self, handle: RuntimeHandle, dest: Path) -> None:
+        await self._mount_disk_again(self._dir(handle))
         upper = upper_dir(self._dir(handle))
         if not upper.is_dir():
             raise RuntimeFailure(f"sandbox {handle.sandbox_id} has no filesystem left to export")
@@ -429,6 +430,7 @@ class OciRuntime(Runtime):
         self._needs_runsc("snapshot")
         sid, upper = handle.sandbox_id, upper_dir(self._dir(handle))
         if hibernated:  # saved already, and stopped: nothing writes to its files
+            await self._mount_disk_again(self._dir(handle))
             await asyncio.to_thread(link_or_copy_tree, self._dir(handle) / HIBERNATED / "memory", dest / "memory")
             (dest / "upper").mkdir()
             await copy_upper(upper, dest / "upper")
@@ -539,11 +541,18 @@ class OciRuntime(Runtime):
         cgroups.raise_memory_limit(config["linux"]["cgroupsPath"], host_memory_limit(limit_mb))
         shutil.rmtree(saved, ignore_errors=True)
 
+    async def _mount_disk_again(self, sdir: Path) -> None:
+        """Mount a stopped sandbox's disk if it is not: the host was restarted since it stopped."""
+        disk = sdir / DISK
+        if (sdir / DISK_IMAGE).exists() and str(disk.resolve()) not in mount_points():
+            await mount_disk(sdir / DISK_IMAGE, disk)
+            log.info("sandbox %s: its disk mounted again (the host was restarted)", sdir.name)
+
     async def _mount_again(self, handle: RuntimeHandle) -> None:
         """Mount a hibernated sandbox's disk and rootfs if they are not: the host was restarted since it slept."""
         sdir = self._dir(handle)
-        rootfs, mounted = sdir / "rootfs", mount_points()
-        if str(rootfs.resolve()) in mounted:
+        rootfs = sdir / "rootfs"
+        if str(rootfs.resolve()) in mount_points():
             return
         layers = [Path(layer) for layer in handle.info.get("layers") or []]
         if not layers or not all(layer.is_dir() for layer in layers):
@@ -552,12 +561,9 @@ class OciRuntime(Runtime):
                 "hibernated): its image layers are not known or gone",
                 details={"sandbox_id": handle.sandbox_id},
             )
-        disk = sdir / DISK
-        if (sdir / DISK_IMAGE).exists() and str(disk.resolve()) not in mounted:
-            await mount_disk(sdir / DISK_IMAGE, disk)
+        await self._mount_disk_again(sdir)
         upper = upper_dir(sdir)
         await asyncio.to_thread(mount_overlay, layers, upper, upper.parent / "work", rootfs)
-        log.info("sandbox %s: its disk and rootfs mounted again (the host was restarted)", handle.sandbox_id)
 
     async def prepare_link(self, network: NetworkSpec) -> bool:
         await self.links.prepare(network)
