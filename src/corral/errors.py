@@ -52,6 +52,7 @@ __all__ = [
     "FileNotFound",
     "ImageNotFound",
     "InternalError",
+    "Interrupted",
     "InvalidRequest",
     "IsADirectory_",
     "MethodNotAllowed",
@@ -167,6 +168,16 @@ class SnapshotUnusable(Conflict):
     """A snapshot that exists but cannot be restored: it failed, is still being taken, or its files are damaged."""
 
     code = "snapshot_unusable"
+
+
+class Interrupted(Conflict):
+    """A call to a sandbox's agent was cut by a checkpoint of the sandbox (a snapshot, fork or hibernate).
+
+    What it was doing may go on in the sandbox (a command does: follow it with
+    ``commands.connect(pid)``); the call can be made again.
+    """
+
+    code = "interrupted"
 
 
 class FileExists_(Conflict, FileExistsError):

@@ -6,13 +6,14 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from corral import Sandbox, SnapshotNotFound
+from corral import Interrupted, Sandbox, SnapshotNotFound
 from corral.errors import InvalidRequest
 from corral.runtimes.oci import OWN_RUNSC
 from tests.serverproc import ServerProcess
@@ -237,3 +238,48 @@ def test_a_restore_keeps_its_snapshots_shape_and_says_so_when_asked_another(
         assert (info.vcpus, info.memory_mb) == (1, 512)
     finally:
         Sandbox.delete_snapshot(snap.id, url=corral_url)
+
+
+def test_a_command_cut_by_a_snapshot_is_interrupted_and_goes_on(
+    sandbox_factory: Callable[..., Any], corral_url: str
+) -> None:
+    sbx: Sandbox = sandbox_factory(timeout=600)
+    with ThreadPoolExecutor(1) as pool:
+        line = "until [ -e /tmp/go ]; do sleep 0.1; done; echo finished > /tmp/done"
+        running = pool.submit(sbx.commands.run, line, timeout=60)
+        time.sleep(0.5)
+        snap = sbx.snapshot()
+        with pytest.raises(Interrupted) as cut:  # it was a 500, and the process was to be killed
+            running.result(timeout=60)
+    pid = cut.value.details["pid"]
+    assert f"commands.connect({pid})" in cut.value.message
+    followed = sbx.commands.connect(pid)  # it goes on, and is followed again
+    sbx.files.write("/tmp/go", "")
+    assert followed.wait().exit_code == 0
+    assert sbx.files.read("/tmp/done") == "finished\n" and sbx.info().state == "running"
+    Sandbox.delete_snapshot(snap.id, url=corral_url)
+
+
+@pytest.mark.parametrize("saving", ["hibernate", "fork"])
+def test_a_paused_sandbox_with_calls_waiting_on_it_is_saved_whole(
+    saving: str, sandbox_factory: Callable[..., Any]
+) -> None:
+    """A paused agent cannot close the connections a checkpoint must not keep: it is thawed for that."""
+    sbx: Sandbox = sandbox_factory(timeout=600)
+    sbx.commands.run("true")
+    with ThreadPoolExecutor(2) as pool:
+        waiting = [pool.submit(sbx.commands.run, "sleep 30", timeout=60) for _ in range(2)]
+        time.sleep(1.0)  # both run
+        sbx.pause()  # their streams wait on the frozen agent
+        saved = sbx.hibernate() if saving == "hibernate" else sbx.fork(1)
+        for call in waiting:
+            with pytest.raises(Interrupted):
+                call.result(timeout=60)
+    if saving == "fork":
+        (child,) = saved
+        try:
+            assert child.commands.run("echo child", timeout=30).stdout == "child\n"
+        finally:
+            child.kill()
+        assert sbx.info().state == "paused"
+    assert sbx.commands.run("echo awake", timeout=30).stdout == "awake\n"

@@ -10,9 +10,10 @@ byte, a 4-byte big-endian length, the JSON message), the last one flagged
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import struct
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ from corral.errors import (
     FileExists_,
     FileNotFound,
     InternalError,
+    Interrupted,
     InvalidRequest,
     IsADirectory_,
     NotADirectory_,
@@ -110,6 +112,29 @@ class AgentClient:
 
     # -- plumbing --------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _calling(self) -> Iterator[None]:
+        """A request's connection failures as ours (see :meth:`_failure`)."""
+        try:
+            yield
+        except httpx.TransportError as exc:
+            raise self._failure(exc) from exc
+        except RuntimeError as exc:  # httpx refuses a closed client's requests so
+            if not self.http.is_closed:
+                raise
+            raise self._failure(exc) from exc
+
+    def _failure(self, exc: Exception, *, mid_stream: bool = False) -> CorralError:
+        """A call's lost connection: cut by a checkpoint (the server closed the client for it), or the agent lost."""
+        if self.http.is_closed:  # see SandboxManager.drop_agent_connections
+            return Interrupted(
+                "the call was cut: its sandbox was checkpointed (a snapshot, fork or hibernate) while it ran; "
+                "make it again"
+            )
+        if mid_stream:
+            return AgentUnavailable(f"lost the sandbox's agent mid-stream: {exc!r}")
+        return AgentUnavailable(f"the sandbox's agent did not answer: {exc!r}")
+
     async def _unary(
         self,
         method: str,
@@ -123,10 +148,8 @@ class AgentClient:
             "Connect-Protocol-Version": "1",
             **_user_header(user),
         }
-        try:
+        with self._calling():
             resp = await self.http.post(f"{self.base_url}/{method}", json=message, headers=headers)
-        except httpx.TransportError as exc:
-            raise AgentUnavailable(f"the sandbox's agent did not answer: {exc!r}") from exc
         body = _json_or_none(resp.content)
         if resp.status_code != 200:
             raise connect_error(resp.status_code, body, missing=missing)
@@ -162,10 +185,8 @@ class AgentClient:
             self.streams -= 1
 
     async def _events(self, request: httpx.Request) -> AsyncIterator[ProcessEvent]:
-        try:
+        with self._calling():
             resp = await self.http.send(request, stream=True)
-        except httpx.TransportError as exc:
-            raise AgentUnavailable(f"the sandbox's agent did not answer: {exc!r}") from exc
         try:
             if resp.status_code != 200:
                 raise connect_error(resp.status_code, _json_or_none(await resp.aread()), missing=ProcessNotFound)
@@ -192,7 +213,7 @@ class AgentClient:
                     if event is not None:
                         yield event
         except httpx.TransportError as exc:
-            raise AgentUnavailable(f"lost the sandbox's agent mid-stream: {exc!r}") from exc
+            raise self._failure(exc, mid_stream=True) from exc
         finally:
             await resp.aclose()
 
@@ -289,10 +310,8 @@ class AgentClient:
         request = self.http.build_request(
             "GET", f"{self.base_url}/files", params=params, timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT)
         )
-        try:
+        with self._calling():
             resp = await self.http.send(request, stream=True)
-        except httpx.TransportError as exc:
-            raise AgentUnavailable(f"the sandbox's agent did not answer: {exc!r}") from exc
         if resp.status_code != 200:
             body = _json_or_none(await resp.aread())
             await resp.aclose()
@@ -301,7 +320,7 @@ class AgentClient:
 
     async def write_file(self, path: str, content: AsyncIterator[bytes], *, user: str | None = None) -> None:
         params = {"path": path, **({"username": user} if user else {})}
-        try:
+        with self._calling():
             resp = await self.http.post(
                 f"{self.base_url}/files",
                 params=params,
@@ -309,8 +328,6 @@ class AgentClient:
                 headers={"Content-Type": "application/octet-stream"},
                 timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT),
             )
-        except httpx.TransportError as exc:
-            raise AgentUnavailable(f"the sandbox's agent did not answer: {exc!r}") from exc
         if resp.status_code != 200:
             raise connect_error(resp.status_code, _json_or_none(resp.content), missing=FileNotFound)
 

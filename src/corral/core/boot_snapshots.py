@@ -261,10 +261,10 @@ class BootSnapshots:
             agent, shell = await self._warm_up(handle, shape)
             if started is not None:
                 await started.run(agent, shell)
-            await manager.drop_agent_connections(sandbox_id, address=network.sandbox_address)
             await asyncio.to_thread(shutil.rmtree, partial, True)
             partial.mkdir(parents=True)
-            await self.runtime.checkpoint(handle, partial)
+            async with manager.sealed(sandbox_id, address=network.sandbox_address):
+                await self.runtime.checkpoint(handle, partial)
             saved = {"shape": asdict(shape), "image": image, "runtime": self._identity, "made_at": time.time()}
             (partial / KEY_FILE).write_text(json.dumps(saved, indent=1))
             await asyncio.to_thread(shutil.rmtree, self.dir / key, True)

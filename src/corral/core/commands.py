@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from corral.core.agent_client import AgentClient, ProcessEvent
-from corral.errors import AgentUnavailable, CorralError, ExecTimeout, InternalError, InvalidRequest
+from corral.errors import AgentUnavailable, CorralError, ExecTimeout, InternalError, Interrupted, InvalidRequest
 
 END_GRACE = 1.0
 """Seconds to wait for the rest of a process stream after its end event (it comes at once)."""
@@ -96,11 +96,14 @@ async def stream(
 
     With ``kill_on_abandon``, a consumer that stops listening before the end
     (a client that hung up) takes the process down with it: nobody would see
-    its output. Background processes pass False and live on.
+    its output. Background processes pass False and live on. A stream the
+    agent's side broke leaves the process be: one cut by a checkpoint of the
+    sandbox ends in ``Interrupted`` (the process goes on, ``commands.connect``
+    follows it again).
     """
     decoders = _Decoders()
     deadline = asyncio.get_running_loop().time() + timeout if timeout else None
-    ended = False
+    ended = lost = False
     try:
         while True:
             try:
@@ -120,8 +123,18 @@ async def stream(
                 return
             if event.kind in ("stdout", "stderr", "pty"):
                 yield {"type": event.kind, "data": decoders.decode(event)}
+    except Interrupted:
+        lost = True  # by a checkpoint: the process goes on, and can be followed again
+        raise Interrupted(
+            f"the command's output stream was cut: its sandbox was checkpointed (a snapshot, fork or hibernate) "
+            f"while it ran; it goes on: follow it with commands.connect({pid})",
+            details={"pid": pid},
+        ) from None
+    except AgentUnavailable:
+        lost = True  # nobody to tell to kill it
+        raise
     finally:
-        if not ended and kill_on_abandon:
+        if not ended and not lost and kill_on_abandon:
             await asyncio.shield(_kill(agent, pid))
         closer = getattr(events, "aclose", None)
         if closer is not None:

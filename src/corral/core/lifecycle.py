@@ -28,7 +28,7 @@ import logging
 import secrets
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 from corral import hostcmd
 from corral.core.clock import as_utc, utcnow
 from corral.errors import (
+    CorralError,
     InvalidRequest,
     RuntimeFailure,
     SandboxNotRunning,
@@ -141,6 +142,11 @@ class Lifecycle:
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
         return self._locks.setdefault(sandbox_id, asyncio.Lock())
 
+    async def settled(self, sandbox_id: str) -> None:
+        """Returns once no pause, resume, hibernate, wake or checkpoint of the sandbox is under way."""
+        async with self._lock(sandbox_id):
+            pass
+
     def forget(self, sandbox_id: str) -> None:
         self._last_activity.pop(sandbox_id, None)
         self._locks.pop(sandbox_id, None)
@@ -152,8 +158,13 @@ class Lifecycle:
         self._last_activity[sandbox_id] = time.monotonic()
 
     async def ensure_awake(self, sandbox_id: str) -> SandboxRow:
-        """Before any request to its agent: thaw or wake the sandbox if need be; its row after."""
+        """Before any request to its agent: thaw or wake the sandbox if need be; its row after.
+
+        A pause, hibernate or checkpoint under way is let finish first: a request sent to
+        its agent meanwhile would find it frozen, or gone.
+        """
         self.touch(sandbox_id)
+        await self.settled(sandbox_id)
         row = self.manager.get(sandbox_id)
         if row.state in (PAUSED, HIBERNATED):
             row = await self.resume(sandbox_id)
@@ -182,8 +193,8 @@ class Lifecycle:
                 raise SandboxPaused(f"sandbox '{sandbox_id}' is hibernated already", details={"state": row.state})
             if row.state not in (RUNNING, PAUSED):
                 raise SandboxNotRunning(f"sandbox '{sandbox_id}' is {row.state}", details={"state": row.state})
-            await self.manager.drop_agent_connections(sandbox_id)
-            await self.runtime.hibernate(self.manager.runtime_handle(sandbox_id))
+            async with self._sealed(sandbox_id, row.state) as handle:
+                await self.runtime.hibernate(handle)
             self.manager.forget_agent(sandbox_id)
             log.info("sandbox %s hibernated", sandbox_id)
             if row.state == PAUSED:  # its clock stopped already
@@ -202,7 +213,11 @@ class Lifecycle:
             elif row.state == HIBERNATED:
                 started = time.monotonic()
                 await self.runtime.wake(handle)
-                await self.manager.wait_for_agent(handle)
+                try:
+                    await self.manager.wait_for_agent(handle)
+                except CorralError as exc:  # it runs, but is no use: the store must not call it hibernated
+                    self.manager.mark_dead(sandbox_id, f"woken, but its agent did not answer ({exc.message})")
+                    raise
                 log.info("sandbox %s woken in %.0f ms", sandbox_id, (time.monotonic() - started) * 1000)
             else:
                 raise SandboxNotRunning(f"sandbox '{sandbox_id}' is {row.state}", details={"state": row.state})
@@ -301,10 +316,34 @@ class Lifecycle:
     async def _checkpoint(self, sandbox_id: str, dest: Path) -> None:
         """The runtime's checkpoint of the sandbox into ``dest``, under its lock; it is left as it was."""
         async with self._lock(sandbox_id):
-            hibernated = self._check_saveable(sandbox_id).state == HIBERNATED
-            if not hibernated:
-                await self.manager.drop_agent_connections(sandbox_id)
-            await self.runtime.checkpoint(self.manager.runtime_handle(sandbox_id), dest, hibernated=hibernated)
+            state = self._check_saveable(sandbox_id).state
+            if state == HIBERNATED:  # no agent runs: nothing to seal
+                await self.runtime.checkpoint(self.manager.runtime_handle(sandbox_id), dest, hibernated=True)
+                return
+            async with self._sealed(sandbox_id, state) as handle:
+                await self.runtime.checkpoint(handle, dest)
+
+    @contextlib.asynccontextmanager
+    async def _sealed(self, sandbox_id: str, state: str) -> AsyncIterator[RuntimeHandle]:
+        """Its agent's connections closed for a checkpoint (:meth:`SandboxManager.sealed`), under its lock.
+
+        A paused sandbox's agent is frozen and cannot close its side: with connections
+        open (calls that were waiting on it), it is thawed for that and paused again.
+        Its copies would have the half-closed connections, and their agents spin on them.
+        """
+        handle = self.manager.runtime_handle(sandbox_id)
+        thawed = state == PAUSED and self.manager.has_agent_connections(sandbox_id)
+        if thawed:
+            await self.runtime.resume(handle)
+        try:
+            async with self.manager.sealed(sandbox_id):
+                if thawed:
+                    await self.runtime.pause(handle)
+                    thawed = False
+                yield handle
+        finally:
+            if thawed:  # the connections could not be closed: it is left as it was
+                await self.runtime.pause(handle)
 
     def get_snapshot(self, snapshot_id: str) -> SnapshotRow:
         row = self.store.get_snapshot(snapshot_id)

@@ -26,7 +26,7 @@ import shutil
 import ssl
 import string
 import time
-from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -49,6 +49,7 @@ from corral.errors import (
     AgentUnavailable,
     Conflict,
     CorralError,
+    Interrupted,
     InvalidRequest,
     RuntimeFailure,
     SandboxNotFound,
@@ -79,8 +80,10 @@ def _unverified_tls() -> ssl.SSLContext:
 _AGENT_TLS = _unverified_tls()
 
 STARTING, RUNNING, DEAD = "starting", "running", "dead"
-CLOSE_GRACE = 0.2
-"""Most seconds given to an agent to close its side of the connections dropped before a checkpoint."""
+CLOSE_GRACE = 2.0
+"""Most seconds given to an agent to close its side of the connections dropped before a checkpoint
+(a few ms as a rule; a busy host's agent was seen to need more than 0.2 s, and a copy restored with
+a connection still open spins on it)."""
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
 
@@ -131,6 +134,8 @@ class SandboxManager:
         # One HTTP client per sandbox, so that its connections can be dropped before a
         # checkpoint (see drop_agent_connections) without touching other sandboxes'.
         self._clients: dict[str, httpx.AsyncClient] = {}
+        self._sealed: set[str] = set()
+        """Sandboxes being checkpointed: no new connection to their agents (see :meth:`sealed`)."""
         self._agents: dict[str, AgentClient] = {}
         self._shells: dict[str, list[str]] = {}
         self._image_shells: dict[str, list[str]] = {}
@@ -216,7 +221,7 @@ class SandboxManager:
                     # A crash came between the runtime's change and the store's: the runtime is right.
                     self.store.update_sandbox(row.id, state=seen.value)
                 else:
-                    self._mark_dead(row.id, f"the runtime reports it {seen.value} (seen at server start)")
+                    self.mark_dead(row.id, f"the runtime reports it {seen.value} (seen at server start)")
 
     # -- operations --------------------------------------------------------------
 
@@ -554,13 +559,18 @@ class SandboxManager:
             self._shells.setdefault(sandbox_id, shell)
 
     async def agent_failed(self, sandbox_id: str, exc: AgentUnavailable) -> None:
-        """An agent stopped answering: find out whether its sandbox is gone."""
+        """An agent stopped answering: find out whether its sandbox is gone.
+
+        A pause, hibernate or checkpoint under way freezes the agent: its sandbox is
+        judged once that is over, and only a sandbox that no longer runs at all is dead.
+        """
+        await self.lifecycle.settled(sandbox_id)
         row = self.store.get_sandbox(sandbox_id)
         if row is None or row.state != RUNNING:
             return
         seen = await self.runtime.state(_handle(row))
-        if seen is not RuntimeState.RUNNING:
-            self._mark_dead(sandbox_id, f"the runtime reports it {seen.value} ({exc.message})")
+        if seen in (RuntimeState.STOPPED, RuntimeState.MISSING):
+            self.mark_dead(sandbox_id, f"the runtime reports it {seen.value} ({exc.message})")
 
     def images_in_use(self) -> dict[str, list[str]]:
         """Image ids that sandboxes run on, each with those sandboxes' ids."""
@@ -607,7 +617,7 @@ class SandboxManager:
             details={"console": console},
         )
 
-    def _mark_dead(self, sandbox_id: str, error: str) -> None:
+    def mark_dead(self, sandbox_id: str, error: str) -> None:
         log.warning("sandbox %s is dead: %s", sandbox_id, error)
         self.store.update_sandbox(sandbox_id, state=DEAD, error=error)
         self.forget_agent(sandbox_id)
@@ -624,6 +634,25 @@ class SandboxManager:
         task = asyncio.create_task(work, name=name)
         self._teardowns.add(task)
         task.add_done_callback(self._teardowns.discard)
+
+    def has_agent_connections(self, sandbox_id: str) -> bool:
+        """Whether the server may hold connections to the sandbox's agent (its client was made and not dropped)."""
+        return sandbox_id in self._clients
+
+    @contextlib.asynccontextmanager
+    async def sealed(self, sandbox_id: str, *, address: str | None = None) -> AsyncIterator[None]:
+        """For a checkpoint of the sandbox: its agent's connections closed, and no new one until it is over.
+
+        A call that would open one meanwhile is ``Interrupted`` at once (it may be made
+        again): a connection the checkpoint saved would be reset in the restored
+        copy, whose agent was seen to spin on it (see :meth:`drop_agent_connections`).
+        """
+        self._sealed.add(sandbox_id)
+        try:
+            await self.drop_agent_connections(sandbox_id, address=address)
+            yield
+        finally:
+            self._sealed.discard(sandbox_id)
 
     async def drop_agent_connections(self, sandbox_id: str, *, address: str | None = None) -> None:
         """Close every connection to the sandbox's agent (streams through it end).
@@ -643,9 +672,13 @@ class SandboxManager:
             if not address:
                 await asyncio.sleep(CLOSE_GRACE)
             elif not await tcp.closed_by_peer(address, AGENT_PORT, timeout=CLOSE_GRACE):
-                log.debug("sandbox %s: its agent kept connections open past %.1fs", sandbox_id, CLOSE_GRACE)
+                log.warning("sandbox %s: its agent kept connections open past %.1fs", sandbox_id, CLOSE_GRACE)
 
     def http_for(self, sandbox_id: str) -> httpx.AsyncClient:
+        if sandbox_id in self._sealed:
+            raise Interrupted(
+                f"sandbox '{sandbox_id}' is being checkpointed (a snapshot, fork or hibernate): make the call again"
+            )
         client = self._clients.get(sandbox_id)
         if client is None:
             client = self._clients[sandbox_id] = httpx.AsyncClient(
