@@ -247,7 +247,10 @@ def test_a_command_cut_by_a_snapshot_is_interrupted_and_goes_on(
     with ThreadPoolExecutor(1) as pool:
         line = "until [ -e /tmp/go ]; do sleep 0.1; done; echo finished > /tmp/done"
         running = pool.submit(sbx.commands.run, line, timeout=60)
-        time.sleep(0.5)
+        deadline = time.monotonic() + 30
+        while not sbx.commands.list():  # it runs
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
         snap = sbx.snapshot()
         with pytest.raises(Interrupted) as cut:  # it was a 500, and the process was to be killed
             running.result(timeout=60)
@@ -269,7 +272,10 @@ def test_a_paused_sandbox_with_calls_waiting_on_it_is_saved_whole(
     sbx.commands.run("true")
     with ThreadPoolExecutor(2) as pool:
         waiting = [pool.submit(sbx.commands.run, "sleep 30", timeout=60) for _ in range(2)]
-        time.sleep(1.0)  # both run
+        deadline = time.monotonic() + 30
+        while len(sbx.commands.list()) < 2:  # both run
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
         sbx.pause()  # their streams wait on the frozen agent
         saved = sbx.hibernate() if saving == "hibernate" else sbx.fork(1)
         for call in waiting:
