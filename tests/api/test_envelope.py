@@ -180,6 +180,8 @@ async def test_a_user_with_a_group_is_refused_where_the_group_would_be_lost(clie
     assert "a group cannot be given here" in error_of(r, 422, "invalid_request")["message"]
     r = await client.get("/v1/sandboxes/sbnope/files/stat", params={"path": "/", "user": "user:root"})
     assert "a group cannot be given here" in error_of(r, 422, "invalid_request")["message"]
+    r = await client.post("/v1/sandboxes/sbnope/files/mkdir", json={"path": "/d", "user": "user:root"})
+    assert "a group cannot be given here" in error_of(r, 422, "invalid_request")["message"]
     r = await client.post("/v1/sandboxes/sbnope/exec", json={"cmd": "id", "user": "1000"})
     error_of(r, 404, "sandbox_not_found")  # a uid is a user
 

@@ -270,13 +270,13 @@ class Exists(BaseModel):
 
 class MakeDir(Strict):
     path: SandboxPath
-    user: str | None = None
+    user: UserName | None = None
 
 
 class Move(Strict):
     source: SandboxPath
     destination: SandboxPath
-    user: str | None = None
+    user: UserName | None = None
 
 
 class Chmod(Strict):
