@@ -61,13 +61,19 @@ def test_kill9_and_restart_loses_nothing(own_server: ServerProcess) -> None:
 RUNSC = ["/usr/local/lib/corral/bin/runsc", "--root", "/run/corral/runsc", "--network=sandbox", "--overlay2=none"]
 
 
+def sandbox_with_a_sleeper(url: str, state: str) -> Sandbox:
+    """A sandbox holding ``state`` in /home/user/state.txt and a background ``sleep`` tagged ``sleeper``."""
+    sbx = Sandbox.create(url=url, timeout=600)
+    sbx.files.write("/home/user/state.txt", state)
+    sbx.commands.run("sleep 1000", background=True, tag="sleeper")
+    return sbx
+
+
 @pytest.mark.checkpoint
 def test_a_sandbox_saved_by_a_hibernate_whose_runsc_record_remains_is_hibernated(own_server: ServerProcess) -> None:
     """A hibernate deletes runsc's record of the saved sandbox in the background: a crash can come first."""
     url = own_server.url
-    sbx = Sandbox.create(url=url, timeout=600)
-    sbx.files.write("/home/user/state.txt", "saved")
-    sbx.commands.run("sleep 1000", background=True, tag="sleeper")
+    sbx = sandbox_with_a_sleeper(url, "saved")
 
     own_server.kill9()
     # What a hibernate had done when the server died: the checkpoint, not yet the delete
@@ -115,9 +121,7 @@ def test_a_sandbox_runsc_forgot_leaves_no_cgroups_or_files_once_killed(own_serve
 def test_a_hibernated_sandbox_wakes_after_the_host_restarted(own_server: ServerProcess) -> None:
     """A reboot takes every mount, loop device, namespace and runsc file with it; the disk and checkpoint stay."""
     url = own_server.url
-    sbx = Sandbox.create(url=url, timeout=600)
-    sbx.files.write("/home/user/state.txt", "kept over a reboot")
-    sbx.commands.run("sleep 1000", background=True, tag="sleeper")
+    sbx = sandbox_with_a_sleeper(url, "kept over a reboot")
     sbx.hibernate()
     own_server.kill9()
 
