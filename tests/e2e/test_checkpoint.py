@@ -263,6 +263,39 @@ def test_a_command_cut_by_a_snapshot_is_interrupted_and_goes_on(
     Sandbox.delete_snapshot(snap.id, url=corral_url)
 
 
+def test_forks_taken_while_files_upload_all_answer(sandbox_factory: Callable[..., Any]) -> None:
+    """gVisor could save the agent's epoll set half-changed: a copy then spun on a closed socket, deaf."""
+    sbx: Sandbox = sandbox_factory(timeout=600)
+    uploading = True
+    cut = 0
+
+    def upload(n: int) -> int:
+        done = 0
+        while uploading:
+            try:
+                sbx.files.write(f"/tmp/upload-{n}", b"x" * 50_000)
+                done += 1
+            except Interrupted:
+                nonlocal cut
+                cut += 1
+        return done
+
+    with ThreadPoolExecutor(6) as pool:
+        uploads = [pool.submit(upload, n) for n in range(6)]
+        try:
+            for _ in range(10):
+                time.sleep(0.2)
+                (child,) = sbx.fork(1)  # the copy's agent must answer for the fork to succeed at all
+                try:
+                    assert child.commands.run("echo copy", timeout=30).stdout == "copy\n"
+                finally:
+                    child.kill()
+        finally:
+            uploading = False
+        assert all(u.result(timeout=60) > 0 for u in uploads), cut
+    assert sbx.commands.run("echo parent", timeout=30).stdout == "parent\n"
+
+
 @pytest.mark.parametrize("saving", ["hibernate", "fork"])
 def test_a_paused_sandbox_with_calls_waiting_on_it_is_saved_whole(
     saving: str, sandbox_factory: Callable[..., Any]

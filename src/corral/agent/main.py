@@ -29,8 +29,12 @@ from __future__ import annotations
 import _socket
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from . import DEFAULT_PORT
+
+if TYPE_CHECKING:
+    import asyncio
 
 USAGE = """usage: python -m corral.agent [--host HOST] [--port PORT] [--user NAME]
 
@@ -122,11 +126,29 @@ def main(argv: list[str] | None = None) -> int:
     from .server import run
     from .users import UserDb
 
-    return asyncio.run(
-        run(
-            fd,
-            f"{options.host}:{options.port}",
-            users=UserDb(options.etc, default_user=options.user),
-            base_env=base_environment(),
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(
+            run(
+                fd,
+                f"{options.host}:{options.port}",
+                users=UserDb(options.etc, default_user=options.user),
+                base_env=base_environment(),
+            )
         )
-    )
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """An event loop that waits with ``poll(2)``, which keeps no state in the kernel between calls.
+
+    An epoll set is kernel state, and gVisor (up to at least its 2026 releases)
+    can save it inconsistently when a checkpoint lands while its files change:
+    a restored epoll set may report, forever, a socket the agent has since
+    closed (the loop then spins at full CPU and never serves again), or never
+    report a socket that is ready. A snapshot taken while uploads ran gave such
+    copies. ``poll`` asks each file afresh on every call; the agent waits on few
+    files, so it costs nothing measurable.
+    """
+    import asyncio
+    import selectors
+
+    return asyncio.SelectorEventLoop(selectors.PollSelector())
