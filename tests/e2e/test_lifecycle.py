@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 import httpx
 import pytest
 
 from corral import Sandbox
 from corral.errors import SandboxNotFound
+from tests.envelope import envelope_error
 
 
 def test_list_filters_by_metadata_and_state(sandbox_factory) -> None:
@@ -21,6 +23,32 @@ def test_list_filters_by_metadata_and_state(sandbox_factory) -> None:
     info = a.get_info()
     assert info.state == "running" and info.metadata["team"] == "red"
     assert info.vcpus == 1 and info.memory_mb == 512
+
+
+def test_list_in_pages(sandbox_factory, corral_url: str) -> None:
+    tag = {"paged": uuid.uuid4().hex}
+    made = [sandbox_factory(metadata=tag).id for _ in range(5)]
+    seen: list[str] = []
+    pages, token = 0, None
+    while True:
+        page = Sandbox.list_page(limit=2, next_token=token, metadata=tag)
+        seen += [s.id for s in page.sandboxes]
+        pages, token = pages + 1, page.next_token
+        if token is None:
+            break
+    assert seen == made and pages == 3  # oldest first, each once
+    assert Sandbox.list_page(limit=5, metadata=tag).next_token is None  # none left: no next page
+
+    first = Sandbox.list_page(limit=2, metadata=tag)
+    Sandbox.connect(first.sandboxes[-1].id).kill()  # the page's last sandbox goes: the next page still follows it
+    rest = Sandbox.list_page(limit=10, next_token=first.next_token, metadata=tag)
+    assert [s.id for s in rest.sandboxes] == made[2:] and rest.next_token is None
+    assert [s.id for s in Sandbox.list(metadata=tag)] == made[:1] + made[2:]  # no limit: all at once
+
+    for params in ({"limit": 0}, {"limit": 1001}, {"limit": 2, "next_token": "not-a-token"}):
+        answer = httpx.get(f"{corral_url}/v1/sandboxes", params=params)
+        error = envelope_error(answer.status_code, answer.headers["content-type"], answer.content)
+        assert answer.status_code == 422 and error["code"] == "invalid_request", params
 
 
 def test_connect_and_kill(sandbox_factory) -> None:

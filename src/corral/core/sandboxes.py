@@ -28,7 +28,7 @@ import string
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -417,9 +417,14 @@ class SandboxManager:
         return row
 
     def list_sandboxes(
-        self, *, states: set[str] | None = None, metadata: Mapping[str, str] | None = None
+        self,
+        *,
+        states: set[str] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        after: tuple[datetime, str] | None = None,
+        limit: int | None = None,
     ) -> list[SandboxRow]:
-        return self.store.list_sandboxes(states=states, metadata=metadata)
+        return self.store.list_sandboxes(states=states, metadata=metadata, after=after, limit=limit)
 
     async def kill(self, sandbox_id: str) -> None:
         """Stop it now; its disk and namespaces are removed in the background.

@@ -22,6 +22,7 @@ from corral.sdk.models import (
     ProcessInfo,
     PullProgress,
     SandboxInfo,
+    SandboxPage,
     SnapshotInfo,
     TemplateInfo,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "ReadFormat",
     "Sandbox",
     "SandboxInfo",
+    "SandboxPage",
     "ServerUnavailable",
     "SnapshotInfo",
     "TemplateInfo",

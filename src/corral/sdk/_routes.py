@@ -23,6 +23,7 @@ from corral.sdk.models import (
     PortInfo,
     ProcessInfo,
     SandboxInfo,
+    SandboxPage,
     SnapshotInfo,
     TemplateInfo,
 )
@@ -61,6 +62,10 @@ def _sandbox(response: httpx.Response) -> SandboxInfo:
 
 def _sandboxes(response: httpx.Response) -> list[SandboxInfo]:
     return [SandboxInfo.from_json(s) for s in response.json()["sandboxes"]]
+
+
+def _sandbox_page(response: httpx.Response) -> SandboxPage:
+    return SandboxPage.from_json(response.json())
 
 
 def _entry(response: httpx.Response) -> EntryInfo:
@@ -189,10 +194,22 @@ def unpublish_port(sandbox_id: str, host_port: int) -> Call[None]:
     return Call("DELETE", f"/v1/sandboxes/{_seg(sandbox_id)}/ports/{int(host_port)}", parse=_nothing)
 
 
-def list_sandboxes(*, state: str | None, metadata: Mapping[str, str] | None) -> Call[list[SandboxInfo]]:
+def _list_params(state: str | None, metadata: Mapping[str, str] | None) -> list[tuple[str, str]]:
     params = [("state", state)] if state else []
-    params += [("metadata", pair) for pair in _pairs(metadata)]
-    return Call("GET", "/v1/sandboxes", params=tuple(params), parse=_sandboxes)
+    return params + [("metadata", pair) for pair in _pairs(metadata)]
+
+
+def list_sandboxes(*, state: str | None, metadata: Mapping[str, str] | None) -> Call[list[SandboxInfo]]:
+    return Call("GET", "/v1/sandboxes", params=tuple(_list_params(state, metadata)), parse=_sandboxes)
+
+
+def list_sandbox_page(
+    *, state: str | None, metadata: Mapping[str, str] | None, limit: int, next_token: str | None
+) -> Call[SandboxPage]:
+    params = [*_list_params(state, metadata), ("limit", str(int(limit)))]
+    if next_token is not None:
+        params.append(("next_token", next_token))
+    return Call("GET", "/v1/sandboxes", params=tuple(params), parse=_sandbox_page)
 
 
 def get_sandbox(sandbox_id: str) -> Call[SandboxInfo]:

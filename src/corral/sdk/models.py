@@ -118,6 +118,19 @@ class SandboxInfo(_JsonModel):
 
 
 @dataclass(frozen=True)
+class SandboxPage(_JsonModel):
+    """One page of ``Sandbox.list_page``."""
+
+    sandboxes: list[SandboxInfo]
+    next_token: str | None = None
+    """Pass it as ``next_token`` for the next page; ``None`` on the last."""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SandboxPage:
+        return cls(sandboxes=[SandboxInfo.from_json(s) for s in data["sandboxes"]], next_token=data.get("next_token"))
+
+
+@dataclass(frozen=True)
 class PortInfo(_JsonModel):
     """A host port published to a port in the sandbox."""
 

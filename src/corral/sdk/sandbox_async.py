@@ -14,7 +14,7 @@ from corral.sdk._http import AsyncHTTP, Call
 from corral.sdk.commands_async import AsyncCommands
 from corral.sdk.config import DEFAULT_REQUEST_TIMEOUT, ConnectionConfig
 from corral.sdk.files_async import AsyncFiles
-from corral.sdk.models import ImageInfo, PortInfo, SandboxInfo, SnapshotInfo
+from corral.sdk.models import ImageInfo, PortInfo, SandboxInfo, SandboxPage, SnapshotInfo
 
 __all__ = ["AsyncSandbox"]
 
@@ -120,6 +120,24 @@ class AsyncSandbox(SandboxBase[AsyncCommands, AsyncFiles]):
     ) -> builtins.list[SandboxInfo]:
         """The server's sandboxes, filtered by state and by metadata (all pairs must match)."""
         return await _once(routes.list_sandboxes(state=state, metadata=metadata), url, api_key, request_timeout)
+
+    @staticmethod
+    async def list_page(
+        *,
+        limit: int = 100,
+        next_token: str | None = None,
+        state: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        url: str | None = None,
+        api_key: str | None = None,
+        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+    ) -> SandboxPage:
+        """Up to ``limit`` (1-1000) of what :meth:`list` returns, oldest first.
+
+        Give the page's ``next_token`` back for the next page (``None`` on the last).
+        """
+        call = routes.list_sandbox_page(state=state, metadata=metadata, limit=limit, next_token=next_token)
+        return await _once(call, url, api_key, request_timeout)
 
     async def info(self) -> SandboxInfo:
         """The sandbox as the server sees it now."""

@@ -167,6 +167,9 @@ class Sandbox(BaseModel):
 
 class SandboxList(BaseModel):
     sandboxes: list[Sandbox]
+    next_token: str | None = Field(
+        default=None, description="With `limit`: give it as `next_token` for the next page; null on the last."
+    )
 
 
 class SetTimeout(Strict):

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import Engine, and_, create_engine, event, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from corral.store.models import PoolRow, SandboxRow, SnapshotRow, TemplateRow
@@ -66,15 +67,30 @@ class Store:
             return s.get(SandboxRow, sandbox_id)
 
     def list_sandboxes(
-        self, *, states: set[str] | None = None, metadata: Mapping[str, str] | None = None
+        self,
+        *,
+        states: set[str] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        after: tuple[datetime, str] | None = None,
+        limit: int | None = None,
     ) -> list[SandboxRow]:
-        query = select(SandboxRow).order_by(SandboxRow.created_at)
+        """Sandboxes oldest first (``created_at``, then ``id``): those after ``after``, at most ``limit``."""
+        query = select(SandboxRow).order_by(SandboxRow.created_at, SandboxRow.id)
         if states:
             query = query.where(SandboxRow.state.in_(states))
+        if after is not None:
+            at, last_id = after
+            query = query.where(
+                or_(SandboxRow.created_at > at, and_(SandboxRow.created_at == at, SandboxRow.id > last_id))
+            )
+        rows: list[SandboxRow] = []
         with self.session() as s:
-            rows = list(s.scalars(query))
-        if metadata:
-            rows = [r for r in rows if all(r.meta.get(k) == v for k, v in metadata.items())]
+            for row in s.scalars(query):
+                if metadata and not all(row.meta.get(k) == v for k, v in metadata.items()):
+                    continue
+                rows.append(row)
+                if limit is not None and len(rows) >= limit:
+                    break
         return rows
 
     def update_sandbox(self, sandbox_id: str, **fields: Any) -> SandboxRow | None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import json
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Request, Response
@@ -44,6 +47,7 @@ def _out(manager: SandboxManager, row: SandboxRow) -> Sandbox:
 STATES = {"starting", "running", "paused", "hibernated", "dead"}
 KNOWN_STATES = STATES | {"pooled"}
 """What a list shows (sandboxes waiting in a warm pool are not anyone's yet)."""
+MAX_PAGE = 1000
 
 
 @router.post("", status_code=201)
@@ -78,8 +82,10 @@ async def list_sandboxes(
     manager: Manager,
     state: Annotated[list[str] | None, Query(description="Only these states (repeatable).")] = None,
     metadata: Annotated[list[str] | None, Query(description="key=value; repeatable, all must match.")] = None,
+    limit: Annotated[int | None, Query(ge=1, le=MAX_PAGE, description="At most this many (default: all).")] = None,
+    next_token: Annotated[str | None, Query(description="The `next_token` of the page before.")] = None,
 ) -> SandboxList:
-    """Every sandbox that exists, oldest first."""
+    """Every sandbox that exists, oldest first; in pages of ``limit`` if asked."""
     unknown = set(state or []) - KNOWN_STATES
     if unknown:
         raise InvalidRequest(f"unknown state(s) {sorted(unknown)}; use {sorted(KNOWN_STATES)}")
@@ -89,8 +95,32 @@ async def list_sandboxes(
         if not sep or not key:
             raise InvalidRequest(f"metadata filter {item!r} is not key=value")
         wanted[key] = value
-    rows = manager.list_sandboxes(states=set(state) if state else STATES, metadata=wanted)
-    return SandboxList(sandboxes=[_out(manager, r) for r in rows])
+    rows = manager.list_sandboxes(
+        states=set(state) if state else STATES,
+        metadata=wanted,
+        after=_after(next_token) if next_token is not None else None,
+        limit=limit + 1 if limit is not None else None,  # one more tells whether there is a next page
+    )
+    more = limit is not None and len(rows) > limit
+    rows = rows[:limit]
+    return SandboxList(sandboxes=[_out(manager, r) for r in rows], next_token=_token(rows[-1]) if more else None)
+
+
+def _token(row: SandboxRow) -> str:
+    """Where the next page starts: after this row (which may be gone by then)."""
+    raw = json.dumps([row.created_at.isoformat(), row.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _after(token: str) -> tuple[datetime, str]:
+    try:
+        at, sandbox_id = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        return datetime.fromisoformat(at), str(sandbox_id)
+    except (ValueError, TypeError):
+        raise InvalidRequest(
+            "next_token is not one this server gave: pass the next_token of the page before, as it was",
+            details={"next_token": token[:100]},
+        ) from None
 
 
 @router.get("/{sandbox_id}")
