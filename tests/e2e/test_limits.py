@@ -82,6 +82,19 @@ def test_vcpus_are_a_cpu_quota(sandbox_factory) -> None:
     assert int(sbx.commands.run("nproc").stdout) >= 1
 
 
+def test_an_upload_that_fills_the_disk_midway_is_disk_full_and_leaves_nothing(sandbox_factory) -> None:
+    """The agent refuses it with most of it still coming: it reads the rest, so the answer arrives."""
+    from corral import DiskFull
+
+    small = sandbox_factory(disk_mb=64)
+    with pytest.raises(DiskFull) as full:  # it was a 502: the agent closed on the unread rest
+        small.files.write("/home/user/big", b"z" * (100 << 20))
+    assert "/home/user/big" in full.value.message
+    assert small.commands.run("ls -A /home/user").stdout.split() == [".bash_logout", ".bashrc", ".profile"]
+    small.files.write("/home/user/after", "still writable")
+    assert small.files.read("/home/user/after") == "still writable"
+
+
 def test_a_full_disk_stops_its_sandbox_only(sandbox_factory, server) -> None:
     from corral import DiskFull
 

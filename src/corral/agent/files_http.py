@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .filesystem import chown, error_code, make_dirs
-from .http import Request, Response
+from .http import Body, Request, Response
 from .log import log
 from .multipart import MultipartReader, header_params
 from .users import User, UserDb, resolve_path, username_from_authorization
@@ -40,8 +40,13 @@ READ_CHUNK = 256 * 1024
 WRITE_BATCH = 1024 * 1024
 PSEUDO_FILE_LIMIT = 4 << 20
 """Most bytes read from a file whose size says 0 (such as /proc/net/tcp)."""
-REFUSED_BODY_LIMIT = 16 << 20
-"""Most bytes of a refused upload read (and dropped) so that its client gets the answer."""
+REFUSED_BODY_WAIT = 30.0
+"""How long the rest of a refused upload is read (and dropped) so that its client gets the answer.
+
+A time and not a size: an upload that fills the disk is refused with the rest
+of it still coming, as much as it is (an HTTP client reads the answer only once
+it has sent its body, and a connection closed on unread bytes is reset).
+"""
 INLINE_READ = 64 * 1024  # smaller files are read without a trip to the thread pool
 
 Read = Callable[[], Awaitable[bytes]]
@@ -163,6 +168,15 @@ def _os_error(exc: OSError, path: str, doing: str) -> FilesError:
     return FilesError(status, f"error {doing} file '{path}': {exc.strerror if status < 500 else exc}")
 
 
+async def _drained(body: Body) -> bool:
+    """Whether the rest of ``body`` was read (and dropped) within :data:`REFUSED_BODY_WAIT`."""
+    try:
+        async with asyncio.timeout(REFUSED_BODY_WAIT):
+            return await body.discard(limit=None)
+    except TimeoutError:
+        return False
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -203,7 +217,7 @@ class FilesHandler:
             error = exc if isinstance(exc, FilesError) else FilesError(500, str(exc))
             # What the client still sends is read first: closing on unread bytes resets the
             # connection, and the client would lose this answer with it.
-            if not request.body.done and not await request.body.discard(REFUSED_BODY_LIMIT):
+            if not request.body.done and not await _drained(request.body):
                 response.keep_alive = False
             await send_error(response, error.status, error.message)
 

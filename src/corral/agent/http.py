@@ -122,12 +122,12 @@ class Body:
             parts.append(chunk)
         return b"".join(parts)
 
-    async def discard(self, limit: int = 1024 * 1024) -> bool:
-        """Skip what is left of the body; ``False`` if more than ``limit`` bytes were left."""
+    async def discard(self, limit: int | None = 1024 * 1024) -> bool:
+        """Skip what is left of the body; ``False`` if more than ``limit`` bytes were left (``None``: no limit)."""
         total = 0
         while chunk := await self.read():
             total += len(chunk)
-            if total > limit:
+            if limit is not None and total > limit:
                 return False
         return True
 
