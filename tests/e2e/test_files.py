@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from corral import Sandbox
-from corral.errors import FileNotFound, InvalidRequest, PermissionDenied
+from corral.errors import CorralError, FileNotFound, InvalidRequest, PermissionDenied
 
 
 def test_write_read_text_and_bytes(sandbox: Sandbox) -> None:
@@ -98,4 +98,14 @@ def test_what_the_sandbox_refuses_is_a_clear_error_and_no_hang(sandbox: Sandbox)
         sandbox.files.read("/tmp/loop1")
     with pytest.raises(InvalidRequest, match="symbolic links"):
         sandbox.files.list("/tmp/loop1")
+    with pytest.raises(CorralError, match="error reading file '/proc/self/mem'"):  # was a bare "[Errno 5]"
+        sandbox.files.read("/proc/self/mem")
     assert sandbox.files.read("/etc/hostname")  # the agent still serves
+
+
+def test_names_that_are_not_utf8_are_listed(sandbox: Sandbox) -> None:
+    """Each byte that is not UTF-8 shows as U+FFFD (the list was a 500: no JSON answer can carry it)."""
+    sandbox.commands.run("mkdir /tmp/names && cd /tmp/names && touch \"$(printf 'bad\\377\\376name')\" fine")
+    names = sorted(entry.name for entry in sandbox.files.list("/tmp/names"))
+    assert names == ["bad\ufffd\ufffdname", "fine"]
+    assert sandbox.files.list("/tmp/names", depth=2)  # every way to list

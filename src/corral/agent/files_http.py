@@ -233,6 +233,10 @@ class FilesHandler:
             raise _os_error(exc, path, "opening") from None
         try:
             await self._send_file(request, response, fd, st)
+        except OSError as exc:
+            if response.started or isinstance(exc, ConnectionError):
+                raise
+            raise _os_error(exc, path, "reading") from None
         finally:
             os.close(fd)
 

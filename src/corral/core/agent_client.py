@@ -345,9 +345,30 @@ def _selector(selector: int | str) -> dict[str, Any]:
 
 def _json_or_none(raw: bytes) -> Any:
     try:
-        return json.loads(raw) if raw else None
+        value = json.loads(raw) if raw else None
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
+    return _without_lone_surrogates(value) if b"\\ud" in raw or b"\\uD" in raw else value
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    """``value`` with each lone surrogate in its strings as U+FFFD.
+
+    The agent gives a file name that is not UTF-8 as Python reads it: each
+    byte that is not UTF-8 as a lone surrogate (``\\udcff``), which JSON can
+    carry but no answer of ours can. Such a name shows U+FFFD for each.
+    """
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return value
+    if isinstance(value, dict):
+        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_lone_surrogates(v) for v in value]
+    return value
 
 
 def _process_event(message: Any) -> ProcessEvent | None:
