@@ -298,7 +298,7 @@ async def test_agent_that_never_answers_is_a_runtime_error(
     created = [sid for call, sid in runtime.calls if call == "create"]
     assert len(created) == 1
     assert ("destroy", created[0]) in runtime.calls  # nothing of it is left behind
-    assert (await client.get("/v1/sandboxes")).json() == {"sandboxes": []}
+    assert (await client.get("/v1/sandboxes")).json() == {"sandboxes": [], "next_token": None}
 
 
 async def test_unexpected_exception_is_internal_without_traceback(
@@ -312,7 +312,7 @@ async def test_unexpected_exception_is_internal_without_traceback(
     assert any(rec.exc_info and rec.exc_info[0] is ZeroDivisionError for rec in caplog.records)
     created = [sid for call, sid in runtime.calls if call == "create"]
     assert ("destroy", created[0]) in runtime.calls
-    assert (await client.get("/v1/sandboxes")).json() == {"sandboxes": []}
+    assert (await client.get("/v1/sandboxes")).json() == {"sandboxes": [], "next_token": None}
     assert (await client.get("/health")).status_code == 200
 
 
