@@ -6,8 +6,11 @@ here is attributed to one server by its data dir, or to sandboxes by id.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import signal
+import subprocess
 from pathlib import Path
 
 NETNS_DIR = Path("/var/run/netns")
@@ -74,3 +77,14 @@ def leftovers(data_dir: Path, sandbox_ids: set[str]) -> dict[str, list[str]]:
 def assert_nothing_left(data_dir: Path, sandbox_ids: set[str]) -> None:
     found = leftovers(data_dir, sandbox_ids)
     assert found == {"processes": [], "mounts": [], "netns": [], "cgroups": [], "dirs": []}, found
+
+
+def kill_sandbox_process(sandbox_id: str) -> None:
+    """SIGKILL the sandbox's process on the host, as the host's OOM killer would."""
+    state = subprocess.run(
+        ["/usr/local/lib/corral/bin/runsc", "--root", "/run/corral/runsc", "state", sandbox_id],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    os.kill(int(json.loads(state.stdout)["pid"]), signal.SIGKILL)

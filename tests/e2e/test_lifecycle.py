@@ -9,8 +9,9 @@ import httpx
 import pytest
 
 from corral import Sandbox
-from corral.errors import SandboxNotFound
+from corral.errors import SandboxNotFound, SandboxNotRunning
 from tests.envelope import envelope_error
+from tests.leftovers import kill_sandbox_process
 
 
 def test_list_filters_by_metadata_and_state(sandbox_factory) -> None:
@@ -49,6 +50,22 @@ def test_list_in_pages(sandbox_factory, corral_url: str) -> None:
         answer = httpx.get(f"{corral_url}/v1/sandboxes", params=params)
         error = envelope_error(answer.status_code, answer.headers["content-type"], answer.content)
         assert answer.status_code == 422 and error["code"] == "invalid_request", params
+
+
+@pytest.mark.parametrize("state", ["running", "paused"])
+def test_a_sandbox_whose_process_the_host_kills_is_dead_without_being_asked(state: str, sandbox_factory) -> None:
+    """It stayed "running" until a call waited out the agent's connect timeout, and that call was a 502."""
+    sbx = sandbox_factory()
+    if state == "paused":
+        sbx.pause()
+    kill_sandbox_process(sbx.id)
+    deadline = time.monotonic() + 15
+    while (info := sbx.info()).state != "dead":
+        assert time.monotonic() < deadline, info
+        time.sleep(0.1)
+    assert "exited on its own" in (info.error or "")
+    with pytest.raises(SandboxNotRunning, match="is dead"):
+        sbx.commands.run("true")
 
 
 def test_connect_and_kill(sandbox_factory) -> None:

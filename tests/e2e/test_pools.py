@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from corral import Sandbox
+from tests.leftovers import kill_sandbox_process
 
 pytestmark = [pytest.mark.runsc, pytest.mark.xdist_group("pools")]
 
@@ -63,6 +64,23 @@ def test_a_warm_pool_is_claimed_refilled_and_counted(corral_url: str) -> None:
     ):
         time.sleep(0.2)
     assert httpx.get(f"{corral_url}/v1/sandboxes", params={"state": "pooled"}).json()["sandboxes"] == []
+
+
+def test_a_pooled_sandbox_that_dies_is_replaced_not_handed_out(corral_url: str) -> None:
+    assert httpx.put(f"{corral_url}/v1/pools/{KEY}", json={"size": 1}).status_code == 200
+    try:
+        wait_ready(corral_url, 1)
+        (victim,) = httpx.get(f"{corral_url}/v1/sandboxes", params={"state": "pooled"}).json()["sandboxes"]
+        kill_sandbox_process(victim["id"])
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{corral_url}/v1/sandboxes/{victim['id']}").status_code != 404:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        wait_ready(corral_url, 1)  # refilled
+        with Sandbox.create(url=corral_url) as sbx:
+            assert sbx.id != victim["id"] and sbx.commands.run("echo alive").stdout == "alive\n"
+    finally:
+        assert httpx.delete(f"{corral_url}/v1/pools/{KEY}").status_code == 204
 
 
 def test_bad_pool_keys_and_sizes(corral_url: str) -> None:

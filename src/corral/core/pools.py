@@ -53,6 +53,7 @@ class Pools:
         self._filling: dict[str, asyncio.Task[None]] = {}
         self.errors: dict[str, str] = {}
         """Why a pool's last try to start a sandbox failed; gone once one starts (or its size is set again)."""
+        manager.exits.pool_lost.append(self.refill)
 
     def start(self) -> None:
         for pool in self.store.list_pools():

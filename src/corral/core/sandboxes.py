@@ -38,6 +38,7 @@ from corral.config import Settings
 from corral.core.agent_client import CONNECT_TIMEOUT, AgentClient
 from corral.core.boot_snapshots import BootSnapshots, Shape, Started
 from corral.core.clock import as_utc, utcnow
+from corral.core.exits import ExitWatch
 from corral.core.images import ImageService
 from corral.core.lifecycle import HIBERNATED, PAUSED, Lifecycle
 from corral.core.network import Network
@@ -147,6 +148,7 @@ class SandboxManager:
         self.start_slots = settings.max_concurrent_starts or 2 * (os.cpu_count() or 1)
         self._booting = asyncio.Semaphore(self.start_slots)
         self.lifecycle = Lifecycle(self)
+        self.exits = ExitWatch(self)
         self.boot_snapshots = BootSnapshots(self)
         self.spare_links = SpareLinks(self, settings.spare_links)
 
@@ -170,6 +172,7 @@ class SandboxManager:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
+        self.exits.close()
         await self.boot_snapshots.aclose()
         await self.spare_links.aclose()
         if self._teardowns:
@@ -500,6 +503,10 @@ class SandboxManager:
     def runtime_handle(self, sandbox_id: str) -> RuntimeHandle:
         return _handle(self.get(sandbox_id))
 
+    @staticmethod
+    def handle_of(row: SandboxRow) -> RuntimeHandle:
+        return _handle(row)
+
     async def awake_agent(self, sandbox_id: str) -> AgentClient:
         """The agent of a sandbox, thawed or woken first if it is paused or hibernated."""
         return (await self.awake(sandbox_id))[1]
@@ -521,10 +528,7 @@ class SandboxManager:
     def _agent_of(self, row: SandboxRow) -> AgentClient:
         sandbox_id = row.id
         if row.state != RUNNING:
-            raise SandboxNotRunning(
-                f"sandbox '{sandbox_id}' is {row.state}" + (f": {row.error}" if row.error else ""),
-                details={"sandbox_id": sandbox_id, "state": row.state},
-            )
+            raise _not_running(row)
         client = self._agents.get(sandbox_id)
         if client is None:
             client = self._agents[sandbox_id] = AgentClient(row.agent_url, http=self.http_for(sandbox_id))
@@ -561,19 +565,22 @@ class SandboxManager:
         if shell is not None:
             self._shells.setdefault(sandbox_id, shell)
 
-    async def agent_failed(self, sandbox_id: str, exc: AgentUnavailable) -> None:
-        """An agent stopped answering: find out whether its sandbox is gone.
+    async def agent_failed(self, sandbox_id: str, exc: AgentUnavailable) -> CorralError:
+        """An agent stopped answering: find out whether its sandbox is gone; the error to answer.
 
         A pause, hibernate or checkpoint under way freezes the agent: its sandbox is
-        judged once that is over, and only a sandbox that no longer runs at all is dead.
+        judged once that is over, and only a sandbox that no longer runs at all is dead
+        (then the answer is the one every later call gets: ``sandbox_not_running``).
         """
         await self.lifecycle.settled(sandbox_id)
         row = self.store.get_sandbox(sandbox_id)
         if row is None or row.state != RUNNING:
-            return
+            return exc
         seen = await self.runtime.state(_handle(row))
-        if seen in (RuntimeState.STOPPED, RuntimeState.MISSING):
-            self.mark_dead(sandbox_id, f"the runtime reports it {seen.value} ({exc.message})")
+        if seen not in (RuntimeState.STOPPED, RuntimeState.MISSING):
+            return exc
+        self.mark_dead(sandbox_id, f"the runtime reports it {seen.value} ({exc.message})")
+        return _not_running(self.get(sandbox_id))
 
     def images_in_use(self) -> dict[str, list[str]]:
         """Image ids that sandboxes run on, each with those sandboxes' ids."""
@@ -702,6 +709,7 @@ class SandboxManager:
 
     async def reap(self) -> None:
         """End every sandbox whose time is up (kill, or pause with ``on_timeout: pause``); hibernate idle ones."""
+        self.exits.sweep()
         now = utcnow()
         for row in self.store.list_sandboxes(states={RUNNING, DEAD, PAUSED, HIBERNATED}):
             if row.ends_at is None or as_utc(row.ends_at) > now:
@@ -771,6 +779,13 @@ def sandbox_env(config: ImageConfig, requested: Mapping[str, str]) -> dict[str, 
     if config.workdir:
         env["CORRAL_AGENT_WORKDIR"] = config.workdir
     return env
+
+
+def _not_running(row: SandboxRow) -> SandboxNotRunning:
+    return SandboxNotRunning(
+        f"sandbox '{row.id}' is {row.state}" + (f": {row.error}" if row.error else ""),
+        details={"sandbox_id": row.id, "state": row.state},
+    )
 
 
 def _handle(row: SandboxRow) -> RuntimeHandle:

@@ -83,6 +83,10 @@ class Runtime(abc.ABC):
     async def state(self, handle: RuntimeHandle) -> RuntimeState:
         """What the runtime sees of the sandbox right now."""
 
+    async def host_pid(self, handle: RuntimeHandle) -> int | None:
+        """The host process whose exit ends the sandbox, while it runs or is paused (None: none, or not known)."""
+        return None
+
     @abc.abstractmethod
     async def stop(self, handle: RuntimeHandle) -> None:
         """Kill everything running in the sandbox, now. Quick; :meth:`destroy` still owed."""

@@ -319,6 +319,15 @@ class OciRuntime(Runtime):
             raise
         return handle
 
+    async def host_pid(self, handle: RuntimeHandle) -> int | None:
+        out = await hostcmd.run(self._runtime_argv("state", handle.sandbox_id), check=False)
+        try:
+            record = json.loads(out.stdout) if out.returncode == 0 else {}
+        except json.JSONDecodeError:
+            return None
+        pid = int(record.get("pid") or 0)
+        return pid if record.get("status") in ("running", "paused") and pid > 0 else None
+
     async def state(self, handle: RuntimeHandle) -> RuntimeState:
         out = await hostcmd.run(self._runtime_argv("state", handle.sandbox_id), check=False)
         if out.returncode != 0:
@@ -330,8 +339,8 @@ class OciRuntime(Runtime):
             return RuntimeState.MISSING
         status = record.get("status", "")
         pid = int(record.get("pid") or 0)
-        if status == "running" and pid > 0 and not hostcmd.alive(pid):
-            status = "stopped"  # exited; runsc says running until the host's init reaps the process
+        if status in ("running", "paused") and pid > 0 and not hostcmd.alive(pid):
+            status = "stopped"  # exited; runsc says what it last did until the host's init reaps the process
         if status == "stopped" and (self._dir(handle) / HIBERNATED / "memory").is_dir():
             # Saved by a hibernate whose `runsc delete` has not ended, or never ran (the
             # server stopped first): it is hibernated, and its record goes now.

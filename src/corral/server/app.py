@@ -121,7 +121,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def corral_error(request: Request, exc: CorralError) -> JSONResponse:
         sandbox_id = request.path_params.get("sandbox_id")
         if isinstance(exc, AgentUnavailable) and sandbox_id:
-            await request.app.state.manager.agent_failed(sandbox_id, exc)
+            exc = await request.app.state.manager.agent_failed(sandbox_id, exc)
         return _envelope(exc)
 
     @app.exception_handler(RequestValidationError)

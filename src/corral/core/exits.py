@@ -1,0 +1,106 @@
+"""Notices a sandbox whose process exits on its own (the host's OOM killer, a crash, a ``kill`` on the host).
+
+Without it such a sandbox stayed ``running`` in the store until a call for it
+waited out the agent's connect timeout (16 s) and answered 502; a warm pool
+handed it out. Each running, paused or pooled sandbox's host process is
+watched with a pidfd, which the event loop reads once the process exits. An
+exit is judged once the lifecycle operation under way (a hibernate or a
+checkpoint ends the process on purpose) is over, and by the runtime's own
+state: a sandbox that no longer runs is ``dead``; a pooled one is killed and
+its pool refilled.
+
+The watches are set by :meth:`ExitWatch.sweep`, which the reaper calls every
+round: a sandbox started, woken or found at a restart is watched within a
+second, and one that died before it was watched is judged at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from corral.core.lifecycle import PAUSED, RUNNING
+from corral.core.pools import POOLED
+from corral.errors import CorralError
+from corral.runtimes.base import RuntimeState
+from corral.store.models import SandboxRow
+
+if TYPE_CHECKING:
+    from corral.core.sandboxes import SandboxManager
+
+log = logging.getLogger(__name__)
+
+WATCHED = frozenset({RUNNING, PAUSED, POOLED})
+"""States whose sandbox has a process of its own on the host."""
+
+
+class ExitWatch:
+    def __init__(self, manager: SandboxManager) -> None:
+        self.manager = manager
+        self._fds: dict[str, int] = {}
+        self._pending: set[str] = set()  # being looked up or judged
+        self.pool_lost: list[Callable[[str], None]] = []
+        """Called with a pool's key when one of its waiting sandboxes died (and was removed)."""
+
+    def sweep(self) -> None:
+        """Watch every sandbox that has a process and no watch yet."""
+        for row in self.manager.store.list_sandboxes(states=set(WATCHED)):
+            if row.id not in self._fds and row.id not in self._pending:
+                self._pending.add(row.id)
+                self.manager.in_background(self._watch(row), name=f"corral-watch-{row.id}")
+
+    async def _watch(self, row: SandboxRow) -> None:
+        try:
+            pid = await self.manager.runtime.host_pid(self.manager.handle_of(row))
+            fd = os.pidfd_open(pid) if pid is not None else None
+        except ProcessLookupError:
+            fd = None
+        except Exception:
+            self._pending.discard(row.id)
+            log.exception("sandbox %s: cannot watch its process", row.id)
+            return
+        if fd is None:  # no process (gone already, or its state changed meanwhile): judge it now
+            await self._judge(row.id)
+            return
+        self._pending.discard(row.id)
+        self._fds[row.id] = fd
+        asyncio.get_running_loop().add_reader(fd, self._exited, row.id)
+
+    def _exited(self, sandbox_id: str) -> None:
+        self._unwatch(sandbox_id)
+        self._pending.add(sandbox_id)
+        self.manager.in_background(self._judge(sandbox_id), name=f"corral-exit-{sandbox_id}")
+
+    async def _judge(self, sandbox_id: str) -> None:
+        try:
+            await self.manager.lifecycle.settled(sandbox_id)
+            row = self.manager.store.get_sandbox(sandbox_id)
+            if row is None or row.state not in WATCHED:
+                return  # killed, hibernated, dead already: its process ended on purpose or was seen to
+            seen = await self.manager.runtime.state(self.manager.handle_of(row))
+            if seen not in (RuntimeState.STOPPED, RuntimeState.MISSING):
+                return  # another process runs it now (woken, restored): the next sweep watches that one
+            if row.state == POOLED:
+                log.warning("pooled sandbox %s: its process exited on its own; removing it", sandbox_id)
+                with contextlib.suppress(CorralError):
+                    await self.manager.kill(sandbox_id)
+                for lost in self.pool_lost:
+                    lost(row.pool or "")
+            else:
+                self.manager.mark_dead(sandbox_id, f"its process exited on its own (the runtime reports it {seen})")
+        finally:
+            self._pending.discard(sandbox_id)
+
+    def _unwatch(self, sandbox_id: str) -> None:
+        fd = self._fds.pop(sandbox_id, None)
+        if fd is not None:
+            asyncio.get_running_loop().remove_reader(fd)
+            os.close(fd)
+
+    def close(self) -> None:
+        for sandbox_id in list(self._fds):
+            self._unwatch(sandbox_id)
