@@ -101,7 +101,7 @@ class Settings(BaseSettings):
     """Most processes and threads one sandbox may run at once (and at most one per MiB of memory, 256 at least)."""
 
     paused_time_counts: bool = False
-    """Whether time spent paused or hibernated counts toward a sandbox's timeout (by default its clock stops)."""
+    """Whether paused or hibernated time counts toward sandbox and command timeouts (by default their clocks stop)."""
 
     exec_timeout: int = Field(default=60, ge=0)
     """Seconds a command may run when the exec request gives no timeout (0: no limit)."""

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
-from corral import Sandbox, SandboxPaused
+from corral import ExecTimeout, Sandbox, SandboxPaused
 
 pytestmark = pytest.mark.runsc
 
@@ -73,6 +74,23 @@ def test_set_timeout_on_a_paused_sandbox_runs_from_its_resume(sandbox_factory: C
     assert info.state == "paused" and info.ends_at is None and info.remaining == 60
     resumed = sbx.resume()
     assert resumed.ends_at is not None and resumed.remaining is None
+
+
+def test_a_command_is_not_killed_for_the_time_its_sandbox_was_paused(sandbox_factory: Callable[..., Any]) -> None:
+    """Paused time counts toward a command's timeout no more than toward its sandbox's: it was frozen."""
+    sbx: Sandbox = sandbox_factory()
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(sbx.commands.run, "sleep 2; echo done", timeout=4)
+        deadline = time.monotonic() + 30
+        while not sbx.commands.list():  # it runs
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        sbx.pause()
+        time.sleep(5)  # past its timeout, all of it paused
+        sbx.resume()
+        assert running.result(timeout=60).stdout == "done\n"  # it was an ExecTimeout at once
+    with pytest.raises(ExecTimeout):  # its own time still counts
+        sbx.commands.run("sleep 30", timeout=1)
 
 
 def test_cli_pause_and_resume(sandbox_factory: Callable[..., Any], corral_url: str) -> None:

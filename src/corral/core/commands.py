@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,26 @@ from corral.errors import AgentUnavailable, CorralError, ExecTimeout, InternalEr
 
 END_GRACE = 1.0
 """Seconds to wait for the rest of a process stream after its end event (it comes at once)."""
+PAUSED_RECHECK = 0.1
+"""Once a deadline was moved for a pause, how often (at most) it is looked at again while the pause lasts."""
+PausedFor = Callable[[], float]
+"""Seconds the sandbox has spent paused so far (see ``Lifecycle.paused_for``)."""
+
+
+class _Deadline:
+    """``timeout`` seconds of a command's time, which stops while its sandbox is paused."""
+
+    def __init__(self, timeout: float | None, paused_for: PausedFor | None) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._timeout = timeout
+        self._paused_for = paused_for or (lambda: 0.0)
+        self._base = self._loop.time() - self._paused_for()
+
+    def remaining(self) -> float | None:
+        """Seconds left (``None``: no timeout; at most 0 once it has passed)."""
+        if not self._timeout:
+            return None
+        return self._base + self._paused_for() + self._timeout - self._loop.time()
 
 
 @dataclass(slots=True)
@@ -91,29 +111,40 @@ async def stream(
     timeout: float | None,
     *,
     kill_on_abandon: bool = True,
+    paused_for: PausedFor | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     """NDJSON-ready events until the process ends; kills it at its deadline.
 
-    With ``kill_on_abandon``, a consumer that stops listening before the end
-    (a client that hung up) takes the process down with it: nobody would see
-    its output. Background processes pass False and live on. A stream the
-    agent's side broke leaves the process be: one cut by a checkpoint of the
-    sandbox ends in ``Interrupted`` (the process goes on, ``commands.connect``
-    follows it again).
+    The time its sandbox spends paused (``paused_for``) does not count toward
+    the deadline: the process was frozen meanwhile. With ``kill_on_abandon``,
+    a consumer that stops listening before the end (a client that hung up)
+    takes the process down with it: nobody would see its output. Background
+    processes pass False and live on. A stream the agent's side broke leaves
+    the process be: one cut by a checkpoint of the sandbox ends in
+    ``Interrupted`` (the process goes on, ``commands.connect`` follows it again).
     """
     decoders = _Decoders()
-    deadline = asyncio.get_running_loop().time() + timeout if timeout else None
+    deadline = _Deadline(timeout, paused_for)
     ended = lost = False
+    # The next event is read in a task of its own: a deadline that a pause moved must
+    # not cancel the read (that would close the stream).
+    pending: asyncio.Future[ProcessEvent | None] | None = None
+    floor = 0.0
     try:
         while True:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    event = await anext(events, None)
-            except TimeoutError:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(events, None))
+            remaining = deadline.remaining()
+            done, _ = await asyncio.wait({pending}, timeout=None if remaining is None else max(remaining, floor))
+            if not done:
+                if (remaining := deadline.remaining()) is not None and remaining > 0:
+                    floor = PAUSED_RECHECK  # the sandbox was paused meanwhile: that time does not count
+                    continue
                 ended = True
                 await _kill(agent, pid)
                 yield {"type": "end", "exit_code": -9, "error": "timeout"}
                 return
+            event, pending = pending.result(), None
             if event is None:
                 raise AgentUnavailable("the process stream ended without an end event")
             if event.kind == "end":
@@ -134,6 +165,10 @@ async def stream(
         lost = True  # nobody to tell to kill it
         raise
     finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
         if not ended and not lost and kill_on_abandon:
             await asyncio.shield(_kill(agent, pid))
         closer = getattr(events, "aclose", None)
@@ -143,7 +178,12 @@ async def stream(
 
 
 async def run(
-    agent: AgentClient, request: ExecRequest, shell: list[str], *, output_limit: int | None = None
+    agent: AgentClient,
+    request: ExecRequest,
+    shell: list[str],
+    *,
+    output_limit: int | None = None,
+    paused_for: PausedFor | None = None,
 ) -> ExecResult:
     """Run to the end and collect the output; past the timeout raise ExecTimeout.
 
@@ -155,7 +195,7 @@ async def run(
     result = ExecResult(pid=pid)
     out: dict[str, list[str]] = {"stdout": [], "stderr": [], "pty": []}
     kept = {"stdout": 0, "stderr": 0}
-    async for item in stream(agent, pid, events, request.timeout):
+    async for item in stream(agent, pid, events, request.timeout, paused_for=paused_for):
         if item["type"] == "end":
             result.exit_code, result.error = item["exit_code"], item["error"]
             continue

@@ -113,6 +113,8 @@ class Lifecycle:
         self.snapshots_dir = manager.settings.data_dir / "snapshots"
         self._last_activity: dict[str, float] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._paused_total: dict[str, float] = {}
+        self._paused_since: dict[str, float] = {}
 
     def start(self) -> set[str]:
         """Snapshots and forks a crash cut short: their host commands are stopped, the
@@ -150,6 +152,20 @@ class Lifecycle:
     def forget(self, sandbox_id: str) -> None:
         self._last_activity.pop(sandbox_id, None)
         self._locks.pop(sandbox_id, None)
+        self._paused_total.pop(sandbox_id, None)
+        self._paused_since.pop(sandbox_id, None)
+
+    def paused_for(self, sandbox_id: str) -> float:
+        """Seconds the sandbox has spent paused while this server ran, a pause under way included.
+
+        A command's timeout leaves them out, as a sandbox's does (both count them
+        with ``paused_time_counts``): a command paused with its sandbox is not killed
+        for the time it was frozen. Only differences between two readings mean anything.
+        """
+        if self.settings.paused_time_counts:
+            return 0.0
+        since = self._paused_since.get(sandbox_id)
+        return self._paused_total.get(sandbox_id, 0.0) + (time.monotonic() - since if since is not None else 0.0)
 
     # -- pause, resume, hibernate ----------------------------------------------
 
@@ -175,6 +191,7 @@ class Lifecycle:
         async with self._lock(sandbox_id):
             row = self._check(sandbox_id, pausing=True)
             await self.runtime.pause(self.manager.runtime_handle(sandbox_id))
+            self._paused_since[sandbox_id] = time.monotonic()
             log.info("sandbox %s paused", sandbox_id)
             return self._stop_clock(row, PAUSED, remaining=float(row.timeout) if fresh_timeout else None)
 
@@ -221,6 +238,8 @@ class Lifecycle:
                 log.info("sandbox %s woken in %.0f ms", sandbox_id, (time.monotonic() - started) * 1000)
             else:
                 raise SandboxNotRunning(f"sandbox '{sandbox_id}' is {row.state}", details={"state": row.state})
+            if (since := self._paused_since.pop(sandbox_id, None)) is not None:
+                self._paused_total[sandbox_id] = self._paused_total.get(sandbox_id, 0.0) + time.monotonic() - since
             self.touch(sandbox_id)
             return self._start_clock(row)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import signal as signals
 
 from fastapi import APIRouter, Response
@@ -46,6 +47,7 @@ async def exec_command(sandbox_id: str, body: Exec, manager: Manager) -> Respons
         tag=body.tag,
     )
     shell = await manager.shell(sandbox_id)
+    paused_for = functools.partial(manager.lifecycle.paused_for, sandbox_id)
     if body.stream:
         # With ``background`` the process outlives this stream; without, it dies with it.
         pid, events = await commands.start(agent, request, shell, background=body.background)
@@ -55,13 +57,16 @@ async def exec_command(sandbox_id: str, body: Exec, manager: Manager) -> Respons
             events,
             None if body.background else request.timeout,
             kill_on_abandon=not body.background,
+            paused_for=paused_for,
         )
         return StreamingResponse(ndjson(items, {"type": "start", "pid": pid}), media_type=NDJSON)
     if body.background:
         pid, events = await commands.start(agent, request, shell, background=True)
         await events.aclose()  # type: ignore[attr-defined]
         return JSONResponse(Started(pid=pid).model_dump(), status_code=201)
-    result = await commands.run(agent, request, shell, output_limit=manager.settings.exec_output_limit_mb << 20)
+    result = await commands.run(
+        agent, request, shell, output_limit=manager.settings.exec_output_limit_mb << 20, paused_for=paused_for
+    )
     answer = ExecResult(
         pid=result.pid,
         exit_code=result.exit_code,
