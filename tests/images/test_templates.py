@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import httpx
 import pytest
 
 from corral.images.context import pack_context
+from tests.leftovers import kill_sandbox_process
 from tests.serverproc import ServerProcess
 
 pytestmark = [pytest.mark.runsc, pytest.mark.xdist_group("images")]
@@ -32,7 +34,6 @@ def build(
 
 def wait_for_boot_snapshots(server: ServerProcess, timeout: float = 120.0) -> None:
     """Until the server makes no boot snapshot."""
-    import time
 
     deadline = time.monotonic() + timeout
     while httpx.get(f"{server.url}/v1/boot-snapshots").json()["making"]:
@@ -197,11 +198,27 @@ def test_commit_makes_an_image_of_a_sandbox(image_server: ServerProcess, tiny_im
         assert r.stdout == f"kept\n1\ngone\n{copy.get_info().address}\tcorral\n"
 
 
+def test_commit_recovers_the_files_of_a_dead_sandbox(image_server: ServerProcess, tiny_image: str) -> None:
+    """A sandbox whose process died (a host reboot, the OOM killer) keeps its disk: a commit saves it."""
+    from corral import Sandbox
+
+    name = f"corral/commits/r{uuid.uuid4().hex[:8]}:v1"
+    with Sandbox.create(tiny_image, url=image_server.url) as sbx:
+        sbx.files.write("/home/user/work.txt", "precious\n")
+        kill_sandbox_process(sbx.id)
+        deadline = time.monotonic() + 15
+        while sbx.get_info().state != "dead":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        sbx.commit(name)
+    with Sandbox.create(name, url=image_server.url) as copy:
+        assert copy.files.read("/home/user/work.txt") == "precious\n"
+
+
 def test_later_spawns_restore_the_template_with_its_service_running(
     image_server: ServerProcess, tiny_image: str, tmp_path: Path
 ) -> None:
     """The first spawn starts the service; its boot snapshot is taken with it ready, and later spawns restore that."""
-    import time
 
     from corral import Sandbox
 
