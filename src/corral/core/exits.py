@@ -23,6 +23,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from corral import hostcmd
 from corral.core.lifecycle import PAUSED, RUNNING
 from corral.core.pools import POOLED
 from corral.errors import CorralError
@@ -43,15 +44,29 @@ class ExitWatch:
         self.manager = manager
         self._fds: dict[str, int] = {}
         self._pending: set[str] = set()  # being looked up or judged
+        self._sweeping: asyncio.Task[None] | None = None
         self.pool_lost: list[Callable[[str], None]] = []
         """Called with a pool's key when one of its waiting sandboxes died (and was removed)."""
 
     def sweep(self) -> None:
-        """Watch every sandbox that has a process and no watch yet."""
-        for row in self.manager.store.list_sandboxes(states=set(WATCHED)):
-            if row.id not in self._fds and row.id not in self._pending:
-                self._pending.add(row.id)
-                self.manager.in_background(self._watch(row), name=f"corral-watch-{row.id}")
+        """Watch every sandbox that has a process and no watch yet (one lookup at a time, niced)."""
+        if self._sweeping is not None and not self._sweeping.done():
+            return
+        rows = [
+            row
+            for row in self.manager.store.list_sandboxes(states=set(WATCHED))
+            if row.id not in self._fds and row.id not in self._pending
+        ]
+        if rows:
+            self._pending.update(row.id for row in rows)
+            self._sweeping = asyncio.create_task(self._watch_all(rows), name="corral-exit-watch")
+
+    async def _watch_all(self, rows: list[SandboxRow]) -> None:
+        # After a restart every sandbox is looked up: a burst of runsc processes must not
+        # slow the sandboxes themselves.
+        with hostcmd.in_the_background():
+            for row in rows:
+                await self._watch(row)
 
     async def _watch(self, row: SandboxRow) -> None:
         try:
@@ -64,7 +79,7 @@ class ExitWatch:
             log.exception("sandbox %s: cannot watch its process", row.id)
             return
         if fd is None:  # no process (gone already, or its state changed meanwhile): judge it now
-            await self._judge(row.id)
+            self.manager.in_background(self._judge(row.id), name=f"corral-exit-{row.id}")
             return
         self._pending.discard(row.id)
         self._fds[row.id] = fd
@@ -102,5 +117,7 @@ class ExitWatch:
             os.close(fd)
 
     def close(self) -> None:
+        if self._sweeping is not None:
+            self._sweeping.cancel()
         for sandbox_id in list(self._fds):
             self._unwatch(sandbox_id)
