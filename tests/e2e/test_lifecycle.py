@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -66,6 +67,20 @@ def test_a_sandbox_whose_process_the_host_kills_is_dead_without_being_asked(stat
     assert "exited on its own" in (info.error or "")
     with pytest.raises(SandboxNotRunning, match="is dead"):
         sbx.commands.run("true")
+
+
+def test_a_kill_is_not_taken_for_a_death(sandbox_factory, server) -> None:
+    """A kill ends the sandbox's process; the watch on it must not report that exit as the sandbox dying."""
+    sandboxes = [sandbox_factory() for _ in range(6)]
+    sandboxes[0].pause()
+    time.sleep(1.5)  # the reaper's next round watches each
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(Sandbox.kill, sandboxes))
+    time.sleep(1)
+    ids = {s.id for s in sandboxes}
+    lines = server.log_path.read_text().splitlines()
+    died = [line for line in lines if "is dead" in line and any(i in line for i in ids)]
+    assert died == []
 
 
 def test_connect_and_kill(sandbox_factory) -> None:

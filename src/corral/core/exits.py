@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 WATCHED = frozenset({RUNNING, PAUSED, POOLED})
 """States whose sandbox has a process of its own on the host."""
+KILLED_KEPT = 60.0
+"""Seconds a killed sandbox's id is remembered, so that the exit its kill caused is not judged."""
 
 
 class ExitWatch:
@@ -45,11 +48,21 @@ class ExitWatch:
         self._fds: dict[str, int] = {}
         self._pending: set[str] = set()  # being looked up or judged
         self._sweeping: asyncio.Task[None] | None = None
+        self._killed: dict[str, float] = {}
+        """Sandboxes being killed, and when: their exits are no news (kept a while, then forgotten)."""
         self.pool_lost: list[Callable[[str], None]] = []
         """Called with a pool's key when one of its waiting sandboxes died (and was removed)."""
 
+    def killing(self, sandbox_id: str) -> None:
+        """The sandbox is being killed: its process's exit is not to be judged."""
+        self._unwatch(sandbox_id)
+        self._killed[sandbox_id] = time.monotonic()
+
     def sweep(self) -> None:
         """Watch every sandbox that has a process and no watch yet (one lookup at a time, niced)."""
+        now = time.monotonic()
+        for sandbox_id in [k for k, since in self._killed.items() if now - since > KILLED_KEPT]:
+            del self._killed[sandbox_id]
         if self._sweeping is not None and not self._sweeping.done():
             return
         rows = [
@@ -94,7 +107,7 @@ class ExitWatch:
         try:
             await self.manager.lifecycle.settled(sandbox_id)
             row = self.manager.store.get_sandbox(sandbox_id)
-            if row is None or row.state not in WATCHED:
+            if row is None or row.state not in WATCHED or sandbox_id in self._killed:
                 return  # killed, hibernated, dead already: its process ended on purpose or was seen to
             seen = await self.manager.runtime.state(self.manager.handle_of(row))
             if seen not in (RuntimeState.STOPPED, RuntimeState.MISSING):

@@ -398,6 +398,7 @@ class SandboxManager:
             with contextlib.suppress(BaseException):
                 await attached
             row_now = self.store.get_sandbox(sandbox_id)
+            self.exits.killing(sandbox_id)
             await self.runtime.destroy(handle or _handle(row_now or row))
             await self.network.detach(row_now or row)
             self.store.delete_sandbox(sandbox_id)
@@ -438,6 +439,7 @@ class SandboxManager:
         """
         row = self.get(sandbox_id)
         handle = _handle(row)
+        self.exits.killing(sandbox_id)  # its process ends now on purpose
         await self.runtime.stop(handle)
         await self.ports.close(sandbox_id)
         self._reserved_slots.add(row.slot)
