@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -67,6 +68,19 @@ def test_a_sandbox_whose_process_the_host_kills_is_dead_without_being_asked(stat
     assert "exited on its own" in (info.error or "")
     with pytest.raises(SandboxNotRunning, match="is dead"):
         sbx.commands.run("true")
+
+
+def test_a_sandbox_the_hosts_oom_killer_ends_is_dead_and_says_why(sandbox_factory) -> None:
+    """Its host cgroup squeezed to just above what it uses: a 200 MB allocation inside makes the kernel end it."""
+    sbx = sandbox_factory(memory_mb=512)
+    v1 = Path(f"/sys/fs/cgroup/memory/corral/{sbx.id}")
+    usage = v1 / "memory.usage_in_bytes" if v1.is_dir() else Path(f"/sys/fs/cgroup/corral/{sbx.id}/memory.current")
+    limit = v1 / "memory.limit_in_bytes" if v1.is_dir() else usage.with_name("memory.max")
+    limit.write_text(str(int(usage.read_text()) + (30 << 20)))
+    with pytest.raises(SandboxNotRunning, match="OOM killer"):  # the command's call: it was "interrupted"
+        sbx.commands.run("python3 -c 'x = bytearray(200 << 20); import time; time.sleep(5)'", timeout=60)
+    info = sbx.info()
+    assert info.state == "dead" and "OOM killer" in (info.error or "")
 
 
 def test_a_kill_is_not_taken_for_a_death(sandbox_factory, server) -> None:

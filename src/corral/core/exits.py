@@ -119,7 +119,9 @@ class ExitWatch:
                 for lost in self.pool_lost:
                     lost(row.pool or "")
             else:
-                self.manager.mark_dead(sandbox_id, f"its process exited on its own (the runtime reports it {seen})")
+                handle = self.manager.handle_of(row)
+                cause = await self.manager.runtime.stop_cause(handle) or f"the runtime reports it {seen}"
+                self.manager.mark_dead(sandbox_id, f"its process exited on its own ({cause})")
         finally:
             self._pending.discard(sandbox_id)
 

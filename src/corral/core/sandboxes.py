@@ -567,16 +567,24 @@ class SandboxManager:
         if shell is not None:
             self._shells.setdefault(sandbox_id, shell)
 
-    async def agent_failed(self, sandbox_id: str, exc: AgentUnavailable) -> CorralError:
-        """An agent stopped answering: find out whether its sandbox is gone; the error to answer.
+    async def call_failed(self, sandbox_id: str, exc: CorralError) -> CorralError:
+        """The error to answer for a call that failed with ``exc``: one that lost its agent is judged here.
+
+        A call loses its agent when the agent stops answering (``agent_unavailable``)
+        or its connection is dropped (``interrupted``).
 
         A pause, hibernate or checkpoint under way freezes the agent: its sandbox is
-        judged once that is over, and only a sandbox that no longer runs at all is dead
-        (then the answer is the one every later call gets: ``sandbox_not_running``).
+        judged once that is over, and only a sandbox that no longer runs at all is dead.
+        A dead sandbox's answer is the one every later call gets, ``sandbox_not_running``
+        (its connections are dropped when it is found dead: that is no checkpoint).
         """
+        if not isinstance(exc, AgentUnavailable | Interrupted):
+            return exc
         await self.lifecycle.settled(sandbox_id)
         row = self.store.get_sandbox(sandbox_id)
-        if row is None or row.state != RUNNING:
+        if row is not None and row.state == DEAD:
+            return _not_running(row)
+        if row is None or row.state != RUNNING or not isinstance(exc, AgentUnavailable):
             return exc
         seen = await self.runtime.state(_handle(row))
         if seen not in (RuntimeState.STOPPED, RuntimeState.MISSING):

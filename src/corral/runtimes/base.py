@@ -87,6 +87,10 @@ class Runtime(abc.ABC):
         """The host process whose exit ends the sandbox, while it runs or is paused (None: none, or not known)."""
         return None
 
+    async def stop_cause(self, handle: RuntimeHandle) -> str | None:
+        """Why a sandbox that stopped on its own stopped, if the host knows (None: it does not say)."""
+        return None
+
     @abc.abstractmethod
     async def stop(self, handle: RuntimeHandle) -> None:
         """Kill everything running in the sandbox, now. Quick; :meth:`destroy` still owed."""

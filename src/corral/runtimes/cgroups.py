@@ -81,6 +81,21 @@ def raise_memory_limit(cgroup: str, limit_bytes: int, *, root: Path = CGROUP_ROO
                 raise RuntimeFailure(f"cannot set {path}: {exc}") from exc
 
 
+def oom_kills(cgroup: str, *, root: Path = CGROUP_ROOT) -> int:
+    """How many processes of ``cgroup`` the kernel's OOM killer ended (0 if unknown)."""
+    relative = cgroup.strip("/")
+    for path in (root / "memory" / relative / "memory.oom_control", root / relative / "memory.events"):
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            name, _, value = line.partition(" ")
+            if name == "oom_kill" and value.strip().isdigit():
+                return int(value)
+    return 0
+
+
 def sandbox_cgroup(sandbox_id: str) -> str:
     """The cgroup path a sandbox's OCI spec names (``cgroupsPath``); runsc makes it in every hierarchy."""
     return f"/{PARENT}/{sandbox_id}"

@@ -328,6 +328,11 @@ class OciRuntime(Runtime):
         pid = int(record.get("pid") or 0)
         return pid if record.get("status") in ("running", "paused") and pid > 0 else None
 
+    async def stop_cause(self, handle: RuntimeHandle) -> str | None:
+        if cgroups.oom_kills(cgroups.sandbox_cgroup(handle.sandbox_id)):
+            return "the host's OOM killer ended it: it outgrew the memory the host allows it, memory_mb plus headroom"
+        return None
+
     async def state(self, handle: RuntimeHandle) -> RuntimeState:
         out = await hostcmd.run(self._runtime_argv("state", handle.sandbox_id), check=False)
         if out.returncode != 0:

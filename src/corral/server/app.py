@@ -19,7 +19,6 @@ from corral.core.pools import Pools
 from corral.core.sandboxes import SandboxManager
 from corral.core.templates import TemplateService
 from corral.errors import (
-    AgentUnavailable,
     CorralError,
     InternalError,
     InvalidRequest,
@@ -120,8 +119,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(CorralError)
     async def corral_error(request: Request, exc: CorralError) -> JSONResponse:
         sandbox_id = request.path_params.get("sandbox_id")
-        if isinstance(exc, AgentUnavailable) and sandbox_id:
-            exc = await request.app.state.manager.agent_failed(sandbox_id, exc)
+        if sandbox_id:
+            exc = await request.app.state.manager.call_failed(sandbox_id, exc)
         return _envelope(exc)
 
     @app.exception_handler(RequestValidationError)

@@ -13,15 +13,25 @@ NDJSON = "application/x-ndjson"
 T = TypeVar("T")
 
 
-async def ndjson(items: AsyncIterator[dict[str, Any]], first: dict[str, Any] | None = None) -> AsyncIterator[bytes]:
-    """Events as NDJSON lines; a failure after the 200 went out becomes a last ``error`` event."""
+async def ndjson(
+    items: AsyncIterator[dict[str, Any]],
+    first: dict[str, Any] | None = None,
+    *,
+    judge: Callable[[CorralError], Awaitable[CorralError]] | None = None,
+) -> AsyncIterator[bytes]:
+    """Events as NDJSON lines; a failure after the 200 went out becomes a last ``error`` event.
+
+    ``judge`` may answer another error for it, as the API's error handler does
+    (``SandboxManager.call_failed``).
+    """
     if first is not None:
         yield json.dumps(first).encode() + b"\n"
     try:
         async for item in items:
             yield json.dumps(item).encode() + b"\n"
     except CorralError as exc:
-        yield json.dumps({"type": "error", **exc.envelope()}).encode() + b"\n"
+        error = await judge(exc) if judge is not None else exc
+        yield json.dumps({"type": "error", **error.envelope()}).encode() + b"\n"
 
 
 async def events_while(

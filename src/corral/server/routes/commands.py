@@ -59,7 +59,8 @@ async def exec_command(sandbox_id: str, body: Exec, manager: Manager) -> Respons
             kill_on_abandon=not body.background,
             paused_for=paused_for,
         )
-        return StreamingResponse(ndjson(items, {"type": "start", "pid": pid}), media_type=NDJSON)
+        judge = functools.partial(manager.call_failed, sandbox_id)
+        return StreamingResponse(ndjson(items, {"type": "start", "pid": pid}, judge=judge), media_type=NDJSON)
     if body.background:
         pid, events = await commands.start(agent, request, shell, background=True)
         await events.aclose()  # type: ignore[attr-defined]
@@ -107,6 +108,7 @@ async def stream_process(sandbox_id: str, pid: str, manager: Manager) -> Streami
         ndjson(
             commands.stream(agent, first.pid, events, None, kill_on_abandon=False),
             {"type": "start", "pid": first.pid},
+            judge=functools.partial(manager.call_failed, sandbox_id),
         ),
         media_type=NDJSON,
     )
