@@ -31,6 +31,7 @@ TRIM_AT, KEEP = 16 << 20, 1 << 20
 """A console past ``TRIM_AT`` bytes is cut to its last ``KEEP`` (whole lines)."""
 TRIM_EVERY = 60.0
 """Seconds between two looks at every console."""
+FALLOC_FL_COLLAPSE_RANGE = 0x08
 
 
 def console_path(sdir: Path) -> Path:
@@ -73,23 +74,63 @@ def carry_console(snapshot: Path, sdir: Path) -> None:
 
 
 def trim_console(path: Path, *, at: int = TRIM_AT, keep: int = KEEP) -> int:
-    """Cut a console past ``at`` bytes to its last ``keep`` (from a whole line), after a line saying so.
+    """Cut a console past ``at`` bytes to its last ``keep`` or a little more, after a line saying so.
 
-    Answers the bytes removed. The runtime appends to the file (``O_APPEND``), so what
-    it writes after the cut lands after it; a line written during the cut may be lost.
+    Answers the bytes removed. The runtime appends to the file (``O_APPEND``) all the
+    while: the start is collapsed away in place (``fallocate``'s ``COLLAPSE_RANGE``,
+    which the kernel orders with appends), in whole file-system blocks, and the
+    piece of a line the cut leaves first is overwritten with the note. Where the
+    file system cannot collapse, the end is copied to the start instead, and a line
+    written during that copy may be lost.
     """
     with path.open("r+b") as f:
-        size = f.seek(0, os.SEEK_END)
+        fd = f.fileno()
+        size = os.fstat(fd).st_size
         if size <= at:
             return 0
+        cut = _cut_with_room(fd, size - keep)
+        if cut and _collapse(fd, cut):
+            piece = os.pread(fd, NOTE_ROOM * 4, 0).find(b"\n")
+            if piece > 0:
+                os.pwrite(fd, _note(cut)[:piece].ljust(piece), 0)
+            return cut
         f.seek(size - keep)
         end = f.read(keep)
         end = end[end.find(b"\n") + 1 :]
-        note = f"[{size - len(end)} bytes of console trimmed]\n".encode()
         f.seek(0)
-        f.write(note + end)
+        f.write(_note(size - len(end)) + b"\n" + end)
         f.truncate()
     return size - len(end)
+
+
+NOTE_ROOM = 48
+"""Bytes the piece of a line a cut leaves first should have, for the note to fit."""
+
+
+def _note(removed: int) -> bytes:
+    return f"[{removed} bytes of console trimmed]".encode()
+
+
+def _cut_with_room(fd: int, most: int) -> int:
+    """A whole number of blocks, at most ``most`` bytes, to cut: one after which the note fits, if one is near."""
+    block = os.fstat(fd).st_blksize or 4096
+    first = most // block * block
+    for cut in range(first, max(0, first - 16 * block), -block):
+        if os.pread(fd, NOTE_ROOM * 4, cut).find(b"\n") >= NOTE_ROOM:
+            return cut
+    return first
+
+
+def _collapse(fd: int, length: int) -> bool:
+    """Remove the first ``length`` bytes of the file in place; False where the file system cannot."""
+    try:
+        import ctypes
+
+        fallocate = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return False
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    return int(fallocate(fd, FALLOC_FL_COLLAPSE_RANGE, 0, length)) == 0
 
 
 def _consoles(sandboxes: Path) -> list[Path]:
