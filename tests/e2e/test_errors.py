@@ -46,6 +46,8 @@ def test_malformed_json_and_bad_values(corral_url: str, sandbox) -> None:
     assert r.status_code == 422 and "memory_mb" in r.json()["error"]["message"]
     r = httpx.post(f"{corral_url}/v1/sandboxes/{sandbox.id}/exec", json={"cmd": "true", "argv": ["true"]})
     assert r.status_code == 422
+    r = httpx.post(f"{corral_url}/v1/sandboxes/{sandbox.id}/exec", json={"cmd": ["echo", "hi"]})
+    assert r.status_code == 422 and "as argv" in r.json()["error"]["message"]  # was "Input should be a valid string"
     with pytest.raises(InvalidRequest):
         Sandbox.create(vcpus=10_000)
     _alive(corral_url)

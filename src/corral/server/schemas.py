@@ -6,7 +6,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from corral.core.clock import as_utc
 from corral.store.models import SandboxRow
@@ -189,6 +189,13 @@ class Exec(Strict):
     background: bool = False
     stream: bool = False
     tag: str | None = Field(default=None, max_length=128)
+
+    @field_validator("cmd", mode="before")
+    @classmethod
+    def _cmd_is_a_line(cls, value: object) -> object:
+        if isinstance(value, list):
+            raise ValueError("cmd is a shell command line (a string): give a program and its arguments as argv")
+        return value
 
 
 class ExecResult(BaseModel):
