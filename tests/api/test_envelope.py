@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,13 @@ from corral.errors import ERRORS_BY_CODE, CorralError, InternalError, error_from
 from corral.images.store import Image, ImageStore
 from corral.runtimes.base import Runtime, RuntimeHandle, RuntimeState, SandboxSpec
 from corral.server.app import create_app
-from corral.server.serve import CHATTY_LOGGERS, check_bind, configure_logging, is_loopback
+from corral.server.serve import (
+    CHATTY_LOGGERS,
+    MAX_OPEN_FILES,
+    check_bind,
+    configure_logging,
+    is_loopback,
+)
 from tests.envelope import envelope_error
 
 pytestmark = pytest.mark.anyio
@@ -373,6 +382,26 @@ def test_check_bind(tmp_path: Path) -> None:
             check_bind(Settings(data_dir=tmp_path, host=host, api_key=""))
         check_bind(Settings(data_dir=tmp_path, host=host, api_key="s3cret"))
         check_bind(Settings(data_dir=tmp_path, host=host, api_key_sha256="ab" * 32))
+
+
+def test_the_server_raises_its_open_files_limit() -> None:
+    # In a child whose soft limit is a login shell's: the test's own process keeps its limit.
+    code = (
+        "import resource; from corral.server.serve import raise_open_files_limit;"
+        "before = resource.getrlimit(resource.RLIMIT_NOFILE)[0];"
+        "now = raise_open_files_limit();"
+        "print(before, now, *resource.getrlimit(resource.RLIMIT_NOFILE))"
+    )
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    wanted = min(hard, MAX_OPEN_FILES) if hard != resource.RLIM_INFINITY else MAX_OPEN_FILES
+    assert [int(n) for n in out] == [256, wanted, wanted, hard]
 
 
 @pytest.mark.parametrize(("level", "logs_requests"), [("info", False), ("warning", False), ("debug", True)])

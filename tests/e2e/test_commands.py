@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -93,6 +94,30 @@ def test_connect_sees_every_output_after_it_returns(sandbox: Sandbox) -> None:
             follower.disconnect()
     finally:
         echo.kill()
+
+
+def test_hundreds_of_commands_followed_at_once_leave_the_sandbox_usable(sandbox: Sandbox) -> None:
+    # Each followed command holds a connection from the SDK to the server and one from the
+    # server to the agent: 210 here, past httpx's default cap (100 per client), which made
+    # every other call of the Sandbox wait and fail, and past the server's old cap (200 per
+    # sandbox), which made the next call hang.
+    handles = [sandbox.commands.run(["cat"], background=True) for _ in range(70)]
+    followers = [sandbox.commands.connect(h.pid) for h in handles for _ in range(2)]
+    try:
+        assert sandbox.commands.run("echo still here").stdout == "still here\n"
+        quiet = followers.pop()
+        name = f"corral-pid-{quiet.pid}"
+        assert [t.name for t in threading.enumerate()].count(name) == 3
+        quiet.disconnect()  # its follower stops at once, though the process prints nothing
+        assert [t.name for t in threading.enumerate()].count(name) == 2
+        for i, handle in enumerate(handles):
+            handle.send_stdin(f"{i}\n")
+            handle.close_stdin()
+        assert [h.wait().stdout for h in handles] == [f"{i}\n" for i in range(70)]
+        assert [f.wait().stdout for f in followers] == [f"{i // 2}\n" for i in range(139)]
+    finally:
+        for handle in handles:
+            handle.kill()
 
 
 def test_background_kill(sandbox: Sandbox) -> None:

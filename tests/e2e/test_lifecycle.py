@@ -97,6 +97,31 @@ def test_a_kill_is_not_taken_for_a_death(sandbox_factory, server) -> None:
     assert died == []
 
 
+def test_calls_running_when_their_sandbox_is_killed_say_so(sandbox_factory, server) -> None:
+    """A kill cuts every command running in the sandbox: each says the sandbox was killed
+    (they said it was checkpointed, and to follow the command again)."""
+    sbx = sandbox_factory()
+    handles = [sbx.commands.run("sleep 300", background=True) for _ in range(5)]
+    with ThreadPoolExecutor(2) as pool:
+        plain = pool.submit(sbx.commands.run, "sleep 301", timeout=0)
+        streamed = pool.submit(sbx.commands.run, "sleep 302", timeout=0, on_stdout=print)
+        deadline = time.monotonic() + 20
+        while len(sbx.commands.list()) < 7 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        start = server.log_path.stat().st_size
+        Sandbox.connect(sbx.id).kill()  # a client of its own: this one has calls in flight
+        for call in (plain, streamed):
+            with pytest.raises(SandboxNotFound, match=f"sandbox '{sbx.id}' was killed"):
+                call.result(timeout=30)
+    for handle in handles:
+        with pytest.raises(SandboxNotFound, match="was killed"):
+            handle.wait()
+    time.sleep(0.5)
+    with server.log_path.open("rb") as log:
+        log.seek(start)
+        assert b"never retrieved" not in log.read()
+
+
 def test_connect_and_kill(sandbox_factory) -> None:
     sbx = sandbox_factory()
     again = Sandbox.connect(sbx.id)

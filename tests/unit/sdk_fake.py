@@ -103,6 +103,9 @@ def default_program(proc: FakeProcess) -> None:
         proc.finish(0)
 
 
+HUNG_UP: Any = object()
+
+
 class EventStream(httpx.SyncByteStream, httpx.AsyncByteStream):
     """NDJSON lines from a process's queue, as they come (sync or async)."""
 
@@ -122,9 +125,15 @@ class EventStream(httpx.SyncByteStream, httpx.AsyncByteStream):
                 event = self.events.get(timeout=WAIT)
             except queue.Empty:
                 return  # the test never ended it: the stream just stops
+            if event is HUNG_UP:
+                raise httpx.ReadError("the connection was shut down")
             yield self._line(event)
             if event["type"] == "end":
                 return
+
+    def close(self) -> None:
+        """The client hung up (from another thread): a read blocked on the stream ends."""
+        self.events.put(HUNG_UP)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         if self.first:

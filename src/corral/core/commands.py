@@ -165,7 +165,7 @@ async def stream(
         lost = True  # nobody to tell to kill it
         raise
     finally:
-        if pending is not None and not pending.done():
+        if pending is not None:  # cancelled, or ended as this ended: retrieve its outcome either way
             pending.cancel()
             with contextlib.suppress(BaseException):
                 await pending

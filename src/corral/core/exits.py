@@ -58,6 +58,10 @@ class ExitWatch:
         self._unwatch(sandbox_id)
         self._killed[sandbox_id] = time.monotonic()
 
+    def was_killed(self, sandbox_id: str) -> bool:
+        """Whether the sandbox is being, or was lately, killed (see :data:`KILLED_KEPT`)."""
+        return sandbox_id in self._killed
+
     def sweep(self) -> None:
         """Watch every sandbox that has a process and no watch yet (one lookup at a time, niced)."""
         now = time.monotonic()

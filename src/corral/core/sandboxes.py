@@ -576,15 +576,20 @@ class SandboxManager:
         A pause, hibernate or checkpoint under way freezes the agent: its sandbox is
         judged once that is over, and only a sandbox that no longer runs at all is dead.
         A dead sandbox's answer is the one every later call gets, ``sandbox_not_running``
-        (its connections are dropped when it is found dead: that is no checkpoint).
+        (its connections are dropped when it is found dead: that is no checkpoint). A
+        killed one's is ``sandbox_not_found``, saying it was killed.
         """
         if not isinstance(exc, AgentUnavailable | Interrupted):
             return exc
+        if self.exits.was_killed(sandbox_id):
+            return _killed(sandbox_id)
         await self.lifecycle.settled(sandbox_id)
         row = self.store.get_sandbox(sandbox_id)
-        if row is not None and row.state == DEAD:
+        if row is None:
+            return _killed(sandbox_id)
+        if row.state == DEAD:
             return _not_running(row)
-        if row is None or row.state != RUNNING or not isinstance(exc, AgentUnavailable):
+        if row.state != RUNNING or not isinstance(exc, AgentUnavailable):
             return exc
         seen = await self.runtime.state(_handle(row))
         if seen not in (RuntimeState.STOPPED, RuntimeState.MISSING):
@@ -703,7 +708,9 @@ class SandboxManager:
         if client is None:
             client = self._clients[sandbox_id] = httpx.AsyncClient(
                 timeout=httpx.Timeout(30.0, connect=CONNECT_TIMEOUT),
-                limits=httpx.Limits(max_connections=200, max_keepalive_connections=20),
+                # No cap: every command followed (a background one's stream) holds a connection
+                # for as long as it runs, and a capped pool made the next call wait for ever.
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=20),
                 trust_env=False,
                 verify=_AGENT_TLS,
             )
@@ -796,6 +803,10 @@ def _not_running(row: SandboxRow) -> SandboxNotRunning:
         f"sandbox '{row.id}' is {row.state}" + (f": {row.error}" if row.error else ""),
         details={"sandbox_id": row.id, "state": row.state},
     )
+
+
+def _killed(sandbox_id: str) -> SandboxNotFound:
+    return SandboxNotFound(f"sandbox '{sandbox_id}' was killed while the call ran", details={"sandbox_id": sandbox_id})
 
 
 def _handle(row: SandboxRow) -> RuntimeHandle:

@@ -7,9 +7,11 @@ failure into :class:`ServerUnavailable`. Only the I/O differs between them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import io
+import socket
 import ssl
 import urllib.request
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
@@ -55,6 +57,11 @@ def _tls(config: ConnectionConfig) -> ssl.SSLContext | bool:
         return _tls_context()
     return False
 
+
+LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=20)
+"""No cap on connections at once: every background command's handle holds one while it
+follows the output, so a cap (httpx's default is 100) would make every other call of that
+many handles' Sandbox wait for a free one, and fail."""
 
 SEND_PIECE = 1 << 20
 """A whole body larger than this is sent by the blocking client in pieces (see :func:`_in_pieces`)."""
@@ -132,6 +139,7 @@ class SyncHTTP:
             base_url=config.url,
             headers=config.headers,
             timeout=config.request_timeout,
+            limits=LIMITS,
             transport=sync_transport,
             verify=_tls(config),
         )
@@ -183,6 +191,21 @@ class SyncHTTP:
         finally:
             response.close()
 
+    @staticmethod
+    def hang_up(response: httpx.Response) -> None:
+        """End an ``open`` response from another thread: a read of it blocked there returns.
+
+        Closing the socket would not wake that read (it keeps the socket open until it
+        returns); shutting it down does, and the server sees the connection end. A
+        response with no socket (from a test transport) is closed instead."""
+        stream = response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if not isinstance(sock, socket.socket):
+            response.close()
+            return
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
     def close(self) -> None:
         self._client.close()
 
@@ -196,6 +219,7 @@ class AsyncHTTP:
             base_url=config.url,
             headers=config.headers,
             timeout=config.request_timeout,
+            limits=LIMITS,
             transport=async_transport,
             verify=_tls(config),
         )

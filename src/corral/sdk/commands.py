@@ -65,6 +65,7 @@ class CommandHandle(HandleBase):
         self._http = http
         self._opened = opened
         self._changed = threading.Condition()
+        self._response: httpx.Response | None = None
         self._thread = threading.Thread(target=self._follow, name=f"corral-pid-{pid}", daemon=True)
         self._thread.start()
 
@@ -75,14 +76,18 @@ class CommandHandle(HandleBase):
                 lines = response.iter_lines()
             else:
                 response, lines = self._opened
+            self._response = response
             with self._http.stream_of(response):
+                if self._disconnected:  # before the response was known to disconnect()
+                    return
                 pump = _pump(lines, self._output, self._on_stdout, self._on_stderr)
                 for _ in pump:
                     self._notify()
                     if self._disconnected:
                         break
         except Exception as exc:
-            self._failure = exc
+            if not self._disconnected:  # its hang-up ends the read with an error
+                self._failure = exc
         finally:
             self._done = True
             self._notify()
@@ -110,8 +115,12 @@ class CommandHandle(HandleBase):
         return self._verdict()
 
     def disconnect(self) -> None:
-        """Stop following its output; the process keeps running."""
+        """Stop following its output and close its connection; the process keeps running."""
         self._disconnected = True
+        if self._response is not None:
+            self._http.hang_up(self._response)
+        if threading.current_thread() is not self._thread:  # not from an output handler
+            self._thread.join()
 
     def send_stdin(self, data: str) -> None:
         self._http.call(routes.send_stdin(self.sandbox_id, self.pid, data))

@@ -117,7 +117,7 @@ class AsyncCommandHandle(HandleBase):
         return self._verdict()
 
     async def disconnect(self) -> None:
-        """Stop following its output; the process keeps running."""
+        """Stop following its output and close its connection; the process keeps running."""
         self._disconnected = True
         self._task.cancel()
         await asyncio.wait({self._task})

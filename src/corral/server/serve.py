@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import resource
 from pathlib import Path
 
 from corral.config import Settings
@@ -34,6 +35,25 @@ def check_bind(settings: Settings) -> None:
         )
 
 
+MAX_OPEN_FILES = 1 << 20
+
+
+def raise_open_files_limit() -> int:
+    """Raise the server's soft limit of open files to its hard one (at most
+    :data:`MAX_OPEN_FILES`); the limit now. Every command a client follows holds two
+    connections (the client's, and the server's to the agent), and a login shell's soft
+    limit is often 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, MAX_OPEN_FILES)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError):
+            return soft
+        return wanted
+    return soft
+
+
 CHATTY_LOGGERS = ("httpx", "alembic.runtime.plugins")
 """Loggers that say at INFO what only debugging needs: httpx a line for every call to an
 agent (each command, file and health check), alembic one for each plugin it loads at start."""
@@ -61,6 +81,7 @@ def run_server(*, host: str | None = None, port: int | None = None, data_dir: Pa
     if os.geteuid() != 0 and settings.runtime in ("runsc", "runc"):
         raise InvalidRequest("corral serve needs root: it makes network namespaces, mounts and sandboxes")
     configure_logging(settings.log_level)
+    raise_open_files_limit()
 
     from corral.server.app import create_app
 
