@@ -193,7 +193,8 @@ class NotADirectory_(Conflict, NotADirectoryError):
 
 
 class DiskFull(CorralError, OSError):
-    """What was to be written does not fit on the sandbox's disk (its ``disk_mb``)."""
+    """What was to be written does not fit on the sandbox's disk (its ``disk_mb``), or a
+    snapshot, fork or hibernation on the server's."""
 
     code = "disk_full"
     status = 507

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ import pytest
 from corral import Sandbox
 from tests.envelope import envelope_error
 from tests.leftovers import assert_nothing_left, processes_naming, sandbox_ids_in
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, unmount_under, worker_index
 
 pytestmark = [pytest.mark.runsc, pytest.mark.checkpoint]
 
@@ -332,3 +333,48 @@ def test_a_fork_whose_checkpoint_fails_removes_its_copies(own_server: ServerProc
     assert [s.id for s in Sandbox.list(url=url) if s.id != parent.id] == []
     assert_nothing_left(own_server.data_dir, children)
     assert not [p for p in (own_server.data_dir / "snapshots").iterdir()], "the fork's work dir is gone"
+
+
+# -- a server whose disk is too small -----------------------------------------------
+
+
+@pytest.fixture
+def cramped_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server whose data dir is a file system of 200 MiB of its own."""
+    room = tmp_path / "room"
+    room.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200m", "tmpfs", str(room)], check=True)
+    try:
+        env = {"CORRAL_SPARE_DISKS": "1", "CORRAL_SPARE_LINKS": "1"}
+        with ServerProcess(room / "data", subnet_index=42 + worker_index(), env=env).running() as proc:
+            yield proc
+    finally:
+        unmount_under(room)
+        subprocess.run(["umount", "-l", str(room)], check=False)
+
+
+def test_a_save_the_servers_disk_has_no_room_for_is_refused_and_the_sandbox_goes_on(
+    cramped_server: ServerProcess,
+) -> None:
+    """A snapshot, fork or hibernate of more memory than the data dir has room for: 507
+    disk_full before anything is written. A hibernate whose save failed midway left its
+    sandbox frozen (every later call hung) and its half-written image on the disk."""
+    url = cramped_server.url
+    sbx = Sandbox.create(url=url, memory_mb=512)
+    sbx.commands.run(HOG.replace("768", "250"), background=True)
+    wait_for("the hog's memory", lambda: sbx.files.exists("/tmp/hog-ready"), timeout=60, every=0.2)
+    for what, path, body in (
+        ("snapshot", "snapshots", {}),
+        ("fork", "fork", {"count": 2}),
+        ("hibernate", "hibernate", None),
+    ):
+        answer = httpx.post(f"{url}/v1/sandboxes/{sbx.id}/{path}", json=body, timeout=60)
+        error = envelope_error(answer.status_code, answer.headers["content-type"], answer.content)
+        assert answer.status_code == 507 and error["code"] == "disk_full", (what, error)
+        assert "the server's disk has no room" in error["message"], error
+        assert error["details"]["needed_bytes"] > 250 << 20 > error["details"]["free_bytes"], error
+        assert sbx.get_info().state == "running", what
+        assert sbx.commands.run("pgrep -c python3").stdout == "1\n", what
+    assert [s.id for s in Sandbox.list(url=url)] == [sbx.id]
+    assert [p.name for p in (cramped_server.data_dir / "snapshots").iterdir()] == []
+    assert not (cramped_server.data_dir / "sandboxes" / sbx.id / "hibernated").exists()

@@ -96,6 +96,21 @@ def oom_kills(cgroup: str, *, root: Path = CGROUP_ROOT) -> int:
     return 0
 
 
+def memory_stat(cgroup: str, key: str, *, root: Path = CGROUP_ROOT) -> int | None:
+    """One figure of ``cgroup``'s ``memory.stat`` (v1 or v2), in bytes; ``None`` if unknown."""
+    relative = cgroup.strip("/")
+    for path in (root / "memory" / relative / "memory.stat", root / relative / "memory.stat"):
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            name, _, value = line.partition(" ")
+            if name == key and value.strip().isdigit():
+                return int(value)
+    return None
+
+
 def sandbox_cgroup(sandbox_id: str) -> str:
     """The cgroup path a sandbox's OCI spec names (``cgroupsPath``); runsc makes it in every hierarchy."""
     return f"/{PARENT}/{sandbox_id}"

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -36,13 +37,13 @@ import resource
 import shutil
 import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from corral import hostcmd
 from corral._version import __version__
-from corral.errors import RuntimeFailure
+from corral.errors import CorralError, DiskFull, RuntimeFailure
 from corral.images.agent_bundle import (
     MOUNT_POINT,
     agent_command,
@@ -109,6 +110,54 @@ def open_files_limit(kind: str) -> int:
         return MAX_OPEN_FILES
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     return MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, MAX_OPEN_FILES)
+
+
+@contextlib.contextmanager
+def host_room(where: Path, what: str) -> Iterator[None]:
+    """Turn the host's file system running out of room for ``what`` in ``where`` into :class:`DiskFull`."""
+    try:
+        yield
+    except CorralError as exc:
+        if not isinstance(exc, RuntimeFailure) or "no space left on device" not in exc.message.lower():
+            raise
+        raise _no_room(where, what) from exc
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        raise _no_room(where, what) from exc
+
+
+SAVE_HEADROOM = 32 << 20
+"""Bytes a memory image may need beyond the sandbox's memory in use (its kernel's state)."""
+
+
+def check_room(sandbox_id: str, where: Path, what: str) -> None:
+    """Refuse, before it starts, a save of a sandbox's memory that the disk has no room for.
+
+    A sandbox's memory (gVisor's memory file, shared memory to the host) is what its
+    memory image holds, give or take its kernel's state.
+    """
+    in_use = cgroups.memory_stat(cgroups.sandbox_cgroup(sandbox_id), "shmem")
+    if in_use is None:
+        return
+    need = in_use + SAVE_HEADROOM
+    if _free(where) < need:
+        raise _no_room(where, what, need=need)
+
+
+def _free(where: Path) -> int:
+    return shutil.disk_usage(next(p for p in (where, *where.parents) if p.exists())).free
+
+
+def _no_room(where: Path, what: str, *, need: int | None = None) -> DiskFull:
+    place = next(p for p in (where.parent, *where.parents) if p.exists())  # outlives a half-written image
+    free = _free(place)
+    needs = f"it needs about {need >> 20} MiB, " if need is not None else ""
+    return DiskFull(
+        f"the server's disk has no room for {what}: {needs}{free >> 20} MiB are free in {place}; "
+        "delete snapshots, images or sandboxes, or give the data dir more room",
+        details={"path": str(place), "free_bytes": free, **({"needed_bytes": need} if need is not None else {})},
+    )
 
 
 def find_runsc(configured: str | None = None) -> str:
@@ -450,14 +499,16 @@ class OciRuntime(Runtime):
             await copy_upper(upper, dest / "upper")
             save_console_end(self._dir(handle), dest)
             return
+        check_room(sid, dest, f"sandbox {sid}'s snapshot")
         running = await self._pause_if_running(handle)  # so the memory image and the files agree
         try:
-            await hostcmd.run(
-                self._checkpoint_argv("--leave-running", "--image-path", str(dest / "memory"), sid),
-                timeout=600,
-            )
-            (dest / "upper").mkdir()
-            await copy_upper(upper, dest / "upper")
+            with host_room(dest, f"sandbox {sid}'s snapshot"):
+                await hostcmd.run(
+                    self._checkpoint_argv("--leave-running", "--image-path", str(dest / "memory"), sid),
+                    timeout=600,
+                )
+                (dest / "upper").mkdir()
+                await copy_upper(upper, dest / "upper")
         finally:
             if running:
                 await hostcmd.run(self._runtime_argv("resume", sid), check=False)
@@ -500,11 +551,23 @@ class OciRuntime(Runtime):
     async def hibernate(self, handle: RuntimeHandle) -> None:
         self._needs_runsc("hibernate")
         saved = self._dir(handle) / HIBERNATED
+        what = f"sandbox {handle.sandbox_id}'s memory"
+        check_room(handle.sandbox_id, saved, what)  # a save that fails ends the sandbox: see below
         shutil.rmtree(saved, ignore_errors=True)
         saved.mkdir()
-        await self._pause_if_running(handle)
+        running = await self._pause_if_running(handle)
         # Without --leave-running the sandbox stops once saved; its disk and link stay.
-        await hostcmd.run(self._checkpoint_argv("--image-path", str(saved / "memory"), handle.sandbox_id), timeout=600)
+        # It also stops if the save fails midway (gVisor ends it all the same), which
+        # check_room() keeps from happening for want of room.
+        try:
+            with host_room(saved, what):
+                argv = self._checkpoint_argv("--image-path", str(saved / "memory"), handle.sandbox_id)
+                await hostcmd.run(argv, timeout=600)
+        except BaseException:
+            shutil.rmtree(saved, ignore_errors=True)  # half an image
+            if running:  # should it still be there
+                await hostcmd.run(self._runtime_argv("resume", handle.sandbox_id), check=False)
+            raise
         # Saved, the sandbox stops: its process exits and its memory is freed. runsc's record of
         # it is deleted in the background, because `runsc delete` returns only once that process
         # is reaped, by the host's init, which some inits do a second or more late. A wake waits
