@@ -360,7 +360,7 @@ def test_a_save_the_servers_disk_has_no_room_for_is_refused_and_the_sandbox_goes
     disk_full before anything is written. A hibernate whose save failed midway left its
     sandbox frozen (every later call hung) and its half-written image on the disk."""
     url = cramped_server.url
-    sbx = Sandbox.create(url=url, memory_mb=512)
+    sbx = Sandbox.create(url=url, memory_mb=512, auto_pause=2)
     sbx.commands.run(HOG.replace("768", "250"), background=True)
     wait_for("the hog's memory", lambda: sbx.files.exists("/tmp/hog-ready"), timeout=60, every=0.2)
     for what, path, body in (
@@ -378,3 +378,13 @@ def test_a_save_the_servers_disk_has_no_room_for_is_refused_and_the_sandbox_goes
     assert [s.id for s in Sandbox.list(url=url)] == [sbx.id]
     assert [p.name for p in (cramped_server.data_dir / "snapshots").iterdir()] == []
     assert not (cramped_server.data_dir / "sandboxes" / sbx.id / "hibernated").exists()
+    # Idle past its auto_pause: the reaper's hibernate is refused too, and tried again only
+    # once the sandbox has been idle that long once more (not at every round, the others skipped).
+    log_start = cramped_server.log_path.stat().st_size
+    time.sleep(5)
+    with cramped_server.log_path.open("rb") as log:
+        log.seek(log_start)
+        lines = log.read().decode().splitlines()
+    refused = [line for line in lines if f"sandbox {sbx.id} could not hibernate" in line]
+    assert 1 <= len(refused) <= 3 and not [line for line in lines if "reaper round failed" in line], lines
+    assert sbx.get_info().state == "running"

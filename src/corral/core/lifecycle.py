@@ -273,8 +273,14 @@ class Lifecycle:
         for row in self.store.list_sandboxes(states={RUNNING}):
             if row.auto_pause and self._idle(row.id, row.auto_pause):
                 log.info("sandbox %s idle for %ds: hibernating it", row.id, row.auto_pause)
-                with contextlib.suppress(SandboxPaused, SandboxNotRunning):
+                try:
                     await self.hibernate(row.id, idle_for=row.auto_pause)
+                except (SandboxPaused, SandboxNotRunning):
+                    pass
+                except CorralError as exc:  # the disk is full, say: tried again once as idle again
+                    self.touch(row.id)
+                    log.warning("sandbox %s could not hibernate (%s); it runs on, and is tried again "
+                                "after %ds more of idleness", row.id, exc.message, row.auto_pause)  # fmt: skip
 
     def _idle(self, sandbox_id: str, seconds: float) -> bool:
         """No request for ``seconds``, and no command's output being read (a long command is use)."""
