@@ -119,15 +119,19 @@ class ServerProcess:
         try:
             yield self
         finally:
-            kill_all(self.url, api_key)
-            self.stop()
-            # Its sandboxes are gone: so may its firewall table and its read-only agent
-            # bundle mount be (a real server leaves both for the sandboxes that outlive it).
-            subnet = self.env["CORRAL_SANDBOX_SUBNET"]
-            table = firewall.table_name(subnet)
-            subprocess.run(["nft", "delete", "table", "inet", table], capture_output=True, check=False)
-            asyncio.run(links.Links.remove_spares(subnet))  # a server killed with -9 leaves its links made ahead
-            unmount_under(self.data_dir)
+            self.finish(api_key=api_key)
+
+    def finish(self, *, api_key: str | None = None) -> None:
+        """Kill its sandboxes, stop it, and remove what it leaves on the host for them."""
+        kill_all(self.url, api_key)
+        self.stop()
+        # Its sandboxes are gone: so may its firewall table and its read-only agent
+        # bundle mount be (a real server leaves both for the sandboxes that outlive it).
+        subnet = self.env["CORRAL_SANDBOX_SUBNET"]
+        table = firewall.table_name(subnet)
+        subprocess.run(["nft", "delete", "table", "inet", table], capture_output=True, check=False)
+        asyncio.run(links.Links.remove_spares(subnet))  # a server killed with -9 leaves its links made ahead
+        unmount_under(self.data_dir)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""

@@ -22,7 +22,7 @@ import pytest
 
 from corral import Sandbox
 from corral.errors import AuthenticationError
-from tests.serverproc import ServerProcess, free_port, kill_all, worker_index
+from tests.serverproc import ServerProcess, free_port, worker_index
 
 CORRAL = str(Path(sys.executable).with_name("corral"))
 
@@ -51,11 +51,8 @@ def keyed_server(tmp_path: Path, env: dict[str, str], *, subnet_index: int) -> I
     for name in ("CORRAL_API_KEY", "CORRAL_API_KEY_SHA256"):  # only the key this test gives
         if name not in env:
             proc.env.pop(name, None)
-    try:
-        yield proc.start()
-    finally:
-        kill_all(proc.url, env.get("CORRAL_API_KEY") or KEY)
-        proc.stop()
+    with proc.running(api_key=env.get("CORRAL_API_KEY") or KEY):  # which also removes its firewall table
+        yield proc
 
 
 def _assert_unauthorized(response: httpx.Response) -> None:

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.registry import Registry, busybox_layer, write_layout
-from tests.serverproc import ServerProcess, kill_all, worker_index
+from tests.serverproc import ServerProcess, worker_index
 
 pytestmark = [pytest.mark.runsc, pytest.mark.xdist_group("images")]
 
@@ -44,7 +44,7 @@ def test_pulls_use_the_configured_credentials_and_sandboxes_never_see_them(
         assert r.status_code == 502, r.text
         assert r.json()["error"]["code"] == "registry_error" and "refused access" in r.json()["error"]["message"]
     finally:
-        without.stop()
+        without.finish()
 
     auth_file = private_registry.auth_file(tmp_path / "auth.json")
     server = server_with(tmp_path / "creds", {"CORRAL_REGISTRY_AUTH_FILE": str(auth_file)}).start()
@@ -57,5 +57,4 @@ def test_pulls_use_the_configured_credentials_and_sandboxes_never_see_them(
             assert PASSWORD not in env and USER not in env
             assert found == ""
     finally:
-        kill_all(server.url)
-        server.stop()
+        server.finish()

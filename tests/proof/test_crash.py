@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.proof.crashdrill import Drill, Ledger, audit, orphans
-from tests.serverproc import ServerProcess, kill_all, worker_index
+from tests.serverproc import ServerProcess, worker_index
 
 pytestmark = [pytest.mark.load, pytest.mark.runsc, pytest.mark.xdist_group("proof")]
 
@@ -26,8 +26,7 @@ def crashing_server(tmp_path: Path) -> Iterator[ServerProcess]:
     finally:
         if proc.proc is not None and proc.proc.poll() is not None:
             proc.start(timeout=60)
-        kill_all(proc.url)
-        proc.stop()
+        proc.finish()
 
 
 @pytest.mark.timeout(400)
