@@ -20,6 +20,10 @@ from corral.net import firewall, links
 IMAGES = Path(os.environ.get("CORRAL_TEST_IMAGES", "/var/lib/corral/images"))
 
 
+class PortTaken(RuntimeError):
+    """The server could not listen: a port picked for it was taken meanwhile."""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -71,13 +75,30 @@ class ServerProcess:
         }
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir / "server.log"
+        self.answered = False
+        """Whether it has answered once (from then on its ports are its own)."""
 
     def start(self, timeout: float = 90.0) -> ServerProcess:
+        """Start it and wait for its answer. Until it has answered once, a port another
+        process took since it was picked (the API's or the preview proxy's) is picked again."""
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except PortTaken:
+                if self.answered or attempt == 2:
+                    raise
+                self.port = free_port()
+                self.url = f"http://127.0.0.1:{self.port}"
+                self.env.update(CORRAL_PORT=str(self.port), CORRAL_PREVIEW_PORT=str(free_port()))
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         images = self.data_dir / "images"
         if self.shared_images and not images.exists():
             images.symlink_to(IMAGES)
         log = self.log_path.open("ab")
+        log_start = log.tell()
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from corral.server.serve import run_server; run_server()"],
             env=self.env,
@@ -89,10 +110,12 @@ class ServerProcess:
         last: Exception | None = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+                taken = b"address already in use" in self.log_path.read_bytes()[log_start:]
+                raise (PortTaken if taken else RuntimeError)(f"server exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 # A generous wait per try: on a loaded 2-core host a first answer can take seconds.
                 if httpx.get(f"{self.url}/health", timeout=10.0, trust_env=False).status_code == 200:
+                    self.answered = True
                     return self
             except httpx.TransportError as exc:
                 last = exc
