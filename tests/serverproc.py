@@ -111,7 +111,8 @@ class ServerProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 taken = b"address already in use" in self.log_path.read_bytes()[log_start:]
-                raise (PortTaken if taken else RuntimeError)(f"server exited with {self.proc.returncode}:\n{self.log()}")
+                said = f"server exited with {self.proc.returncode}:\n{self.log()}"
+                raise PortTaken(said) if taken else RuntimeError(said)
             try:
                 # A generous wait per try: on a loaded 2-core host a first answer can take seconds.
                 if httpx.get(f"{self.url}/health", timeout=10.0, trust_env=False).status_code == 200:

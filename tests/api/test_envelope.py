@@ -422,6 +422,22 @@ def test_the_server_log_has_chatty_library_lines_only_at_debug(level: str, logs_
         root.handlers[:] = saved[2]
 
 
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({}, "give exactly one of 'data' (text) or 'data_base64' (bytes)"),
+        ({"data": "a", "data_base64": "YQ=="}, "give exactly one of 'data' (text) or 'data_base64' (bytes)"),
+        ({"data_base64": "not base64!"}, "data_base64 is not base64"),
+    ],
+)
+async def test_stdin_writes_are_text_or_base64_bytes(
+    client: httpx.AsyncClient, runtime: RecordingRuntime, body: dict[str, Any], message: str
+) -> None:
+    answer = await client.post("/v1/sandboxes/sbnothere/processes/1/stdin", json=body)
+    assert message in error_of(answer, 422, "invalid_request")["message"]
+    assert runtime.calls == []
+
+
 # -- numbers too large to store (found by tests/proof/test_fuzz.py) ----------------
 
 

@@ -7,6 +7,7 @@ import hashlib
 import itertools
 import json
 import os
+import select
 import subprocess
 import sys
 import time
@@ -151,6 +152,38 @@ def test_exec_json(corral, sandbox: Sandbox) -> None:
 def test_exec_stdin(corral, sandbox: Sandbox) -> None:
     done = corral("exec", "--stdin", sandbox.id, "tr a-z A-Z", input=b"shout\n")
     assert (done.returncode, done.stdout) == (0, b"SHOUT\n")
+    # Any bytes, past the server's JSON limit (1 MiB): it was read whole, sent as text, and refused.
+    payload = os.urandom(3 << 20)
+    done = corral("exec", "--stdin", sandbox.id, "sha256sum", input=payload)
+    assert (done.returncode, done.stdout.split()[0].decode()) == (0, hashlib.sha256(payload).hexdigest()), done
+
+
+def test_exec_stdin_reaches_the_command_as_it_comes(cli_env: dict[str, str], sandbox: Sandbox) -> None:
+    proc = subprocess.Popen(
+        [CORRAL, "exec", "--stdin", sandbox.id, "--", "cat"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.stdin.write(b"first\n")
+        proc.stdin.flush()
+        # Before its stdin ends: it was read whole first, so nothing came back until then.
+        assert select.select([proc.stdout], [], [], 30)[0], "the first line did not come back within 30 s"
+        assert proc.stdout.readline() == b"first\n"
+        proc.stdin.write(b"second\n")
+        proc.stdin.close()
+        assert proc.stdout.read() == b"second\n"
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        if proc.stderr:
+            proc.stderr.close()
 
 
 def test_exec_streams_output_as_it_arrives(cli_env: dict[str, str], sandbox: Sandbox) -> None:

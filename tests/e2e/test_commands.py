@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import io
+import os
+import tarfile
 import threading
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 
-from corral import CommandExitError, Sandbox
+from corral import AsyncSandbox, CommandExitError, Sandbox
 from corral.errors import ExecTimeout
 from tests.serverproc import ServerProcess
 
@@ -118,6 +124,45 @@ def test_hundreds_of_commands_followed_at_once_leave_the_sandbox_usable(sandbox:
     finally:
         for handle in handles:
             handle.kill()
+
+
+def test_stdin_from_bytes_files_and_iterables_of_any_size(sandbox: Sandbox) -> None:
+    payload = os.urandom(3 << 20)  # past the server's 1 MiB JSON limit
+    digest = hashlib.sha256(payload).hexdigest()
+    assert sandbox.commands.run("sha256sum", stdin=payload).stdout.split()[0] == digest
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        member = tarfile.TarInfo("d/hello.txt")
+        member.size = 6
+        tar.addfile(member, io.BytesIO(b"hello\n"))
+    archive.seek(0)
+    sandbox.commands.run(["tar", "x", "-C", "/tmp"], stdin=archive)  # a binary file object
+    assert sandbox.files.read("/tmp/d/hello.txt") == "hello\n"
+    # Small chunks go in batches: one write each would take minutes.
+    lines = (f"line {i}\n" for i in range(200_000))
+    assert sandbox.commands.run("wc -l", stdin=lines, timeout=30).stdout == "200000\n"
+    # A command that stops reading early ends as a pipe's reader does; the rest is dropped.
+    assert sandbox.commands.run("head -c 5 | wc -c", stdin=os.urandom(4 << 20)).stdout == "5\n"
+    handle = sandbox.commands.run("cat > /tmp/bg.bin", background=True, stdin=payload)
+    handle.wait()
+    assert sandbox.commands.run("sha256sum /tmp/bg.bin").stdout.split()[0] == digest
+    cat = sandbox.commands.run("od -An -c", background=True)
+    cat.send_stdin(b"\x00\xff")
+    cat.close_stdin()
+    assert cat.wait().stdout.split() == ["\\0", "377"]
+
+    async def from_async_iterable() -> str:
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(10):
+                yield b"x" * 100_000
+
+        same = await AsyncSandbox.connect(sandbox.id)
+        try:
+            return (await same.commands.run("wc -c", stdin=chunks())).stdout
+        finally:
+            await same.close()
+
+    assert asyncio.run(from_async_iterable()) == "1000000\n"
 
 
 def test_background_kill(sandbox: Sandbox) -> None:

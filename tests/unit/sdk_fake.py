@@ -9,6 +9,7 @@ and a test can drive a live process's output itself (``FakeProcess.emit``).
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import queue
@@ -364,7 +365,8 @@ class FakeCorral:
         return _ndjson(EventStream(proc, {"type": "start", "pid": proc.pid}))
 
     def stdin(self, request: httpx.Request, body: dict[str, Any], sid: str, pid: str) -> httpx.Response:
-        self.process(sid, pid).stdin.append(body["data"])
+        data = body["data"] if "data" in body else base64.b64decode(body["data_base64"]).decode()
+        self.process(sid, pid).stdin.append(data)
         return httpx.Response(204)
 
     def stdin_close(self, request: httpx.Request, body: Any, sid: str, pid: str) -> httpx.Response:

@@ -191,9 +191,11 @@ def test_exec_argv_and_options(fake: FakeCorral) -> None:
 def test_exec_stdin_flag(fake: FakeCorral) -> None:
     sid = fake.add_sandbox()
     corral("exec", sid, "--stdin", "echo x", input="fed\n")
-    assert fake.last().body["stdin"] == "fed\n"
+    started = next(r for r in reversed(fake.requests) if r.path.endswith("/exec"))
+    assert started.body["stdin_open"] is True and started.body["stream"] is True  # then written as it comes
+    assert "stdin" not in started.body
     corral("exec", sid, "echo x", input="ignored")
-    assert "stdin" not in fake.last().body
+    assert "stdin" not in fake.last().body and "stdin_open" not in fake.last().body
 
 
 def test_exec_json(fake: FakeCorral) -> None:

@@ -50,7 +50,9 @@ def exec_(
     user: Annotated[str | None, typer.Option(help="Run as this user (default: user).")] = None,
     env: Annotated[list[str] | None, typer.Option(metavar="KEY=VALUE", help="Environment (repeat).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds before it is killed; 0: no limit.")] = 60,
-    stdin: Annotated[bool, typer.Option("--stdin", help="Feed it this command's standard input.")] = False,
+    stdin: Annotated[
+        bool, typer.Option("--stdin", help="Feed it this command's standard input, as it comes (any bytes, any size).")
+    ] = False,
     json: JsonOption = False,
 ) -> None:
     """Run a command in a sandbox, streaming its output; exit with its exit code.
@@ -61,7 +63,7 @@ def exec_(
     conn = connection(ctx)
     envs = parse_pairs(env, "--env")
     cmd: str | list[str] = command[0] if len(command) == 1 else command
-    feed = sys.stdin.read() if stdin else None
+    feed = sys.stdin.buffer if stdin else None
     out, err = (None, None) if json else (sys.stdout, sys.stderr)
     with cli_errors(), conn.sandbox(sandbox_id) as sbx:
         try:

@@ -49,6 +49,8 @@ class ExecRequest:
     user: str | None = None
     timeout: float | None = None
     stdin: str | None = None
+    stdin_open: bool = False
+    """Keep stdin open after ``stdin`` (if any) for later writes."""
     tag: str | None = None
 
     def command_line(self, shell: list[str]) -> list[str]:
@@ -93,14 +95,15 @@ async def start(
         cwd=request.cwd,
         user=request.user,
         tag=request.tag,
-        stdin=background or request.stdin is not None,
+        stdin=background or request.stdin_open or request.stdin is not None,
     ).__aiter__()
     first = await anext(events, None)
     if first is None or first.kind != "start":
         raise InternalError("the agent ended the process stream before the process started")
     if request.stdin is not None:
         await agent.send_stdin(first.pid, request.stdin.encode())
-        await agent.close_stdin(first.pid)
+        if not request.stdin_open:
+            await agent.close_stdin(first.pid)
     return first.pid, events
 
 

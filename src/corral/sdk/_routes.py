@@ -6,6 +6,7 @@ Paths and bodies follow docs/api.md.
 
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -290,6 +291,7 @@ def exec_body(
     user: str | None,
     stdin: str | None,
     tag: str | None,
+    stdin_open: bool = False,
 ) -> dict[str, Any]:
     """The exec body both modes share: ``cmd`` (a shell line) or ``argv`` (a list)."""
     body: dict[str, Any] = {"cmd": cmd} if isinstance(cmd, str) else {"argv": [str(a) for a in cmd]}
@@ -301,6 +303,7 @@ def exec_body(
                 "user": user,
                 "timeout": seconds(timeout),
                 "stdin": stdin,
+                "stdin_open": stdin_open or None,
                 "tag": tag,
             }
         )
@@ -342,9 +345,10 @@ def process_stream(sandbox_id: str, pid: int | str) -> Call[httpx.Response]:
     return Call("GET", f"{_process_path(sandbox_id, pid)}/stream", extra_time=None)
 
 
-def send_stdin(sandbox_id: str, pid: int | str, data: str) -> Call[None]:
+def send_stdin(sandbox_id: str, pid: int | str, data: str | bytes) -> Call[None]:
     path = f"{_process_path(sandbox_id, pid)}/stdin"
-    return Call("POST", path, json={"data": data}, parse=_nothing)
+    body = {"data": data} if isinstance(data, str) else {"data_base64": base64.b64encode(data).decode()}
+    return Call("POST", path, json=body, parse=_nothing)
 
 
 def close_stdin(sandbox_id: str, pid: int | str) -> Call[None]:

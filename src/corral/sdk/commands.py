@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Literal, overload
 
 import httpx
 
-from corral.errors import ProcessNotFound
+from corral.errors import Conflict, ProcessNotFound
 from corral.sdk import _routes as routes
 from corral.sdk._http import Call, SyncHTTP
 from corral.sdk._output import (
@@ -21,6 +22,7 @@ from corral.sdk._output import (
     pid_of,
     start_pid,
 )
+from corral.sdk._stdin import StdinSource, batches, writes
 from corral.sdk.models import CommandResult, OutputChunk, ProcessInfo
 
 __all__ = ["CommandHandle", "Commands"]
@@ -41,6 +43,32 @@ def _pump(
         yield
         if output.ended:
             return
+
+
+class _Feeder(threading.Thread):
+    """Writes a stdin source to a started process as it is read, then closes its stdin.
+
+    Should the process end or close its stdin first, the rest is dropped, as a
+    pipe's writer stops once its reader has gone. Another failure lands in ``error``.
+    """
+
+    def __init__(self, http: SyncHTTP, sandbox_id: str, pid: int, source: StdinSource) -> None:
+        super().__init__(name=f"corral-stdin-{pid}", daemon=True)
+        self._http, self._sandbox_id, self._pid, self._source = http, sandbox_id, pid, source
+        self.error: Exception | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            for piece in batches(self._source):
+                self._http.call(routes.send_stdin(self._sandbox_id, self._pid, piece))
+            self._http.call(routes.close_stdin(self._sandbox_id, self._pid))
+        except (ProcessNotFound, Conflict):
+            pass
+        except Exception as exc:
+            self.error = exc
+            with contextlib.suppress(Exception):  # so that the command does not wait for the rest for ever
+                self._http.call(routes.close_stdin(self._sandbox_id, self._pid))
 
 
 class CommandHandle(HandleBase):
@@ -66,6 +94,8 @@ class CommandHandle(HandleBase):
         self._opened = opened
         self._changed = threading.Condition()
         self._response: httpx.Response | None = None
+        self._feeder: _Feeder | None = None
+        """Writing its stdin, when it was started with a stdin to read from."""
         self._thread = threading.Thread(target=self._follow, name=f"corral-pid-{pid}", daemon=True)
         self._thread.start()
 
@@ -112,7 +142,10 @@ class CommandHandle(HandleBase):
     def wait(self) -> CommandResult:
         """Wait for it to end; its result, or :class:`CommandExitError` if it exited non-zero."""
         self._thread.join()
-        return self._verdict()
+        result = self._verdict()
+        if self._feeder is not None and self._feeder.error is not None:
+            raise self._feeder.error
+        return result
 
     def disconnect(self) -> None:
         """Stop following its output and close its connection; the process keeps running."""
@@ -122,8 +155,9 @@ class CommandHandle(HandleBase):
         if threading.current_thread() is not self._thread:  # not from an output handler
             self._thread.join()
 
-    def send_stdin(self, data: str) -> None:
-        self._http.call(routes.send_stdin(self.sandbox_id, self.pid, data))
+    def send_stdin(self, data: str | bytes) -> None:
+        """Write text or bytes to its stdin."""
+        Commands(self._http, self.sandbox_id).send_stdin(self.pid, data)
 
     def close_stdin(self) -> None:
         self._http.call(routes.close_stdin(self.sandbox_id, self.pid))
@@ -156,7 +190,7 @@ class Commands:
         envs: Mapping[str, str] | None = None,
         cwd: str | None = None,
         user: str | None = None,
-        stdin: str | None = None,
+        stdin: StdinSource | None = None,
         tag: str | None = None,
     ) -> CommandResult: ...
 
@@ -172,7 +206,7 @@ class Commands:
         envs: Mapping[str, str] | None = None,
         cwd: str | None = None,
         user: str | None = None,
-        stdin: str | None = None,
+        stdin: StdinSource | None = None,
         tag: str | None = None,
     ) -> CommandHandle: ...
 
@@ -187,7 +221,7 @@ class Commands:
         envs: Mapping[str, str] | None = None,
         cwd: str | None = None,
         user: str | None = None,
-        stdin: str | None = None,
+        stdin: StdinSource | None = None,
         tag: str | None = None,
     ) -> CommandResult | CommandHandle:
         """Run ``cmd``: a shell line (``str``) or an argv list.
@@ -197,17 +231,33 @@ class Commands:
         ``timeout`` seconds (``None``: no limit). With ``on_stdout``/``on_stderr``
         the output is streamed to them as it arrives. With ``background=True``
         it answers a :class:`CommandHandle` at once.
+
+        ``stdin``: text, sent with the request; or bytes, a file object, or an
+        iterable of chunks, written to the command as they are read (of any
+        size: a file's or a program's output), after which its stdin is closed.
         """
-        body = routes.exec_body(cmd, timeout=timeout, envs=envs, cwd=cwd, user=user, stdin=stdin, tag=tag)
+        text = stdin if isinstance(stdin, str) else None
+        source = stdin if stdin is not None and not isinstance(stdin, str) else None
+        body = routes.exec_body(
+            cmd, timeout=timeout, envs=envs, cwd=cwd, user=user, stdin=text, tag=tag, stdin_open=source is not None
+        )
         if background:
-            return self._attach(routes.exec_background(self._sandbox_id, body), on_stdout, on_stderr)
-        if on_stdout is None and on_stderr is None:
+            handle = self._attach(routes.exec_background(self._sandbox_id, body), on_stdout, on_stderr)
+            if source is not None:
+                handle._feeder = _Feeder(self._http, self._sandbox_id, handle.pid, source)
+            return handle
+        if on_stdout is None and on_stderr is None and source is None:
             return check_exit(self._http.call(routes.exec_plain(self._sandbox_id, body)))
         output = OutputCollector()
+        feeder: _Feeder | None = None
         with self._http.stream(routes.exec_stream(self._sandbox_id, body)) as response:
             for _ in _pump(response.iter_lines(), output, on_stdout, on_stderr):
-                pass
-        return output.result()
+                if source is not None and feeder is None and output.pid:
+                    feeder = _Feeder(self._http, self._sandbox_id, output.pid, source)
+        result = output.result()
+        if feeder is not None and feeder.error is not None:  # it ended all the same; a feeder left reading is let be
+            raise feeder.error
+        return result
 
     exec = run
 
@@ -249,8 +299,10 @@ class Commands:
             return False
         return True
 
-    def send_stdin(self, pid: int | str, data: str) -> None:
-        self._http.call(routes.send_stdin(self._sandbox_id, pid, data))
+    def send_stdin(self, pid: int | str, data: str | bytes) -> None:
+        """Write text or bytes to a process's stdin (by pid or tag)."""
+        for piece in writes(data):
+            self._http.call(routes.send_stdin(self._sandbox_id, pid, piece))
 
     def close_stdin(self, pid: int | str) -> None:
         self._http.call(routes.close_stdin(self._sandbox_id, pid))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import inspect
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping, Sequence
 from contextlib import aclosing
@@ -14,7 +15,7 @@ from typing import Literal, overload
 
 import httpx
 
-from corral.errors import ProcessNotFound
+from corral.errors import Conflict, ProcessNotFound
 from corral.sdk import _routes as routes
 from corral.sdk._http import AsyncHTTP, Call
 from corral.sdk._output import (
@@ -26,6 +27,7 @@ from corral.sdk._output import (
     pid_of,
     start_pid,
 )
+from corral.sdk._stdin import AsyncStdinSource, async_batches, writes
 from corral.sdk.models import CommandResult, OutputChunk, ProcessInfo
 
 __all__ = ["AsyncCommandHandle", "AsyncCommands"]
@@ -50,6 +52,27 @@ async def _pump(
             return
 
 
+class _Feeder:
+    """The async twin of :class:`corral.sdk.commands._Feeder`: a task."""
+
+    def __init__(self, http: AsyncHTTP, sandbox_id: str, pid: int, source: AsyncStdinSource) -> None:
+        self._http, self._sandbox_id, self._pid, self._source = http, sandbox_id, pid, source
+        self.error: Exception | None = None
+        self.task = asyncio.get_running_loop().create_task(self._run(), name=f"corral-stdin-{pid}")
+
+    async def _run(self) -> None:
+        try:
+            async for piece in async_batches(self._source):
+                await self._http.call(routes.send_stdin(self._sandbox_id, self._pid, piece))
+            await self._http.call(routes.close_stdin(self._sandbox_id, self._pid))
+        except (ProcessNotFound, Conflict):
+            pass
+        except Exception as exc:
+            self.error = exc
+            with contextlib.suppress(Exception):  # so that the command does not wait for the rest for ever
+                await self._http.call(routes.close_stdin(self._sandbox_id, self._pid))
+
+
 class AsyncCommandHandle(HandleBase):
     """A command running in the background (async).
 
@@ -72,6 +95,8 @@ class AsyncCommandHandle(HandleBase):
         self._http = http
         self._opened = opened
         self._changed = asyncio.Event()
+        self._feeder: _Feeder | None = None
+        """Writing its stdin, when it was started with a stdin to read from."""
         self._task = asyncio.get_running_loop().create_task(self._follow(), name=f"corral-pid-{pid}")
 
     async def _follow(self) -> None:
@@ -114,7 +139,10 @@ class AsyncCommandHandle(HandleBase):
     async def wait(self) -> CommandResult:
         """Wait for it to end; its result, or :class:`CommandExitError` if it exited non-zero."""
         await asyncio.wait({self._task})
-        return self._verdict()
+        result = self._verdict()
+        if self._feeder is not None and self._feeder.error is not None:
+            raise self._feeder.error
+        return result
 
     async def disconnect(self) -> None:
         """Stop following its output and close its connection; the process keeps running."""
@@ -122,8 +150,9 @@ class AsyncCommandHandle(HandleBase):
         self._task.cancel()
         await asyncio.wait({self._task})
 
-    async def send_stdin(self, data: str) -> None:
-        await self._http.call(routes.send_stdin(self.sandbox_id, self.pid, data))
+    async def send_stdin(self, data: str | bytes) -> None:
+        """Write text or bytes to its stdin."""
+        await AsyncCommands(self._http, self.sandbox_id).send_stdin(self.pid, data)
 
     async def close_stdin(self) -> None:
         await self._http.call(routes.close_stdin(self.sandbox_id, self.pid))
@@ -156,7 +185,7 @@ class AsyncCommands:
         envs: Mapping[str, str] | None = None,
         cwd: str | None = None,
         user: str | None = None,
-        stdin: str | None = None,
+        stdin: AsyncStdinSource | None = None,
         tag: str | None = None,
     ) -> CommandResult: ...
 
@@ -172,7 +201,7 @@ class AsyncCommands:
         envs: Mapping[str, str] | None = None,
         cwd: str | None = None,
         user: str | None = None,
-        stdin: str | None = None,
+        stdin: AsyncStdinSource | None = None,
         tag: str | None = None,
     ) -> AsyncCommandHandle: ...
 
@@ -187,20 +216,37 @@ class AsyncCommands:
         envs: Mapping[str, str] | None = None,
         cwd: str | None = None,
         user: str | None = None,
-        stdin: str | None = None,
+        stdin: AsyncStdinSource | None = None,
         tag: str | None = None,
     ) -> CommandResult | AsyncCommandHandle:
-        """Run ``cmd``; see :meth:`corral.sdk.commands.Commands.run`."""
-        body = routes.exec_body(cmd, timeout=timeout, envs=envs, cwd=cwd, user=user, stdin=stdin, tag=tag)
+        """Run ``cmd``; see :meth:`corral.sdk.commands.Commands.run` (``stdin`` may also be an async iterable)."""
+        text = stdin if isinstance(stdin, str) else None
+        source = stdin if stdin is not None and not isinstance(stdin, str) else None
+        body = routes.exec_body(
+            cmd, timeout=timeout, envs=envs, cwd=cwd, user=user, stdin=text, tag=tag, stdin_open=source is not None
+        )
         if background:
-            return await self._attach(routes.exec_background(self._sandbox_id, body), on_stdout, on_stderr)
-        if on_stdout is None and on_stderr is None:
+            handle = await self._attach(routes.exec_background(self._sandbox_id, body), on_stdout, on_stderr)
+            if source is not None:
+                handle._feeder = _Feeder(self._http, self._sandbox_id, handle.pid, source)
+            return handle
+        if on_stdout is None and on_stderr is None and source is None:
             return check_exit(await self._http.call(routes.exec_plain(self._sandbox_id, body)))
         output = OutputCollector()
-        async with self._http.stream(routes.exec_stream(self._sandbox_id, body)) as response:
-            async for _ in _pump(response.aiter_lines(), output, on_stdout, on_stderr):
-                pass
-        return output.result()
+        feeder: _Feeder | None = None
+        try:
+            async with self._http.stream(routes.exec_stream(self._sandbox_id, body)) as response:
+                async for _ in _pump(response.aiter_lines(), output, on_stdout, on_stderr):
+                    if source is not None and feeder is None and output.pid:
+                        feeder = _Feeder(self._http, self._sandbox_id, output.pid, source)
+        finally:
+            if feeder is not None and not feeder.task.done():  # the command ended first: the rest is not wanted
+                feeder.task.cancel()
+                await asyncio.wait({feeder.task})
+        result = output.result()
+        if feeder is not None and feeder.error is not None:
+            raise feeder.error
+        return result
 
     exec = run
 
@@ -242,8 +288,10 @@ class AsyncCommands:
             return False
         return True
 
-    async def send_stdin(self, pid: int | str, data: str) -> None:
-        await self._http.call(routes.send_stdin(self._sandbox_id, pid, data))
+    async def send_stdin(self, pid: int | str, data: str | bytes) -> None:
+        """Write text or bytes to a process's stdin (by pid or tag)."""
+        for piece in writes(data):
+            await self._http.call(routes.send_stdin(self._sandbox_id, pid, piece))
 
     async def close_stdin(self, pid: int | str) -> None:
         await self._http.call(routes.close_stdin(self._sandbox_id, pid))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -9,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from corral.core.clock import as_utc
+from corral.errors import InvalidRequest
 from corral.store.models import SandboxRow
 
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -185,7 +188,14 @@ class Exec(Strict):
         default=None, description="A name or uid; default: the image's user, else 'user' if the image has it."
     )
     timeout: float | None = Field(default=None, ge=0, description="Seconds; 0 = none; default 60.")
-    stdin: str | None = Field(default=None, description="Text written to stdin, which is then closed.")
+    stdin: str | None = Field(
+        default=None, description="Text written to stdin, which is then closed (unless stdin_open)."
+    )
+    stdin_open: bool = Field(
+        default=False,
+        description="Keep stdin open for /processes/{pid}/stdin writes until /stdin/close "
+        "(a background process's is always open).",
+    )
     background: bool = False
     stream: bool = False
     tag: str | None = Field(default=None, max_length=128)
@@ -227,7 +237,19 @@ class ProcessList(BaseModel):
 
 
 class StdinData(Strict):
-    data: str
+    data: str | None = Field(default=None, description="Text, written as UTF-8.")
+    data_base64: str | None = Field(default=None, description="Bytes, base64-encoded.")
+
+    def payload(self) -> bytes:
+        """The bytes to write: from exactly one of the two fields."""
+        if (self.data is None) == (self.data_base64 is None):
+            raise InvalidRequest("give exactly one of 'data' (text) or 'data_base64' (bytes)")
+        if self.data is not None:
+            return self.data.encode()
+        try:
+            return base64.b64decode(self.data_base64 or "", validate=True)
+        except binascii.Error as exc:
+            raise InvalidRequest(f"data_base64 is not base64: {exc}") from None
 
 
 class SignalBody(Strict):

@@ -44,6 +44,7 @@ async def exec_command(sandbox_id: str, body: Exec, manager: Manager) -> Respons
         user=body.user,
         timeout=manager.settings.exec_timeout if body.timeout is None else body.timeout,
         stdin=body.stdin,
+        stdin_open=body.stdin_open,
         tag=body.tag,
     )
     shell = await manager.shell(sandbox_id)
@@ -116,7 +117,8 @@ async def stream_process(sandbox_id: str, pid: str, manager: Manager) -> Streami
 
 @router.post("/processes/{pid}/stdin", status_code=204)
 async def send_stdin(sandbox_id: str, pid: str, body: StdinData, manager: Manager) -> Response:
-    await (await manager.awake_agent(sandbox_id)).send_stdin(_selector(pid), body.data.encode())
+    data = body.payload()
+    await (await manager.awake_agent(sandbox_id)).send_stdin(_selector(pid), data)
     return Response(status_code=204)
 
 
