@@ -438,6 +438,15 @@ async def test_stdin_writes_are_text_or_base64_bytes(
     assert runtime.calls == []
 
 
+async def test_stdin_open_needs_a_stream_or_the_background(
+    client: httpx.AsyncClient, runtime: RecordingRuntime
+) -> None:
+    # A plain exec answers only at the end: nobody would know the pid to write to.
+    answer = await client.post("/v1/sandboxes/sbnothere/exec", json={"cmd": "cat", "stdin_open": True})
+    assert "stdin_open needs stream: true or background: true" in error_of(answer, 422, "invalid_request")["message"]
+    assert runtime.calls == []
+
+
 # -- numbers too large to store (found by tests/proof/test_fuzz.py) ----------------
 
 

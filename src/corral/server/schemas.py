@@ -8,7 +8,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from corral.core.clock import as_utc
 from corral.errors import InvalidRequest
@@ -194,11 +194,19 @@ class Exec(Strict):
     stdin_open: bool = Field(
         default=False,
         description="Keep stdin open for /processes/{pid}/stdin writes until /stdin/close "
-        "(a background process's is always open).",
+        "(with stream or background; a background process's is always open).",
     )
     background: bool = False
     stream: bool = False
     tag: str | None = Field(default=None, max_length=128)
+
+    @model_validator(mode="after")
+    def _stdin_open_needs_the_pid_first(self) -> Exec:
+        if self.stdin_open and not (self.stream or self.background):
+            raise ValueError(
+                "stdin_open needs stream: true or background: true, whose answer gives the pid to write to first"
+            )
+        return self
 
     @field_validator("cmd", mode="before")
     @classmethod
