@@ -428,6 +428,7 @@ def test_the_server_log_has_chatty_library_lines_only_at_debug(level: str, logs_
         ({}, "give exactly one of 'data' (text) or 'data_base64' (bytes)"),
         ({"data": "a", "data_base64": "YQ=="}, "give exactly one of 'data' (text) or 'data_base64' (bytes)"),
         ({"data_base64": "not base64!"}, "data_base64 is not base64"),
+        ({"data_base64": "\ue42cav\x86íú\n"}, "data_base64 is not base64"),  # found by tests/proof/test_fuzz.py
     ],
 )
 async def test_stdin_writes_are_text_or_base64_bytes(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -256,7 +255,7 @@ class StdinData(Strict):
             return self.data.encode()
         try:
             return base64.b64decode(self.data_base64 or "", validate=True)
-        except binascii.Error as exc:
+        except ValueError as exc:  # binascii.Error, or a character outside ASCII
             raise InvalidRequest(f"data_base64 is not base64: {exc}") from None
 
 
