@@ -21,6 +21,7 @@ an HTTP ``status``. The SDK turns an envelope back into the same class through
     │   ├── SandboxPaused                      409 sandbox_paused
     │   ├── PortInUse                          409 port_in_use
     │   ├── SnapshotUnusable                   409 snapshot_unusable
+    │   ├── Interrupted                        409 interrupted
     │   ├── FileExists_ (FileExistsError)      409 file_exists
     │   ├── IsADirectory_ (IsADirectoryError)  409 is_a_directory
     │   └── NotADirectory_ (NotADirectoryError) 409 not_a_directory

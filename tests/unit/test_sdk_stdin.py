@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from corral.errors import InvalidRequest
-from corral.sdk._stdin import PIECE, async_batches, batches
+from corral.errors import Conflict, DiskFull, Interrupted, InvalidRequest, ProcessNotFound, SandboxNotRunning
+from corral.sdk._stdin import PIECE, async_batches, batches, reader_gone
 
 
 def test_small_chunks_go_in_few_batches_and_nothing_is_lost() -> None:
@@ -92,3 +92,13 @@ def test_a_cancelled_async_writer_leaves_no_thread_waiting_on_the_source() -> No
         os.close(write_end)
         reader.close()
     assert threading.active_count() <= before + 1  # at most the reader thread, which ends at the pipe's end
+
+
+def test_only_a_reader_that_went_stops_the_writes_quietly() -> None:
+    assert reader_gone(ProcessNotFound("no process 12"))  # it ended
+    assert reader_gone(Conflict("stdin of process 12 is closed"))  # or closed its stdin (a broken pipe too)
+    # A write a checkpoint cut may have landed or not, and a sandbox gone is news: the feeder's error,
+    # after it closes stdin (else the command would wait for the rest for ever).
+    assert not reader_gone(Interrupted("the call was cut"))
+    assert not reader_gone(SandboxNotRunning("sandbox sbx is dead"))
+    assert not reader_gone(DiskFull("no room"))

@@ -20,7 +20,7 @@ import threading
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import IO, Any
 
-from corral.errors import InvalidRequest
+from corral.errors import Conflict, InvalidRequest, ProcessNotFound
 
 PIECE = 256 * 1024
 """Bytes per write at most: base64 in a JSON body, well under the server's JSON limit."""
@@ -34,6 +34,13 @@ StdinSource = str | bytes | bytearray | memoryview | IO[bytes] | IO[str] | Itera
 AsyncStdinSource = StdinSource | AsyncIterable[bytes] | AsyncIterable[str]
 
 _END = object()
+
+
+def reader_gone(exc: Exception) -> bool:
+    """Whether a write failed because the process ended or closed its stdin: the rest is
+    dropped, as a pipe's writer stops once its reader has gone. Any other failure (a
+    checkpoint cutting the write, the sandbox gone) is the feeder's error."""
+    return isinstance(exc, ProcessNotFound) or (isinstance(exc, Conflict) and exc.code == Conflict.code)
 
 
 def as_bytes(chunk: object) -> bytes:

@@ -10,7 +10,7 @@ from typing import Literal, overload
 
 import httpx
 
-from corral.errors import Conflict, ProcessNotFound
+from corral.errors import ProcessNotFound
 from corral.sdk import _routes as routes
 from corral.sdk._http import Call, SyncHTTP
 from corral.sdk._output import (
@@ -22,7 +22,7 @@ from corral.sdk._output import (
     pid_of,
     start_pid,
 )
-from corral.sdk._stdin import StdinSource, batches, writes
+from corral.sdk._stdin import StdinSource, batches, reader_gone, writes
 from corral.sdk.models import CommandResult, OutputChunk, ProcessInfo
 
 __all__ = ["CommandHandle", "Commands"]
@@ -63,9 +63,9 @@ class _Feeder(threading.Thread):
             for piece in batches(self._source):
                 self._http.call(routes.send_stdin(self._sandbox_id, self._pid, piece))
             self._http.call(routes.close_stdin(self._sandbox_id, self._pid))
-        except (ProcessNotFound, Conflict):
-            pass
         except Exception as exc:
+            if reader_gone(exc):
+                return
             self.error = exc
             with contextlib.suppress(Exception):  # so that the command does not wait for the rest for ever
                 self._http.call(routes.close_stdin(self._sandbox_id, self._pid))

@@ -15,7 +15,7 @@ from typing import Literal, overload
 
 import httpx
 
-from corral.errors import Conflict, ProcessNotFound
+from corral.errors import ProcessNotFound
 from corral.sdk import _routes as routes
 from corral.sdk._http import AsyncHTTP, Call
 from corral.sdk._output import (
@@ -27,7 +27,7 @@ from corral.sdk._output import (
     pid_of,
     start_pid,
 )
-from corral.sdk._stdin import AsyncStdinSource, async_batches, writes
+from corral.sdk._stdin import AsyncStdinSource, async_batches, reader_gone, writes
 from corral.sdk.models import CommandResult, OutputChunk, ProcessInfo
 
 __all__ = ["AsyncCommandHandle", "AsyncCommands"]
@@ -65,9 +65,9 @@ class _Feeder:
             async for piece in async_batches(self._source):
                 await self._http.call(routes.send_stdin(self._sandbox_id, self._pid, piece))
             await self._http.call(routes.close_stdin(self._sandbox_id, self._pid))
-        except (ProcessNotFound, Conflict):
-            pass
         except Exception as exc:
+            if reader_gone(exc):
+                return
             self.error = exc
             with contextlib.suppress(Exception):  # so that the command does not wait for the rest for ever
                 await self._http.call(routes.close_stdin(self._sandbox_id, self._pid))
