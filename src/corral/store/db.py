@@ -6,6 +6,7 @@ which serializes writes (what SQLite wants) without a lock of our own.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -15,8 +16,10 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, and_, create_engine, event, or_, select
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.orm import Session, sessionmaker
 
+from corral.errors import DiskFull
 from corral.store.models import PoolRow, SandboxRow, SnapshotRow, TemplateRow
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -30,11 +33,44 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+FULL = ("database or disk is full", "no space left on device")
+"""What SQLite and PostgreSQL say when their disk has no room left."""
+
+FULL_BELOW = 1 << 20
+"""Free bytes under which SQLite's "disk I/O error" is taken for a full disk."""
+
+
+def _out_of_room(context: ExceptionContext) -> bool:
+    said = str(context.original_exception).lower()
+    if any(words in said for words in FULL):
+        return True
+    # SQLite that cannot make its WAL's shared-memory file on a full disk says only "disk I/O error".
+    database = context.engine.url.database if context.engine is not None else None
+    if "disk i/o error" not in said or context.engine is None or context.engine.dialect.name != "sqlite":
+        return False
+    folder = Path(database or ".").parent
+    return folder.is_dir() and shutil.disk_usage(folder).free < FULL_BELOW
+
+
+def _disk_full(context: ExceptionContext) -> None:
+    """A database whose disk is full as :class:`DiskFull`: a 507 saying so, not a 500 (and at
+    start, a line saying what to do)."""
+    if _out_of_room(context):
+        url = context.engine.url if context.engine is not None else None
+        where = (url.database if url is not None and url.get_backend_name() == "sqlite" else str(url)) or "?"
+        raise DiskFull(
+            f"the server's database ({where}) cannot be written: its disk is full; "
+            "delete snapshots, images or sandboxes, or give the data dir more room",
+            details={"database": where},
+        )
+
+
 class Store:
     def __init__(self, url: str) -> None:
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.engine: Engine = create_engine(url)
+        event.listen(self.engine, "handle_error", _disk_full)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
