@@ -439,6 +439,36 @@ async def test_stdin_writes_are_text_or_base64_bytes(
     assert runtime.calls == []
 
 
+@pytest.mark.parametrize(
+    ("metadata", "problem"),
+    [
+        ({"": "v"}, "a label's key is 1 to 256 characters, got 0"),
+        ({"k" * 257: "v"}, "a label's key is 1 to 256 characters, got 257"),
+        ({f"k{i}": "v" for i in range(65)}, "at most 64 labels, got 65"),
+    ],
+    ids=["empty-key", "long-key", "many"],
+)
+async def test_metadata_is_small(
+    client: httpx.AsyncClient, runtime: RecordingRuntime, metadata: dict[str, str], problem: str
+) -> None:
+    # A megabyte of labels was taken, and every list of sandboxes carried it after.
+    for path in ("/v1/sandboxes", "/v1/sandboxes/sbnothere/snapshots", "/v1/sandboxes/sbnothere/fork"):
+        answer = await client.post(path, json={"metadata": metadata})
+        assert problem in error_of(answer, 422, "invalid_request")["message"], path
+    assert runtime.calls == []
+
+
+def test_a_label_value_is_at_most_4096_characters() -> None:
+    # Past this test client's 1 KiB body limit: checked on the schema itself.
+    from pydantic import ValidationError
+
+    from corral.server.schemas import CreateSandbox
+
+    CreateSandbox(metadata={"k": "x" * 4096})
+    with pytest.raises(ValidationError, match="label 'k' holds 4097 characters; at most 4096"):
+        CreateSandbox(metadata={"k": "x" * 4097})
+
+
 async def test_stdin_open_needs_a_stream_or_the_background(
     client: httpx.AsyncClient, runtime: RecordingRuntime
 ) -> None:

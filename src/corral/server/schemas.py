@@ -32,6 +32,25 @@ def _environment(envs: dict[str, str]) -> dict[str, str]:
 Environment = Annotated[dict[str, str], AfterValidator(_environment)]
 """Variables for processes: refused here when no process could be started with them."""
 
+METADATA_KEY = 256
+METADATA_VALUE = 4096
+METADATA_ENTRIES = 64
+
+
+def _metadata(labels: dict[str, str]) -> dict[str, str]:
+    if len(labels) > METADATA_ENTRIES:
+        raise ValueError(f"at most {METADATA_ENTRIES} labels, got {len(labels)}")
+    for key, value in labels.items():
+        if not 1 <= len(key) <= METADATA_KEY:
+            raise ValueError(f"a label's key is 1 to {METADATA_KEY} characters, got {len(key)}: {key[:40]!r}")
+        if len(value) > METADATA_VALUE:
+            raise ValueError(f"label {key[:40]!r} holds {len(value)} characters; at most {METADATA_VALUE}")
+    return labels
+
+
+Metadata = Annotated[dict[str, str], AfterValidator(_metadata)]
+"""Labels on a sandbox or snapshot: small, since every list carries them."""
+
 
 class NetworkPolicy(Strict):
     """Where a sandbox may connect (see docs/network.md). Every entry is checked; a bad one is named in a 422."""
@@ -79,7 +98,9 @@ class CreateSandbox(Strict):
     disk_mb: int | None = Field(default=None, ge=16, description="Disk size in MiB (what it writes outside tmpfs).")
     timeout: int | None = Field(default=None, ge=0, description="Seconds until the sandbox is killed; 0 = never.")
     envs: Environment = Field(default_factory=dict, description="Environment of every process.")
-    metadata: dict[str, str] = Field(default_factory=dict, description="Your labels; filter lists by them.")
+    metadata: Metadata = Field(
+        default_factory=dict, description="Your labels (at most 64; keys to 256, values to 4096 characters)."
+    )
     template: str | None = Field(
         default=None,
         min_length=1,
@@ -492,14 +513,12 @@ class SnapshotList(BaseModel):
 
 
 class TakeSnapshot(Strict):
-    metadata: dict[str, str] = Field(default_factory=dict, description="Your labels for the snapshot.")
+    metadata: Metadata = Field(default_factory=dict, description="Your labels for the snapshot.")
 
 
 class Fork(Strict):
     count: int = Field(default=1, ge=1, le=20, description="How many copies.")
-    metadata: dict[str, str] = Field(
-        default_factory=dict, description="Labels for the copies (on top of the parent's)."
-    )
+    metadata: Metadata = Field(default_factory=dict, description="Labels for the copies (on top of the parent's).")
     timeout: int | None = Field(
         default=None, ge=0, description="Lifetime of each copy in seconds; default: the server's."
     )
