@@ -158,16 +158,28 @@ def test_exec_stdin(corral, sandbox: Sandbox) -> None:
     assert (done.returncode, done.stdout.split()[0].decode()) == (0, hashlib.sha256(payload).hexdigest()), done
 
 
-def test_exec_stdin_reaches_the_command_as_it_comes(cli_env: dict[str, str], sandbox: Sandbox) -> None:
+@contextlib.contextmanager
+def cli_running(cli_env: dict[str, str], *args: str, stdin: bool = False) -> Iterator[subprocess.Popen[bytes]]:
+    """``corral ARGS`` as a process with piped stdout and stderr (and stdin); killed if still running after."""
     proc = subprocess.Popen(
-        [CORRAL, "exec", "--stdin", sandbox.id, "--", "cat"],
-        stdin=subprocess.PIPE,
+        [CORRAL, *args],
+        stdin=subprocess.PIPE if stdin else None,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=cli_env,
     )
-    assert proc.stdin is not None and proc.stdout is not None
-    try:
+    with proc:  # closes its pipes on the way out
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_exec_stdin_reaches_the_command_as_it_comes(cli_env: dict[str, str], sandbox: Sandbox) -> None:
+    with cli_running(cli_env, "exec", "--stdin", sandbox.id, "--", "cat", stdin=True) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(b"first\n")
         proc.stdin.flush()
         # Before its stdin ends: it was read whole first, so nothing came back until then.
@@ -177,36 +189,17 @@ def test_exec_stdin_reaches_the_command_as_it_comes(cli_env: dict[str, str], san
         proc.stdin.close()
         assert proc.stdout.read() == b"second\n"
         assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-        if proc.stderr:
-            proc.stderr.close()
 
 
 def test_exec_streams_output_as_it_arrives(cli_env: dict[str, str], sandbox: Sandbox) -> None:
-    proc = subprocess.Popen(
-        [CORRAL, "exec", sandbox.id, "--", "sh", "-c", "for i in 1 2 3; do echo $i; sleep 0.3; done"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=cli_env,
-    )
-    assert proc.stdout is not None
+    line = "for i in 1 2 3; do echo $i; sleep 0.3; done"
     arrivals: list[tuple[float, bytes]] = []
-    try:
-        for line in iter(proc.stdout.readline, b""):
-            arrivals.append((time.monotonic(), line))
+    with cli_running(cli_env, "exec", sandbox.id, "--", "sh", "-c", line) as proc:
+        assert proc.stdout is not None
+        for printed in iter(proc.stdout.readline, b""):
+            arrivals.append((time.monotonic(), printed))
         assert proc.wait(30) == 0, proc.stderr.read() if proc.stderr else b""
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-        if proc.stderr:
-            proc.stderr.close()
-    assert [line for _, line in arrivals] == [b"1\n", b"2\n", b"3\n"]
+    assert [printed for _, printed in arrivals] == [b"1\n", b"2\n", b"3\n"]
     gaps = [later - earlier for (earlier, _), (later, _) in itertools.pairwise(arrivals)]
     assert all(gap > 0.15 for gap in gaps), gaps  # each line came when printed, not all at the end
 

@@ -81,25 +81,9 @@ def raise_memory_limit(cgroup: str, limit_bytes: int, *, root: Path = CGROUP_ROO
                 raise RuntimeFailure(f"cannot set {path}: {exc}") from exc
 
 
-def oom_kills(cgroup: str, *, root: Path = CGROUP_ROOT) -> int:
-    """How many processes of ``cgroup`` the kernel's OOM killer ended (0 if unknown)."""
-    relative = cgroup.strip("/")
-    for path in (root / "memory" / relative / "memory.oom_control", root / relative / "memory.events"):
-        try:
-            lines = path.read_text().splitlines()
-        except OSError:
-            continue
-        for line in lines:
-            name, _, value = line.partition(" ")
-            if name == "oom_kill" and value.strip().isdigit():
-                return int(value)
-    return 0
-
-
-def memory_stat(cgroup: str, key: str, *, root: Path = CGROUP_ROOT) -> int | None:
-    """One figure of ``cgroup``'s ``memory.stat`` (v1 or v2), in bytes; ``None`` if unknown."""
-    relative = cgroup.strip("/")
-    for path in (root / "memory" / relative / "memory.stat", root / relative / "memory.stat"):
+def _figure(paths: tuple[Path, ...], key: str) -> int | None:
+    """The number on the ``key <number>`` line of the first of ``paths`` that can be read."""
+    for path in paths:
         try:
             lines = path.read_text().splitlines()
         except OSError:
@@ -109,6 +93,19 @@ def memory_stat(cgroup: str, key: str, *, root: Path = CGROUP_ROOT) -> int | Non
             if name == key and value.strip().isdigit():
                 return int(value)
     return None
+
+
+def oom_kills(cgroup: str, *, root: Path = CGROUP_ROOT) -> int:
+    """How many processes of ``cgroup`` the kernel's OOM killer ended (0 if unknown)."""
+    relative = cgroup.strip("/")
+    files = (root / "memory" / relative / "memory.oom_control", root / relative / "memory.events")
+    return _figure(files, "oom_kill") or 0
+
+
+def memory_stat(cgroup: str, key: str, *, root: Path = CGROUP_ROOT) -> int | None:
+    """One figure of ``cgroup``'s ``memory.stat`` (v1 or v2), in bytes; ``None`` if unknown."""
+    relative = cgroup.strip("/")
+    return _figure((root / "memory" / relative / "memory.stat", root / relative / "memory.stat"), key)
 
 
 def sandbox_cgroup(sandbox_id: str) -> str:

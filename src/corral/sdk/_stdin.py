@@ -158,11 +158,12 @@ def _take(first: object, more: Iterator[object], pending: list[object]) -> bytes
     return b"".join(parts)
 
 
-def _ready(ahead: queue.Queue[object]) -> Iterator[object]:
+def _ready(ahead: queue.Queue[object] | asyncio.Queue[object]) -> Iterator[object]:
+    """What ``ahead`` holds now, without waiting (a thread's queue or a task's)."""
     while True:
         try:
             yield ahead.get_nowait()
-        except queue.Empty:
+        except (queue.Empty, asyncio.QueueEmpty):
             return
 
 
@@ -224,17 +225,9 @@ async def async_batches(source: AsyncStdinSource) -> AsyncIterator[bytes]:
     try:
         while True:
             first = pending.pop(0) if pending else await queued.get()
-            batch = _take(first, _ready_async(queued), pending)
+            batch = _take(first, _ready(queued), pending)
             if batch is None:
                 return
             yield batch
     finally:
         reader.cancel()
-
-
-def _ready_async(queued: asyncio.Queue[object]) -> Iterator[object]:
-    while True:
-        try:
-            yield queued.get_nowait()
-        except asyncio.QueueEmpty:
-            return
